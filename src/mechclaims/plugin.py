@@ -1,0 +1,283 @@
+"""The pytest plugin: options, markers, fixtures and the hooks that turn test
+outcomes into claim verdicts and write the report.  No logic of its own lives
+here; it wires :mod:`mechclaims.session`, :mod:`mechclaims.targets` and
+:mod:`mechclaims.report` into pytest.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .errors import MechclaimsError
+from .recorder import ClaimRecorder
+from .report import write_run
+from .report.claims_json import new_run_id
+from .results import ERRORED, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult
+from .session import ClaimSession
+from .settings import PROFILES, settings
+from .targets import DEVICES, DTYPES, TARGETS, attached_hooks, get_spec, resolve
+
+session_key = pytest.StashKey[ClaimSession]()
+report_path_key = pytest.StashKey[Path]()
+recorder_key = pytest.StashKey[ClaimRecorder]()
+verdict_key = pytest.StashKey[ClaimResult]()
+
+
+# --------------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mechclaims", "mechanistic claims")
+    group.addoption(
+        "--mechclaims-target", action="append", default=[], metavar="NAME",
+        help=f"run claims on this target (repeatable; default: every CPU target). Known: {', '.join(TARGETS)}",
+    )
+    group.addoption("--mechclaims-seed", type=int, default=0, help="seed of every prompt set (default 0)")
+    group.addoption(
+        "--mechclaims-profile", default="ci", choices=sorted(PROFILES),
+        help="settings profile: how much evidence each claim gathers (default ci)",
+    )
+    group.addoption("--mechclaims-device", default=None, choices=DEVICES, help="override every target's device")
+    group.addoption("--mechclaims-dtype", default=None, choices=DTYPES, help="override every target's dtype")
+    group.addoption(
+        "--mechclaims-report-dir", default=None, metavar="DIR",
+        help="where claim reports go (default: <rootdir>/reports)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU and llama-3-8b weights; deselected unless asked for")
+    config.addinivalue_line("markers", "claim(id, source=None): a claim test; its outcome becomes a verdict in the report")
+    for name in config.getoption("mechclaims_target"):
+        try:
+            get_spec(name)
+        except MechclaimsError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    root = config.rootpath
+    config.stash[session_key] = ClaimSession(
+        settings=settings(config.getoption("mechclaims_profile"), seed=config.getoption("mechclaims_seed")),
+        root=root,
+        device=config.getoption("mechclaims_device"),
+        dtype=config.getoption("mechclaims_dtype"),
+        fixtures_dir=_fixtures_dir(root),
+    )
+
+
+def _fixtures_dir(root: Path) -> Path | None:
+    candidate = root / "fixtures"
+    return candidate if candidate.is_dir() else None
+
+
+def _selected_targets(config: pytest.Config) -> list[str]:
+    return list(dict.fromkeys(config.getoption("mechclaims_target"))) or list(TARGETS)
+
+
+# --------------------------------------------------------------------------- collection
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "target" not in metafunc.fixturenames:
+        return
+    params = [
+        pytest.param(name, id=name, marks=[pytest.mark.gpu] if TARGETS[name].gpu else [])
+        for name in _selected_targets(metafunc.config)
+    ]
+    metafunc.parametrize("target", params, indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = item.get_closest_marker("claim")
+        if marker is not None and not marker.kwargs.get("id"):
+            raise pytest.UsageError(
+                f"{item.nodeid}: @pytest.mark.claim needs id=..., e.g. @pytest.mark.claim(id='C1.onset')"
+            )
+    explicit_gpu = any(TARGETS[n].gpu for n in config.getoption("mechclaims_target"))
+    if not config.option.markexpr and not explicit_gpu:
+        keep = [i for i in items if i.get_closest_marker("gpu") is None]
+        dropped = [i for i in items if i.get_closest_marker("gpu") is not None]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+    _preflight_gpu(config, items)
+
+
+def _preflight_gpu(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An explicit GPU run fails at once, in one line, when CUDA or weights are missing."""
+    names = {
+        item.callspec.params["target"]
+        for item in items
+        if item.get_closest_marker("gpu") is not None and hasattr(item, "callspec")
+        and "target" in item.callspec.params
+    }
+    session = config.stash[session_key]
+    for name in sorted(names):
+        try:
+            resolve(name, device=session.device, cache_dir=session.cache_dir, fixtures_dir=session.fixtures_dir)
+        except MechclaimsError as exc:
+            raise pytest.UsageError(f"-m gpu cannot run: {exc}") from None
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def mechclaims_session(request: pytest.FixtureRequest) -> ClaimSession:
+    """The run's :class:`~mechclaims.session.ClaimSession`."""
+    return request.config.stash[session_key]
+
+
+@pytest.fixture(scope="session")
+def mechclaims_settings(mechclaims_session: ClaimSession):
+    """The run's immutable :class:`~mechclaims.settings.Settings`."""
+    return mechclaims_session.settings
+
+
+@pytest.fixture(scope="session")
+def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession):
+    """A loaded model target (parametrised over the selected targets), loaded once per session."""
+    name = getattr(request, "param", None)
+    if name is None:
+        raise pytest.UsageError("the `target` fixture is parametrised by mechclaims; do not request it directly")
+    try:
+        return mechclaims_session.target(name)
+    except MechclaimsError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def claim(request: pytest.FixtureRequest) -> ClaimRecorder:
+    """Records the figures of a ``@pytest.mark.claim`` test."""
+    marker = request.node.get_closest_marker("claim")
+    if marker is None:
+        raise pytest.UsageError(
+            f"{request.node.nodeid} uses the `claim` fixture without @pytest.mark.claim(id=...)"
+        )
+    recorder = ClaimRecorder(
+        id=marker.kwargs["id"], target=_target_name(request.node), source=marker.kwargs.get("source")
+    )
+    request.node.stash[recorder_key] = recorder
+    return recorder
+
+
+@pytest.fixture(autouse=True)
+def _mechclaims_no_hooks_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves hooks on a shared model (and remove them)."""
+    yield
+    if "target" not in request.fixturenames:
+        return
+    session = request.config.stash[session_key]
+    loaded = session.loaded.get(_target_name(request.node) or "")
+    if loaded is None:
+        return
+    left = attached_hooks(loaded)
+    if left:
+        loaded.model.reset_hooks(including_permanent=False)
+        pytest.fail(
+            f"test left hooks on {loaded.name}: {', '.join(left)}; remove hooks in a finally block "
+            "(or use model.hooks(...) as a context manager)",
+            pytrace=False,
+        )
+
+
+def _target_name(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("target") if callspec else None
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    marker = item.get_closest_marker("claim")
+    if marker is None or verdict_key in item.stash:
+        return report
+    if call.when == "setup" and report.passed:
+        return report
+    if call.when == "teardown" and not report.failed:
+        return report
+    recorder = item.stash.get(recorder_key, None) or ClaimRecorder(
+        id=marker.kwargs["id"], target=_target_name(item), source=marker.kwargs.get("source")
+    )
+    verdict, message = _verdict(report, call, recorder)
+    if verdict == ERRORED and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"claim {recorder.id} errored: {message}"
+    result = ClaimResult(
+        nodeid=item.nodeid,
+        id=recorder.id,
+        target=recorder.target,
+        verdict=verdict,
+        effect=recorder.effect,
+        threshold=recorder.threshold,
+        message=message,
+        source=recorder.source,
+        figures=recorder.figures,
+    )
+    item.stash[verdict_key] = result
+    item.config.stash[session_key].record(result)
+    report.user_properties.append(("claim_verdict", verdict))
+    return report
+
+
+def _verdict(report: pytest.TestReport, call: pytest.CallInfo, recorder: ClaimRecorder) -> tuple[str, str]:
+    excinfo = call.excinfo
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        return NOT_APPLICABLE, reason.removeprefix("Skipped: ")
+    if excinfo is not None and call.when == "call":
+        text = _first_line(excinfo.value) or excinfo.typename
+        if excinfo.errisinstance(AssertionError):
+            return REFUTED, text
+        return ERRORED, f"{excinfo.typename}: {text}"
+    if report.failed:
+        return ERRORED, _first_line(report.longrepr) or f"{call.when} failed"
+    if recorder.effect is None:
+        return ERRORED, "the claim test passed without recording a statistic (call claim.record(...))"
+    if not recorder.effect.is_finite():
+        return ERRORED, f"non-finite statistic recorded: {recorder.effect}"
+    if recorder.threshold is not None and not math.isfinite(recorder.threshold):
+        return ERRORED, f"non-finite threshold {recorder.threshold}"
+    return SUPPORTED, recorder.message
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0] if text else ""
+
+
+# --------------------------------------------------------------------------- session end
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = config.stash.get(session_key, None)
+    if state is None or not state.results:
+        return
+    from .session import utc_now
+
+    if exitstatus != pytest.ExitCode.INTERRUPTED:
+        state.finished = utc_now()
+    report_dir = Path(config.getoption("mechclaims_report_dir") or config.rootpath / "reports")
+    config.stash[report_path_key] = write_run(report_dir, new_run_id(), state.to_json())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(session_key, None)
+    if state is None or not state.results:
+        return
+    tr = terminalreporter
+    tr.section("mechclaims")
+    tr.write_line(state.header())
+    for r in state.results:
+        figure = f"{r.effect}" if r.effect else "-"
+        tr.write_line(f"{r.verdict:>14}  {r.id} [{r.target}]  {figure}")
+    path = config.stash.get(report_path_key, None)
+    if path is not None:
+        tr.write_line(f"claim report: {path}")

@@ -1,0 +1,130 @@
+"""Frozen result types shared by every claim, with one vocabulary.
+
+Every figure a claim reports is an :class:`Effect`: a ``statistic`` with its
+confidence interval ``ci`` (``ci.low``, ``ci.high``), the sample size ``n`` and,
+where a test was run, its ``pvalue``.  A :class:`ClaimResult` is what the
+report stores for one (claim, target) pair.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+SCHEMA_VERSION = 1
+
+SUPPORTED = "supported"
+REFUTED = "refuted"
+NOT_APPLICABLE = "not-applicable"
+ERRORED = "errored"
+VERDICTS = (SUPPORTED, REFUTED, NOT_APPLICABLE, ERRORED)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A two-sided confidence interval at ``level``."""
+
+    low: float
+    high: float
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"Interval level must be in (0, 1), got {self.level!r}")
+        if self.low > self.high:
+            raise ValueError(
+                f"Interval low {self.low!r} exceeds high {self.high!r}; pass (low, high) in order"
+            )
+
+    def __contains__(self, value: float) -> bool:
+        return self.low <= value <= self.high
+
+    def as_list(self) -> list[float | None]:
+        return [_finite_or_none(self.low), _finite_or_none(self.high)]
+
+
+@dataclass(frozen=True)
+class Effect:
+    """A statistic with its interval and sample size (scipy.stats vocabulary)."""
+
+    statistic: float
+    ci: Interval
+    n: int
+    pvalue: float | None = None
+
+    def is_finite(self) -> bool:
+        values = [self.statistic, self.ci.low, self.ci.high]
+        if self.pvalue is not None:
+            values.append(self.pvalue)
+        return all(math.isfinite(v) for v in values)
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.statistic:.3g} [{self.ci.low:.3g}, {self.ci.high:.3g}] "
+            f"({self.ci.level:.0%} CI, n={self.n})"
+        )
+        if self.pvalue is not None:
+            text += f", p={self.pvalue:.3g}"
+        return text
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The verdict on one claim for one target, as written to ``claims.json``."""
+
+    nodeid: str
+    id: str
+    target: str | None
+    verdict: str
+    effect: Effect | None = None
+    threshold: float | None = None
+    message: str = ""
+    source: str | None = None
+    figures: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(
+                f"verdict {self.verdict!r} is not one of {', '.join(VERDICTS)}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        effect = self.effect
+        return {
+            "nodeid": self.nodeid,
+            "id": self.id,
+            "target": self.target,
+            "verdict": self.verdict,
+            "statistic": _finite_or_none(effect.statistic) if effect else None,
+            "ci": effect.ci.as_list() if effect else None,
+            "ci_level": effect.ci.level if effect else None,
+            "threshold": _finite_or_none(self.threshold),
+            "n": effect.n if effect else None,
+            "pvalue": _finite_or_none(effect.pvalue) if effect else None,
+            "message": self.message,
+            "source": self.source,
+            "figures": _jsonable(dict(self.figures)),
+        }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn numpy scalars/arrays and nested containers into plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return _jsonable(value.tolist())
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if isinstance(value, (Effect, Interval)):
+        return _jsonable(value.__dict__)
+    return value

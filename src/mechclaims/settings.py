@@ -1,0 +1,50 @@
+"""Immutable run settings with named profiles (``ci``, ``paper``).
+
+A profile fixes how much evidence a claim run gathers; the seed and the
+confidence level travel with it so that a report states exactly what produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much evidence each claim gathers, and how it is judged."""
+
+    profile: str = "ci"
+    n_prompts: int = 100
+    n_examples: int = 12
+    seed: int = 0
+    level: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.n_prompts < 1:
+            raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
+        if self.n_examples < 1:
+            raise ConfigError(f"n_examples must be >= 1, got {self.n_examples}")
+        if not 0.5 < self.level < 1.0:
+            raise ConfigError(f"level must be in (0.5, 1), got {self.level}")
+
+    def with_(self, **changes: object) -> "Settings":
+        return replace(self, **changes)
+
+
+PROFILES: dict[str, Settings] = {
+    "ci": Settings(profile="ci", n_prompts=100),
+    "paper": Settings(profile="paper", n_prompts=500),
+}
+
+
+def settings(profile: str = "ci", **changes: object) -> Settings:
+    """The named profile, with ``changes`` applied (e.g. ``seed=1``)."""
+    try:
+        base = PROFILES[profile]
+    except KeyError:
+        raise ConfigError(
+            f"unknown settings profile {profile!r}; valid profiles: {', '.join(PROFILES)}"
+        ) from None
+    return base.with_(**changes) if changes else base

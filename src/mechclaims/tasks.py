@@ -1,0 +1,103 @@
+"""The affine task ``(x, y)\\n`` with ``y = a*x + b`` and seeded prompt sets.
+
+A prompt is BOS, ``\\n``, ``k`` example lines and the query ``(q, `` with no
+trailing newline, as in the original post; the answer is ``a*q + b``.  Example
+x values are distinct, and the query is never among them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+
+X_RANGE = (10, 99)
+
+
+@dataclass(frozen=True)
+class AffineTask:
+    """``y = a*x + b``."""
+
+    a: int = 2
+    b: int = 3
+
+    def __call__(self, x: int) -> int:
+        return self.a * x + self.b
+
+    @property
+    def name(self) -> str:
+        if self.a == 1:
+            head = "x"
+        else:
+            head = f"{self.a}x"
+        return head if self.b == 0 else f"{head}+{self.b}"
+
+
+CANONICAL = AffineTask(2, 3)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One task prompt: its examples, the query and the expected answer."""
+
+    examples: tuple[tuple[int, int], ...]
+    query: int
+    answer: int
+
+    @property
+    def text(self) -> str:
+        """Prompt text without BOS (tokenisers add it)."""
+        lines = "".join(f"({x}, {y})\n" for x, y in self.examples)
+        return f"\n{lines}({self.query}, "
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompts drawn from one seed; ``texts`` and ``answers`` align with ``prompts``."""
+
+    task: AffineTask
+    prompts: tuple[Prompt, ...]
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.text for p in self.prompts]
+
+    @property
+    def answers(self) -> np.ndarray:
+        return np.array([p.answer for p in self.prompts])
+
+
+def make_prompts(
+    task: AffineTask,
+    *,
+    n_prompts: int,
+    n_examples: int,
+    seed: int,
+    x_range: tuple[int, int] = X_RANGE,
+) -> PromptSet:
+    """Draw ``n_prompts`` prompts with ``n_examples`` distinct x values each, query excluded."""
+    low, high = x_range
+    n_values = high - low + 1
+    if n_prompts < 1:
+        raise ConfigError(f"n_prompts must be >= 1, got {n_prompts}")
+    if n_examples < 0 or n_examples + 1 > n_values:
+        raise ConfigError(
+            f"n_examples={n_examples} cannot be met: x_range {x_range} has {n_values} distinct "
+            f"values and each prompt needs n_examples + 1 of them (examples and the query); "
+            f"use 0 <= n_examples <= {n_values - 1} or widen x_range"
+        )
+    rng = np.random.default_rng(seed)
+    prompts = []
+    for _ in range(n_prompts):
+        xs = rng.choice(np.arange(low, high + 1), size=n_examples + 1, replace=False)
+        *examples, query = (int(x) for x in xs)
+        prompts.append(
+            Prompt(tuple((x, task(x)) for x in examples), query, task(query))
+        )
+    return PromptSet(task, tuple(prompts), seed)

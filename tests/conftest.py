@@ -1,0 +1,30 @@
+"""Fixtures of the framework's own tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+# Imported once up front: pytester's in-process runs restore sys.modules after each
+# run, and re-importing transformer_lens (through datasets/pyarrow) fails.
+import transformer_lens.model_bridge  # noqa: F401
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import write_tiny_llama  # noqa: E402
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama with the number tokenizer, saved as an HF directory."""
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture
+def as_organism(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the `organism` target at the tiny checkpoint."""
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+    return tiny_llama

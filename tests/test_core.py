@@ -1,0 +1,76 @@
+"""Numeric core, prompt sets, settings and answer reading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mechclaims import ConfigError, Interval, load_target, proportion, settings
+from mechclaims.answers import encode, greedy_is, greedy_numbers, numbers_are_single_tokens
+from mechclaims.tasks import CANONICAL, AffineTask, make_prompts
+
+
+def test_wilson_interval_matches_the_closed_form():
+    effect = proportion(18, 20)
+    z = 1.959963984540054
+    p, n = 0.9, 20
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert effect.ci.low == pytest.approx(centre - half) and effect.ci.high == pytest.approx(centre + half)
+    assert effect.n == 20 and effect.statistic == 0.9
+
+
+@pytest.mark.parametrize("args", [(3, 0), (5, 3), (-1, 3)])
+def test_proportion_rejects_impossible_counts(args):
+    with pytest.raises(ValueError, match="n="):
+        proportion(*args)
+
+
+def test_interval_rejects_reversed_bounds():
+    with pytest.raises(ValueError, match="exceeds high"):
+        Interval(0.5, 0.1)
+
+
+def test_prompts_are_seeded_distinct_and_exclude_the_query():
+    a = make_prompts(CANONICAL, n_prompts=50, n_examples=12, seed=3)
+    b = make_prompts(CANONICAL, n_prompts=50, n_examples=12, seed=3)
+    c = make_prompts(CANONICAL, n_prompts=50, n_examples=12, seed=4)
+    assert a == b and a != c
+    for p in a.prompts:
+        xs = [x for x, _ in p.examples]
+        assert len(set(xs)) == 12 and p.query not in xs
+        assert all(y == 2 * x + 3 for x, y in p.examples) and p.answer == 2 * p.query + 3
+        assert p.text.startswith("\n(") and p.text.endswith(f"({p.query}, ")
+
+
+def test_blog_format_of_a_prompt():
+    prompt = make_prompts(AffineTask(2, 3), n_prompts=1, n_examples=2, seed=0).prompts[0]
+    (x1, y1), (x2, y2) = prompt.examples
+    assert prompt.text == f"\n({x1}, {y1})\n({x2}, {y2})\n({prompt.query}, "
+
+
+def test_unsatisfiable_prompt_parameters_name_the_fix():
+    with pytest.raises(ConfigError, match=r"n_examples=95 cannot be met: x_range \(10, 99\) has 90 distinct values"):
+        make_prompts(CANONICAL, n_prompts=1, n_examples=95, seed=0)
+
+
+def test_unknown_profile_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="unknown settings profile 'fast'; valid profiles: ci, paper"):
+        settings("fast")
+    assert settings("paper", seed=3).seed == 3
+
+
+def test_teacher_forced_check_agrees_with_greedy_decoding(as_organism):
+    model = load_target("organism").model
+    prompts = make_prompts(CANONICAL, n_prompts=30, n_examples=3, seed=0)
+    decoded = greedy_numbers(model, prompts.texts)
+    assert numbers_are_single_tokens(model.tokenizer)
+    assert (greedy_is(model, prompts.texts, decoded) == (decoded >= 0)).all()
+    assert (greedy_is(model, prompts.texts, prompts.answers) == (decoded == prompts.answers)).all()
+
+
+def test_encode_puts_one_bos_first(as_organism):
+    tokenizer = load_target("organism").tokenizer
+    ids = encode(tokenizer, "\n(28, 59)\n(42, ")
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    assert tokenizer.convert_ids_to_tokens(ids[1:]) == ["\n", "(", "28", ",", " ", "59", ")\n", "(", "42", ",", " "]

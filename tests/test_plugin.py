@@ -1,0 +1,211 @@
+"""The pytest plugin: verdicts, report, parametrisation, loading once, hooks, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+CLAIMS = '''
+import math
+import pytest
+from mechclaims import proportion
+
+
+@pytest.mark.claim(id="T.supported", source="test")
+def test_supported(target, claim):
+    claim.record(proportion(9, 10), threshold=0.5)
+    assert True
+
+
+@pytest.mark.claim(id="T.refuted")
+def test_refuted(target, claim):
+    effect = claim.record(proportion(1, 10), threshold=0.5)
+    assert effect.ci.low >= 0.5, claim.evidence()
+
+
+@pytest.mark.claim(id="T.not-applicable")
+def test_not_applicable(target, claim):
+    claim.not_applicable("the target cannot do the task", proportion(0, 10))
+
+
+@pytest.mark.claim(id="T.errored")
+def test_errored(target, claim):
+    raise RuntimeError("boom")
+
+
+@pytest.mark.claim(id="T.silent")
+def test_silent(target, claim):
+    pass
+
+
+@pytest.mark.claim(id="T.nan")
+def test_nan(target, claim):
+    from mechclaims import Effect, Interval
+    claim.record(Effect(math.nan, Interval(0.0, 1.0), n=3))
+'''
+
+
+def _report(pytester: pytest.Pytester) -> dict:
+    return json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())
+
+
+def test_outcomes_become_verdicts_and_the_report_is_written(pytester, as_organism):
+    pytester.makepyfile(test_claims=CLAIMS)
+    result = pytester.runpytest("--mechclaims-target", "organism", "--mechclaims-seed", "7")
+    result.assert_outcomes(passed=1, failed=4, skipped=1)
+    report = _report(pytester)
+    assert report["schema_version"] == 1
+    verdicts = {c["id"]: c["verdict"] for c in report["claims"]}
+    assert verdicts == {
+        "T.supported": "supported",
+        "T.refuted": "refuted",
+        "T.not-applicable": "not-applicable",
+        "T.errored": "errored",
+        "T.silent": "errored",
+        "T.nan": "errored",
+    }
+    supported = next(c for c in report["claims"] if c["id"] == "T.supported")
+    for key in ("nodeid", "id", "target", "verdict", "statistic", "ci", "threshold", "n", "pvalue", "message"):
+        assert key in supported
+    assert supported["target"] == "organism" and supported["n"] == 10
+    assert supported["ci"][0] < 0.9 < supported["ci"][1]
+    refuted = next(c for c in report["claims"] if c["id"] == "T.refuted")
+    assert "T.refuted on organism: 0.1" in refuted["message"]
+    run = report["run"]
+    assert run["seed"] == 7 and run["complete"] and run["finished"]
+    assert set(run["targets"]["organism"]) >= {"source", "sha256_or_revision", "dtype", "device"}
+    assert {"torch", "transformers", "transformer-lens"} <= set(run["versions"])
+    result.stdout.fnmatch_lines(["*mechclaims 0.1.0 | organism sha256:* float32 cpu | torch *transformer-lens * | seed 7*"])
+    result.stdout.fnmatch_lines(["claim report: *claims.json"])
+
+
+def test_each_model_is_loaded_once_per_session(pytester, as_organism):
+    tests = "\n".join(
+        f'''
+@pytest.mark.claim(id="T.{i}")
+def test_{i}(target, claim):
+    claim.record(proportion(1, 1))
+'''
+        for i in range(5)
+    )
+    pytester.makepyfile(test_many=f"import pytest\nfrom mechclaims import proportion\n{tests}")
+    pytester.makepyfile(test_more=f"import pytest\nfrom mechclaims import proportion\n{tests}")
+    result = pytester.runpytest("--mechclaims-target", "organism")
+    result.assert_outcomes(passed=10)
+    assert _report(pytester)["run"]["load_counts"] == {"organism": 1}
+
+
+def test_a_test_that_leaves_a_hook_fails(pytester, as_organism):
+    pytester.makepyfile(
+        test_hooks='''
+import pytest
+from mechclaims import proportion
+
+@pytest.mark.claim(id="T.leaky")
+def test_leaky(target, claim):
+    target.model.blocks[0].hook_resid_pre.add_hook(lambda act, hook: act)
+    claim.record(proportion(1, 1))
+
+@pytest.mark.claim(id="T.after")
+def test_after(target, claim):
+    assert not target.model.list_hooks()
+    claim.record(proportion(1, 1))
+'''
+    )
+    result = pytester.runpytest("--mechclaims-target", "organism")
+    result.stdout.fnmatch_lines(["*test left hooks on organism: blocks.0.hook_in (1)*remove hooks in a finally block*"])
+    result.assert_outcomes(passed=2, errors=1)
+
+
+def test_unknown_target_is_one_line_without_traceback(pytester):
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = pytester.runpytest("--mechclaims-target", "gpt-9")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: unknown target 'gpt-9'; valid targets: llama-3-8b, smollm2-135m, organism, organism-control"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_missing_weights_fail_the_claims_in_one_line(pytester, monkeypatch, tmp_path):
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tmp_path / "missing"))
+    pytester.makepyfile(test_claims=CLAIMS)
+    result = pytester.runpytest("--mechclaims-target", "organism", "-k", "supported or refuted")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*weights directory *missing does not exist; point to an HF model directory"])
+    assert "Traceback" not in result.stdout.str()
+    assert {c["verdict"] for c in _report(pytester)["claims"]} == {"errored"}
+
+
+GPU_CLAIM = '''
+import pytest
+from mechclaims import proportion
+
+@pytest.mark.claim(id="T.any")
+def test_any(target, claim):
+    claim.record(proportion(1, 1))
+'''
+
+
+def test_plain_run_deselects_gpu_targets(pytester, as_organism, monkeypatch):
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_CONTROL_DIR", str(as_organism))
+    pytester.makepyfile(test_gpu=GPU_CLAIM)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=3, deselected=1)
+    result.stdout.fnmatch_lines(["*test_any?smollm2-135m? PASSED*", "*test_any?organism-control? PASSED*"])
+    assert "test_any[llama-3-8b]" not in result.stdout.str()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA failure")
+def test_explicit_gpu_run_fails_loudly_without_cuda(pytester):
+    pytester.makepyfile(test_gpu=GPU_CLAIM)
+    result = pytester.runpytest("-m", "gpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: -m gpu cannot run: target llama-3-8b needs CUDA*--mechclaims-device cpu"])
+
+
+def test_explicit_gpu_run_fails_loudly_without_weights(pytester, monkeypatch, tmp_path):
+    monkeypatch.delenv("MECHCLAIMS_LLAMA_3_8B_DIR", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
+    pytester.makepyfile(test_gpu=GPU_CLAIM)
+    result = pytester.runpytest("-m", "gpu", "--mechclaims-device", "cpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: -m gpu cannot run: llama-3-8b weights not found*MECHCLAIMS_LLAMA_3_8B_DIR*"])
+
+
+def test_gpu_claims_run_on_a_stand_in_through_the_same_loader(pytester, tiny_llama, monkeypatch):
+    monkeypatch.setenv("MECHCLAIMS_LLAMA_3_8B_DIR", str(tiny_llama))
+    pytester.makepyfile(test_gpu=GPU_CLAIM)
+    result = pytester.runpytest("-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32", "-v")
+    result.stdout.fnmatch_lines(["*test_any?llama-3-8b? PASSED*"])
+    assert _report(pytester)["run"]["targets"]["llama-3-8b"]["dtype"] == "float32"
+
+
+def test_claim_marker_needs_an_id(pytester, as_organism):
+    pytester.makepyfile(test_x='''
+import pytest
+
+@pytest.mark.claim(source="x")
+def test_x(target, claim):
+    pass
+''')
+    result = pytester.runpytest("--mechclaims-target", "organism")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *test_x*needs id=*"])
+
+
+def test_markers_are_registered_for_strict_runs(pytester):
+    pytester.makepyfile(test_x='''
+import pytest
+
+@pytest.mark.gpu
+def test_x(): pass
+''')
+    result = pytester.runpytest("--strict-markers", "-m", "not gpu")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED or result.ret == 0
+    assert "not found in `markers`" not in result.stdout.str() + result.stderr.str()
+
+
+def test_no_report_without_claims(pytester):
+    pytester.makepyfile(test_x="def test_x(): pass")
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert not (pytester.path / "reports").exists()
