@@ -1,17 +1,20 @@
-"""Reading the number a model answers, for any tokenizer.
+"""Reading the number a model answers, for any tokenizer, under interventions.
 
 A model's answer is the number its greedy continuation starts with: one token
 for tokenisers with one token per number (llama-3, the organisms), digits until
 a non-digit token for digit-by-digit tokenisers (SmolLM2).
 
-* :func:`greedy_numbers` decodes that number (one forward per digit).
-* :func:`greedy_is` checks whether it equals a given number with ONE
+* :func:`decode_numbers` decodes that number for a batch of equal-length
+  prompts, holding interventions fixed (one forward per digit).
+* :func:`greedy_numbers` does so for prompts of any length (grouped by length).
+* :func:`greedy_is` checks whether the answer equals a given number with ONE
   teacher-forced forward: the expected tokens are appended and every position
-  must predict the next one, the last predicting a non-digit.  The result is the
-  same as decoding and comparing, at a fraction of the cost.
+  must predict the next one, the last predicting a non-digit.  Same result as
+  decoding and comparing, at a fraction of the cost.
+* :func:`classify` sorts patched answers into none / approx / exact / copy.
 
 Prompts are grouped by token length and each group runs as one batch, so no
-padding enters the forward pass.
+padding enters a forward pass.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from .interventions import Intervention, run_with
 
 MAX_NUMBER_TOKENS = 4
 NO_NUMBER = -1
@@ -34,11 +39,9 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return ids if bos is None else [bos, *ids]
 
 
-def _number_ids(tokenizer: Any, number: int, single: bool) -> list[int]:
-    ids = tokenizer(str(number), add_special_tokens=False)["input_ids"]
-    if single and len(ids) != 1:
-        raise ValueError(f"number {number} is {len(ids)} tokens for a one-token-per-number tokenizer")
-    return ids
+def numbers_are_single_tokens(tokenizer: Any) -> bool:
+    """True when every number up to 999 is one token (llama-3, the organisms)."""
+    return all(len(tokenizer(s, add_special_tokens=False)["input_ids"]) == 1 for s in ("7", "42", "987"))
 
 
 @lru_cache(maxsize=8)
@@ -49,71 +52,94 @@ def _digit_token_ids(tokenizer: Any) -> frozenset[int]:
     )
 
 
-@torch.no_grad()
+def group_by_length(encoded: Sequence[Sequence[int]]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, ids in enumerate(encoded):
+        groups[len(ids)].append(i)
+    return dict(groups)
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def decode_numbers(model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = ()) -> np.ndarray:
+    """Greedy number of each row of an equal-length batch (``-1`` where none)."""
+    tokenizer = model.tokenizer
+    steps = 1 if numbers_are_single_tokens(tokenizer) else MAX_NUMBER_TOKENS
+    text = [""] * tokens.shape[0]
+    alive = np.ones(tokens.shape[0], dtype=bool)
+    for _ in range(steps):
+        nxt = run_with(model, tokens, interventions)[:, -1].argmax(-1)
+        for j, token in enumerate(nxt.tolist()):
+            piece = tokenizer.decode([token])
+            piece = piece if text[j] else piece.strip()
+            if alive[j] and piece.isdigit():
+                text[j] += piece
+            else:
+                alive[j] = False
+        if not alive.any():
+            break
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+    return np.array([int(t) if t else NO_NUMBER for t in text], dtype=np.int64)
+
+
+def greedy_numbers(model: Any, texts: Sequence[str]) -> np.ndarray:
+    """The integer each prompt's greedy continuation starts with (``-1`` if none)."""
+    encoded = [encode(model.tokenizer, t) for t in texts]
+    out = np.full(len(texts), NO_NUMBER, dtype=np.int64)
+    for rows in group_by_length(encoded).values():
+        tokens = torch.tensor([encoded[i] for i in rows], device=_device(model))
+        out[rows] = decode_numbers(model, tokens)
+    return out
+
+
 def greedy_is(model: Any, texts: Sequence[str], numbers: Sequence[int]) -> np.ndarray:
     """Whether each prompt's greedy answer is exactly ``numbers[i]`` (bool array)."""
     tokenizer = model.tokenizer
     single = numbers_are_single_tokens(tokenizer)
     digits = None if single else _digit_token_ids(tokenizer)
-    rows = []
-    for text, number in zip(texts, numbers, strict=True):
-        prompt = encode(tokenizer, text)
-        rows.append((prompt, _number_ids(tokenizer, int(number), single)))
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, (prompt, expected) in enumerate(rows):
-        groups[len(prompt) + len(expected)].append(i)
-    out = np.zeros(len(rows), dtype=bool)
-    device = next(model.parameters()).device
-    for members in groups.values():
-        tokens = torch.tensor([rows[i][0] + rows[i][1] for i in members], device=device)
-        predicted = model(tokens).argmax(-1).cpu()
-        for j, i in enumerate(members):
-            prompt, expected = rows[i]
-            start = len(prompt) - 1
-            got = predicted[j, start : start + len(expected)].tolist()
-            ok = got == expected
+    prompts = [encode(tokenizer, t) for t in texts]
+    expected = [tokenizer(str(int(n)), add_special_tokens=False)["input_ids"] for n in numbers]
+    if len(prompts) != len(expected):
+        raise ValueError(f"{len(prompts)} prompts but {len(expected)} numbers; pass one number per prompt")
+    full = [p + e for p, e in zip(prompts, expected)]
+    out = np.zeros(len(full), dtype=bool)
+    for rows in group_by_length(full).values():
+        tokens = torch.tensor([full[i] for i in rows], device=_device(model))
+        predicted = run_with(model, tokens).argmax(-1).cpu()
+        for j, i in enumerate(rows):
+            start, want = len(prompts[i]) - 1, expected[i]
+            ok = predicted[j, start : start + len(want)].tolist() == want
             if ok and not single:
-                ok = int(predicted[j, start + len(expected)]) not in digits
+                ok = int(predicted[j, start + len(want)]) not in digits
             out[i] = ok
     return out
 
 
-def numbers_are_single_tokens(tokenizer: Any) -> bool:
-    """True when every number up to 999 is one token (llama-3, the organisms)."""
-    return all(len(tokenizer(s, add_special_tokens=False)["input_ids"]) == 1 for s in ("7", "42", "987"))
+OUTCOMES = ("none", "approx", "exact", "copy")
 
 
-def _digits(tokenizer: Any, token_ids: torch.Tensor) -> list[str]:
-    return [tokenizer.decode([int(t)]) for t in token_ids]
+def approx_tolerance(b: int) -> int:
+    """Half-width of "≈ a*p": the task's slope applied, its offset b not yet.
+
+    An answer within ``b`` of ``a*p`` (but not the exact ``a*p + b``) is one the
+    model reached by applying the slope to B's own x without the offset: for
+    y = 2x + 3 that is 2p - 3 .. 2p + 2, which contains 2p, the post's "≈ 2x".
+    """
+    return max(int(b), 1)
 
 
-@torch.no_grad()
-def greedy_numbers(model: Any, texts: Sequence[str]) -> np.ndarray:
-    """The integer each prompt's greedy continuation starts with (``-1`` if none)."""
-    tokenizer = model.tokenizer
-    groups: dict[int, list[int]] = defaultdict(list)
-    encoded = [encode(tokenizer, t) for t in texts]
-    for i, ids in enumerate(encoded):
-        groups[len(ids)].append(i)
-    out = np.full(len(texts), NO_NUMBER, dtype=np.int64)
-    device = next(model.parameters()).device
-    steps = 1 if numbers_are_single_tokens(tokenizer) else MAX_NUMBER_TOKENS
-    for rows in groups.values():
-        tokens = torch.tensor([encoded[i] for i in rows], device=device)
-        text = [""] * len(rows)
-        alive = np.ones(len(rows), dtype=bool)
-        for _ in range(steps):
-            logits = model(tokens)[:, -1, :]
-            nxt = logits.argmax(-1)
-            for j, piece in enumerate(_digits(tokenizer, nxt)):
-                piece = piece.strip() if not text[j] else piece
-                if alive[j] and piece.isdigit():
-                    text[j] += piece
-                else:
-                    alive[j] = False
-            if not alive.any():
-                break
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-        for j, i in enumerate(rows):
-            out[i] = int(text[j]) if text[j] else NO_NUMBER
+def classify(answers: np.ndarray, p: np.ndarray, q: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Outcome of each patched answer: 0 none, 1 approx, 2 exact, 3 copy (see ``OUTCOMES``).
+
+    ``exact`` is a*p + b, ``copy`` is A's own answer a*q + b, ``approx`` is within
+    :func:`approx_tolerance` of a*p and neither of those.
+    """
+    answers, p, q = (np.asarray(v) for v in (answers, p, q))
+    out = np.zeros(np.broadcast(answers, p, q).shape, dtype=np.int8)
+    near = np.abs(answers - a * p) <= approx_tolerance(b)
+    out[near] = 1
+    out[answers == a * p + b] = 2
+    out[answers == a * q + b] = 3
     return out

@@ -101,3 +101,73 @@ def make_prompts(
             Prompt(tuple((x, task(x)) for x in examples), query, task(query))
         )
     return PromptSet(task, tuple(prompts), seed)
+
+
+MIN_QUERY_GAP = 5  # |q - p| >= this, so A's answer a*q+b is never within tolerance of a*p
+
+
+@dataclass(frozen=True)
+class PatchPair:
+    """A context prompt A and the no-context prompt B ``(p, `` it is patched into."""
+
+    a: Prompt
+    p: int
+
+    @property
+    def b_text(self) -> str:
+        return f"\n({self.p}, "
+
+
+@dataclass(frozen=True)
+class PatchSet:
+    """Seeded (A, B) pairs: p is never among A's examples and far from A's query."""
+
+    task: AffineTask
+    pairs: tuple[PatchPair, ...]
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def a_texts(self) -> list[str]:
+        return [pair.a.text for pair in self.pairs]
+
+    @property
+    def b_texts(self) -> list[str]:
+        return [pair.b_text for pair in self.pairs]
+
+    @property
+    def p(self) -> np.ndarray:
+        return np.array([pair.p for pair in self.pairs])
+
+    @property
+    def q(self) -> np.ndarray:
+        return np.array([pair.a.query for pair in self.pairs])
+
+
+def make_patch_pairs(
+    task: AffineTask,
+    *,
+    n_pairs: int,
+    n_examples: int,
+    seed: int,
+    x_range: tuple[int, int] = X_RANGE,
+) -> PatchSet:
+    """Draw ``n_pairs`` (A, p) pairs; p avoids A's examples and lies >= MIN_QUERY_GAP from q."""
+    prompts = make_prompts(task, n_prompts=n_pairs, n_examples=n_examples, seed=seed, x_range=x_range)
+    rng = np.random.default_rng([seed, 1])
+    low, high = x_range
+    pairs = []
+    for prompt in prompts.prompts:
+        used = {x for x, _ in prompt.examples}
+        choices = [
+            x for x in range(low, high + 1) if x not in used and abs(x - prompt.query) >= MIN_QUERY_GAP
+        ]
+        if not choices:
+            raise ConfigError(
+                f"no patch target p left in x_range {x_range} with {n_examples} examples and a gap "
+                f">= {MIN_QUERY_GAP} from the query; use fewer examples or a wider x_range"
+            )
+        pairs.append(PatchPair(prompt, int(rng.choice(choices))))
+    return PatchSet(task, tuple(pairs), seed)

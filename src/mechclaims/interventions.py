@@ -1,0 +1,160 @@
+"""Interventions as data on TransformerBridge hooks.
+
+An intervention is a frozen description: which hook, which batch rows, which
+position, what value.  :func:`run_with` turns a list of them into hook
+functions, runs ONE forward pass and always removes the hooks (TransformerLens'
+``model.hooks`` context removes them in ``finally``).  Hook names are
+TransformerLens' own: ``blocks.{L}.hook_resid_pre`` and ``blocks.{L}.attn.hook_z``
+(shape ``[batch, pos, n_heads, d_head]``: one slot per *query* head, so head
+ablation is exact under grouped-query attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]
+
+ABLATION_MODES = ("zero", "mean")
+
+
+def resid_pre(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def head_z(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+@dataclass(frozen=True, eq=False)
+class SetResidual:
+    """Overwrite ``resid_pre`` of ``layer`` at sequence ``position`` in batch ``rows``.
+
+    ``position`` is an index (``values``: ``[len(rows), d_model]``) or a slice
+    (``values``: ``[len(rows), len(positions), d_model]``).
+    """
+
+    layer: int
+    position: int | slice
+    values: torch.Tensor
+    rows: slice = field(default_factory=lambda: slice(None))
+
+    def hooks(self) -> list[Hook]:
+        def patch(resid: torch.Tensor, hook: Any) -> torch.Tensor:
+            resid[self.rows, self.position] = self.values.to(resid.dtype)
+            return resid
+
+        return [(resid_pre(self.layer), patch)]
+
+
+@dataclass(frozen=True, eq=False)
+class AblateHeads:
+    """Replace the outputs (``hook_z``) of ``heads`` with zero or their mean.
+
+    ``position`` is a sequence index (``-1``: the last) or ``None`` for all
+    positions.  ``means`` maps a layer to a ``[n_heads, d_head]`` tensor, the
+    heads' mean output over a reference prompt set disjoint from the one being
+    ablated (see :func:`head_means`); it is required for ``mode="mean"``.
+    """
+
+    heads: tuple[tuple[int, int], ...]
+    mode: str = "zero"
+    position: int | None = -1
+    means: dict[int, torch.Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ABLATION_MODES:
+            raise ConfigError(f"ablation mode {self.mode!r} is not one of {', '.join(ABLATION_MODES)}")
+        if self.mode == "mean":
+            missing = sorted({layer for layer, _ in self.heads} - set(self.means or {}))
+            if missing:
+                raise ConfigError(
+                    f"mean ablation needs head means for layers {missing}; compute them with "
+                    "mechclaims.interventions.head_means on a disjoint reference prompt set"
+                )
+
+    @classmethod
+    def layers(cls, layers: Iterable[int], n_heads: int, **kwargs: Any) -> "AblateHeads":
+        """Every head of each of ``layers``."""
+        return cls(tuple((layer, h) for layer in layers for h in range(n_heads)), **kwargs)
+
+    def hooks(self) -> list[Hook]:
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in self.heads:
+            by_layer.setdefault(layer, []).append(head)
+        return [(head_z(layer), self._hook(layer, heads)) for layer, heads in sorted(by_layer.items())]
+
+    def _hook(self, layer: int, heads: list[int]) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        index = torch.tensor(heads)
+        pos = slice(None) if self.position is None else self.position
+
+        def ablate(z: torch.Tensor, hook: Any) -> torch.Tensor:
+            if self.mode == "zero":
+                z[:, pos, index] = 0.0
+            else:
+                z[:, pos, index] = self.means[layer][index].to(z.dtype).to(z.device)
+            return z
+
+        return ablate
+
+
+Intervention = SetResidual | AblateHeads
+
+
+def run_with(model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
+    """Logits of one forward pass with ``interventions`` applied; hooks removed after."""
+    hooks = [hook for iv in interventions for hook in iv.hooks()]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        return model(tokens)
+
+
+def capture(
+    model: Any,
+    tokens: torch.Tensor,
+    names: Sequence[str],
+    *,
+    position: int | None = -1,
+    interventions: Sequence[Intervention] = (),
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and the activations at ``names`` (only ``position``; ``None`` keeps all).
+
+    Keeps only what is asked for, so a residual sweep of a long prompt stores
+    ``[batch, d_model]`` per layer rather than the whole sequence.
+    """
+    stored: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            stored[name] = (act if position is None else act[:, position]).detach().clone()
+            return act
+
+        return keep
+
+    hooks = [hook for iv in interventions for hook in iv.hooks()]
+    hooks += [(name, keeper(name)) for name in names]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        logits = model(tokens)
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise ConfigError(f"hooks never fired: {missing}; use TransformerLens hook names such as {resid_pre(0)!r}")
+    return logits, stored
+
+
+def head_means(model: Any, tokens: torch.Tensor, layers: Iterable[int], *, position: int | None = -1) -> dict[int, torch.Tensor]:
+    """Mean ``hook_z`` per head over a reference batch: ``{layer: [n_heads, d_head]}``.
+
+    With ``position=-1`` the mean is over the last position of each prompt (the
+    role being ablated); with ``None`` over every position of every prompt.
+    """
+    layers = list(layers)
+    _, z = capture(model, tokens, [head_z(layer) for layer in layers], position=position)
+    means = {}
+    for layer in layers:
+        act = z[head_z(layer)]
+        means[layer] = act.reshape(-1, *act.shape[-2:]).mean(0)
+    return means

@@ -1,0 +1,127 @@
+"""Invariants of interventions and the batched patch sweep (on a tiny random Llama)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechclaims import ConfigError, load_target
+from mechclaims.answers import OUTCOMES, classify, encode
+from mechclaims.interventions import AblateHeads, SetResidual, capture, head_means, resid_pre, run_with
+from mechclaims.patching import patch_sweep, patch_sweep_loop
+from mechclaims.tasks import CANONICAL, MIN_QUERY_GAP, make_patch_pairs, make_prompts
+
+
+@pytest.fixture(scope="module")
+def model(tiny_llama):
+    import os
+
+    os.environ["MECHCLAIMS_ORGANISM_DIR"] = str(tiny_llama)
+    try:
+        return load_target("organism").model
+    finally:
+        del os.environ["MECHCLAIMS_ORGANISM_DIR"]
+
+
+def _tokens(model, texts):
+    return torch.tensor([encode(model.tokenizer, t) for t in texts])
+
+
+def _same_length_prompts(model, n, seed):
+    prompts = make_prompts(CANONICAL, n_prompts=n, n_examples=4, seed=seed)
+    return _tokens(model, prompts.texts)
+
+
+def test_patching_layer0_at_all_positions_reproduces_a(model):
+    a = _same_length_prompts(model, 3, seed=1)
+    b = _same_length_prompts(model, 3, seed=2)
+    assert a.shape == b.shape and not torch.equal(a, b)
+    logits_a, acts = capture(model, a, [resid_pre(0)], position=None)
+    patched = run_with(model, b, [SetResidual(0, slice(None), acts[resid_pre(0)])])
+    assert torch.equal(patched, logits_a)
+
+
+def test_ablating_no_heads_changes_nothing(model):
+    tokens = _same_length_prompts(model, 4, seed=3)
+    assert torch.equal(run_with(model, tokens, [AblateHeads(())]), run_with(model, tokens))
+
+
+def test_zero_ablation_at_the_last_position_touches_only_it(model):
+    tokens = _same_length_prompts(model, 4, seed=3)
+    clean = run_with(model, tokens)
+    ablated = run_with(model, tokens, [AblateHeads.layers([0, 1], model.cfg.n_heads)])
+    assert torch.equal(ablated[:, :-1], clean[:, :-1])
+    assert not torch.equal(ablated[:, -1], clean[:, -1])
+
+
+def test_all_position_ablation_of_every_head_equals_removing_attention(model):
+    tokens = _same_length_prompts(model, 2, seed=4)
+    ablated = run_with(model, tokens, [AblateHeads.layers([0], model.cfg.n_heads, position=None)])
+
+    def no_attention(out, hook):
+        return torch.zeros_like(out)
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", no_attention)]):
+        reference = model(tokens)
+    assert torch.allclose(ablated, reference, atol=1e-6)
+
+
+def test_head_ablation_is_per_query_head_under_gqa(model):
+    # 4 query heads share 2 kv heads; ablating query head 0 must differ from ablating head 1.
+    assert model.cfg.n_heads == 4
+    tokens = _same_length_prompts(model, 2, seed=5)
+    h0 = run_with(model, tokens, [AblateHeads(((1, 0),), position=None)])
+    h1 = run_with(model, tokens, [AblateHeads(((1, 1),), position=None)])
+    assert not torch.allclose(h0, h1)
+
+
+def test_mean_ablation_uses_given_means_and_requires_them(model):
+    reference = _same_length_prompts(model, 8, seed=6)
+    means = head_means(model, reference, [1])
+    assert means[1].shape == (model.cfg.n_heads, model.cfg.d_head)
+    tokens = _same_length_prompts(model, 3, seed=7)
+    _, z = capture(model, tokens, ["blocks.1.attn.hook_z"], interventions=[AblateHeads(((1, 2),), mode="mean", means=means)])
+    assert torch.allclose(z["blocks.1.attn.hook_z"][:, 2], means[1][2].expand(3, -1))
+    with pytest.raises(ConfigError, match="mean ablation needs head means for layers \\[1\\]"):
+        AblateHeads(((1, 2),), mode="mean")
+
+
+def test_hooks_are_removed_even_when_a_hook_raises(model):
+    tokens = _same_length_prompts(model, 1, seed=8)
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(act, hook):
+        raise Boom("inside a hook")
+
+    bad = SetResidual(0, 0, torch.zeros(1, model.cfg.d_model))
+    object.__setattr__(bad, "hooks", lambda: [(resid_pre(0), explode)])
+    with pytest.raises(Boom):
+        run_with(model, tokens, [bad])
+    assert model.list_hooks() == {}
+
+
+def test_batched_sweep_equals_the_per_layer_loop(model):
+    pairs = make_patch_pairs(CANONICAL, n_pairs=6, n_examples=5, seed=0)
+    batched = patch_sweep(model, pairs)
+    loop = patch_sweep_loop(model, pairs)
+    assert np.array_equal(batched.answers, loop.answers)
+    chunked = patch_sweep(model, pairs, max_rows=6)  # one layer per forward
+    assert np.array_equal(chunked.answers, loop.answers)
+    assert model.list_hooks() == {}
+
+
+def test_patch_pairs_keep_p_away_from_a():
+    pairs = make_patch_pairs(CANONICAL, n_pairs=200, n_examples=12, seed=1)
+    for pair in pairs.pairs:
+        assert pair.p not in {x for x, _ in pair.a.examples}
+        assert abs(pair.p - pair.a.query) >= MIN_QUERY_GAP
+
+
+def test_classification_of_patched_answers():
+    p, q = 15, 42  # a*p = 30, exact 33, copy 87
+    answers = np.array([16, 30, 28, 32, 33, 87, 34, -1])
+    got = [OUTCOMES[c] for c in classify(answers, p, q, 2, 3)]
+    assert got == ["none", "approx", "approx", "approx", "exact", "copy", "none", "none"]
