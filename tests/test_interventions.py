@@ -125,3 +125,31 @@ def test_classification_of_patched_answers():
     answers = np.array([16, 30, 28, 32, 33, 87, 34, -1])
     got = [OUTCOMES[c] for c in classify(answers, p, q, 2, 3)]
     assert got == ["none", "approx", "approx", "approx", "exact", "copy", "none", "none"]
+
+
+def test_head_outputs_sum_to_the_attention_output(model):
+    from mechclaims.scores import head_outputs
+    from mechclaims.interventions import head_z
+
+    tokens = _same_length_prompts(model, 3, seed=9)
+    names = [head_z(layer) for layer in range(model.cfg.n_layers)] + ["blocks.1.hook_attn_out"]
+    _, acts = capture(model, tokens, names, position=-1)
+    per_head = head_outputs(model, acts)
+    assert torch.allclose(per_head[:, 1].sum(1), acts["blocks.1.hook_attn_out"], atol=1e-5)
+
+
+def test_direct_logit_attribution_of_all_components_is_the_logit(model):
+    from mechclaims.scores import FINAL_SCALE, final_norm_weight, head_scores
+
+    prompts = make_prompts(CANONICAL, n_prompts=3, n_examples=4, seed=10)
+    scores = head_scores(model, prompts.texts, prompts.answers, read_layer=1)
+    tokens = _tokens(model, prompts.texts)
+    names = [FINAL_SCALE, "hook_embed"] + [f"blocks.{l}.hook_mlp_out" for l in range(model.cfg.n_layers)]
+    logits, acts = capture(model, tokens, names, position=-1)
+    answer_ids = [model.tokenizer(str(a), add_special_tokens=False)["input_ids"][0] for a in prompts.answers]
+    w = final_norm_weight(model)
+    rest = acts["hook_embed"] + sum(acts[f"blocks.{l}.hook_mlp_out"] for l in range(model.cfg.n_layers))
+    rest_logit = ((rest / acts[FINAL_SCALE]) * w @ model.W_U)[torch.arange(3), answer_ids]
+    total = torch.tensor(scores.dla.sum(axis=(1, 2))) + rest_logit
+    assert torch.allclose(total.float(), logits[torch.arange(3), -1, answer_ids], atol=1e-4)
+    assert scores.dot.shape == (3, model.cfg.n_layers, model.cfg.n_heads)

@@ -1,0 +1,84 @@
+"""Per-head scores at the last position: the post's dot score and direct logit attribution.
+
+For head ``h`` of layer ``L`` the output at the last position is
+``z[L, h] @ W_O[L, h]`` (``attn.hook_z`` times the head's slice of the output
+projection; Llama has no output bias).  Two scores are reported:
+
+* ``dot``: the original, non-causal score of the post: that output divided by
+  the final RMSNorm scale (``ln_final.hook_scale``), dotted with ``resid_pre`` of
+  a later layer at the same position.
+* ``dla``: direct logit attribution, the causal-path counterpart: that output
+  through the final norm (scale and weight) and the unembedding, read at the
+  correct answer's first token.  Summed over every component it is that token's
+  logit exactly (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .answers import encode, group_by_length
+from .interventions import Intervention, capture, head_z, resid_pre
+
+FINAL_SCALE = "ln_final.hook_scale"
+
+
+@dataclass(frozen=True)
+class HeadScores:
+    """``[n_prompts, n_layers, n_heads]`` arrays of both scores."""
+
+    dla: np.ndarray
+    dot: np.ndarray
+    read_layer: int
+
+
+def final_norm_weight(model: Any) -> torch.Tensor:
+    weights = [p for name, p in model.ln_final.named_parameters() if name.endswith("weight")]
+    if len(weights) != 1:
+        raise ValueError(f"expected one final-norm weight, found {len(weights)}")
+    return weights[0]
+
+
+def head_outputs(model: Any, z: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-head outputs ``[batch, n_layers, n_heads, d_model]`` from last-position ``hook_z``."""
+    w_o = model.W_O  # [n_layers, n_heads, d_head, d_model]
+    return torch.stack(
+        [torch.einsum("bhd,hdm->bhm", z[head_z(layer)], w_o[layer]) for layer in range(model.cfg.n_layers)],
+        dim=1,
+    )
+
+
+@torch.no_grad()
+def head_scores(
+    model: Any,
+    texts: Sequence[str],
+    answers: Sequence[int],
+    *,
+    read_layer: int,
+    interventions: Sequence[Intervention] = (),
+) -> HeadScores:
+    """Both scores for every head, for each prompt, under ``interventions``."""
+    n_layers = model.cfg.n_layers
+    if not 0 <= read_layer <= n_layers - 1:
+        raise ValueError(f"read_layer {read_layer} is outside 0..{n_layers - 1}")
+    tokenizer = model.tokenizer
+    encoded = [encode(tokenizer, t) for t in texts]
+    first = [tokenizer(str(int(a)), add_special_tokens=False)["input_ids"][0] for a in answers]
+    names = [head_z(layer) for layer in range(n_layers)] + [FINAL_SCALE, resid_pre(read_layer)]
+    weight = final_norm_weight(model)
+    w_u = model.W_U
+    dla = np.zeros((len(texts), n_layers, model.cfg.n_heads))
+    dot = np.zeros_like(dla)
+    device = next(model.parameters()).device
+    for rows in group_by_length(encoded).values():
+        tokens = torch.tensor([encoded[i] for i in rows], device=device)
+        _, acts = capture(model, tokens, names, position=-1, interventions=interventions)
+        out = head_outputs(model, acts) / acts[FINAL_SCALE][:, None, None, :]
+        unembed = w_u[:, torch.tensor([first[i] for i in rows], device=device)].T  # [b, d_model]
+        dla[rows] = torch.einsum("blhm,bm->blh", out * weight, unembed).float().cpu().numpy()
+        dot[rows] = torch.einsum("blhm,bm->blh", out, acts[resid_pre(read_layer)]).float().cpu().numpy()
+    return HeadScores(dla=dla, dot=dot, read_layer=read_layer)
