@@ -116,6 +116,8 @@ def test_after(target, claim):
     result = pytester.runpytest("--mechclaims-target", "organism")
     result.stdout.fnmatch_lines(["*test left hooks on organism: blocks.0.hook_in (1)*remove hooks in a finally block*"])
     result.assert_outcomes(passed=2, errors=1)
+    verdicts = {c["id"]: c["verdict"] for c in _report(pytester)["claims"]}
+    assert verdicts == {"T.leaky": "errored", "T.after": "supported"}
 
 
 def test_unknown_target_is_one_line_without_traceback(pytester):
@@ -209,3 +211,46 @@ def test_no_report_without_claims(pytester):
     pytester.makepyfile(test_x="def test_x(): pass")
     pytester.runpytest().assert_outcomes(passed=1)
     assert not (pytester.path / "reports").exists()
+
+
+NEGATIVE_CONTROL = '''
+import pytest
+from mechclaims import proportion
+
+@pytest.mark.claim(id="T.control")
+def test_control(target, claim, expectations):
+    effect = claim.record(proportion(1, 10), threshold=0.5)
+    assert effect.ci.low >= 0.5, claim.evidence()
+'''
+
+
+def test_a_preregistered_refutation_is_a_strict_xfail(pytester, as_organism):
+    pytester.makepyfile(test_control=NEGATIVE_CONTROL)
+    (pytester.path / "expectations").mkdir()
+    (pytester.path / "expectations" / "organism.toml").write_text(
+        'target = "organism"\nsource = "test"\n[verdicts]\n"T.control" = "refuted"\n'
+    )
+    result = pytester.runpytest("--mechclaims-target", "organism")
+    result.assert_outcomes(xfailed=1)
+    assert result.ret == 0
+    (claim,) = _report(pytester)["claims"]
+    assert (claim["verdict"], claim["expected"], claim["as_expected"]) == ("refuted", "refuted", True)
+
+
+def test_an_unexpected_support_of_a_negative_control_fails_the_run(pytester, as_organism):
+    pytester.makepyfile(test_control=NEGATIVE_CONTROL.replace("proportion(1, 10)", "proportion(10, 10)"))
+    (pytester.path / "expectations").mkdir()
+    (pytester.path / "expectations" / "organism.toml").write_text('[verdicts]\n"T.control" = "refuted"\n')
+    result = pytester.runpytest("--mechclaims-target", "organism")
+    assert result.ret == 1
+    (claim,) = _report(pytester)["claims"]
+    assert (claim["verdict"], claim["as_expected"]) == ("supported", False)
+
+
+def test_a_bad_expectations_file_is_a_one_line_usage_error(pytester, as_organism):
+    pytester.makepyfile(test_control=NEGATIVE_CONTROL)
+    (pytester.path / "expectations").mkdir()
+    (pytester.path / "expectations" / "organism.toml").write_text('[verdicts]\n"T.control" = "maybe"\n')
+    result = pytester.runpytest("--mechclaims-target", "organism")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] 'T.control' = 'maybe'; valid expected verdicts: supported, refuted, not-applicable"])

@@ -7,11 +7,13 @@ here; it wires :mod:`mechclaims.session`, :mod:`mechclaims.targets` and
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from . import expectations as _expectations
 from .errors import MechclaimsError
 from .recorder import ClaimRecorder
 from .report import write_run
@@ -25,6 +27,8 @@ session_key = pytest.StashKey[ClaimSession]()
 report_path_key = pytest.StashKey[Path]()
 recorder_key = pytest.StashKey[ClaimRecorder]()
 verdict_key = pytest.StashKey[ClaimResult]()
+expected_key = pytest.StashKey[str]()
+expectations_key = pytest.StashKey[dict]()
 
 
 # --------------------------------------------------------------------------- options
@@ -96,6 +100,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(
                 f"{item.nodeid}: @pytest.mark.claim needs id=..., e.g. @pytest.mark.claim(id='C1.onset')"
             )
+        if marker is not None and _target_name(item) is not None:
+            _apply_expectation(item, marker.kwargs["id"])
     explicit_gpu = any(TARGETS[n].gpu for n in config.getoption("mechclaims_target"))
     if not config.option.markexpr and not explicit_gpu:
         keep = [i for i in items if i.get_closest_marker("gpu") is None]
@@ -104,6 +110,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
     _preflight_gpu(config, items)
+
+
+def _expectations_for(config: pytest.Config, claims_dir: Path, target: str) -> _expectations.Expectations:
+    cache = config.stash.setdefault(expectations_key, {})
+    key = (claims_dir, target)
+    if key not in cache:
+        try:
+            cache[key] = _expectations.load(_expectations.path_for(claims_dir, target), target)
+        except MechclaimsError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return cache[key]
+
+
+def _apply_expectation(item: pytest.Item, claim_id: str) -> None:
+    """Store the pre-registered verdict; an expected refutation becomes a strict xfail."""
+    expected = _expectations_for(item.config, item.path.parent, _target_name(item)).verdict(claim_id)
+    item.stash[expected_key] = expected
+    if expected == REFUTED:
+        item.add_marker(pytest.mark.xfail(strict=True, reason=f"pre-registered negative control: {claim_id} expected refuted"))
 
 
 def _preflight_gpu(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -147,6 +172,15 @@ def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession):
         return mechclaims_session.target(name)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def expectations(request: pytest.FixtureRequest):
+    """The pre-registered :class:`~mechclaims.expectations.Expectations` of the test's target."""
+    name = _target_name(request.node)
+    if name is None:
+        raise pytest.UsageError("the `expectations` fixture needs the `target` fixture in the same test")
+    return _expectations_for(request.config, request.node.path.parent, name)
 
 
 @pytest.fixture
@@ -194,22 +228,36 @@ def _target_name(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Setup and call decide a claim's verdict; teardown records it (or errors it)."""
     report = yield
     marker = item.get_closest_marker("claim")
-    if marker is None or verdict_key in item.stash:
-        return report
-    if call.when == "setup" and report.passed:
-        return report
-    if call.when == "teardown" and not report.failed:
+    if marker is None:
         return report
     recorder = item.stash.get(recorder_key, None) or ClaimRecorder(
         id=marker.kwargs["id"], target=_target_name(item), source=marker.kwargs.get("source")
     )
-    verdict, message = _verdict(report, call, recorder)
+    if call.when == "teardown":
+        result = item.stash.get(verdict_key, None)
+        if result is None:
+            result = _result(item, recorder, ERRORED, "the claim test did not run")
+        if report.failed and result.verdict != ERRORED:
+            result = replace(result, verdict=ERRORED, message=f"teardown: {_first_line(report.longrepr)}")
+        item.config.stash[session_key].record(result)
+        return report
+    if verdict_key in item.stash or (call.when == "setup" and report.passed):
+        return report
+    verdict, message = _verdict(call, recorder)
     if verdict == ERRORED and report.passed:
         report.outcome = "failed"
         report.longrepr = f"claim {recorder.id} errored: {message}"
-    result = ClaimResult(
+    item.stash[verdict_key] = _result(item, recorder, verdict, message)
+    item.user_properties.append(("claim_verdict", verdict))
+    report.user_properties.append(("claim_verdict", verdict))
+    return report
+
+
+def _result(item: pytest.Item, recorder: ClaimRecorder, verdict: str, message: str) -> ClaimResult:
+    return ClaimResult(
         nodeid=item.nodeid,
         id=recorder.id,
         target=recorder.target,
@@ -219,25 +267,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         message=message,
         source=recorder.source,
         figures=recorder.figures,
+        expected=item.stash.get(expected_key, None),
     )
-    item.stash[verdict_key] = result
-    item.config.stash[session_key].record(result)
-    report.user_properties.append(("claim_verdict", verdict))
-    return report
 
 
-def _verdict(report: pytest.TestReport, call: pytest.CallInfo, recorder: ClaimRecorder) -> tuple[str, str]:
+def _verdict(call: pytest.CallInfo, recorder: ClaimRecorder) -> tuple[str, str]:
+    """The verdict from what the claim body did, independent of xfail bookkeeping."""
     excinfo = call.excinfo
-    if report.skipped and not hasattr(report, "wasxfail"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        return NOT_APPLICABLE, reason.removeprefix("Skipped: ")
-    if excinfo is not None and call.when == "call":
+    if excinfo is not None:
         text = _first_line(excinfo.value) or excinfo.typename
-        if excinfo.errisinstance(AssertionError):
+        if excinfo.errisinstance(pytest.skip.Exception):
+            return NOT_APPLICABLE, text.removeprefix("not applicable: ")
+        if call.when == "call" and excinfo.errisinstance(AssertionError):
             return REFUTED, text
         return ERRORED, f"{excinfo.typename}: {text}"
-    if report.failed:
-        return ERRORED, _first_line(report.longrepr) or f"{call.when} failed"
     if recorder.effect is None:
         return ERRORED, "the claim test passed without recording a statistic (call claim.record(...))"
     if not recorder.effect.is_finite():

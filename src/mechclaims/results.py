@@ -82,6 +82,7 @@ class ClaimResult:
     message: str = ""
     source: str | None = None
     figures: Mapping[str, Any] = field(default_factory=dict)
+    expected: str | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -105,6 +106,8 @@ class ClaimResult:
             "message": self.message,
             "source": self.source,
             "figures": _jsonable(dict(self.figures)),
+            "expected": self.expected,
+            "as_expected": None if self.expected is None else self.verdict == self.expected,
         }
 
 

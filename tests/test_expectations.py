@@ -1,0 +1,56 @@
+"""Pre-registration files: every error names the file, the key and the valid values."""
+
+from __future__ import annotations
+
+import pytest
+
+from mechclaims import ConfigError
+from mechclaims.expectations import load
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "organism.toml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_file_means_every_claim_is_expected_supported(tmp_path):
+    exp = load(tmp_path / "nope.toml", "organism")
+    assert exp.verdict("C1.onset") == "supported"
+
+
+def test_values_are_read_and_checked(tmp_path):
+    exp = load(_write(tmp_path, '[c1]\nonset = 3\nstages = [[1], [2, 3]]\nmargin = 0.1\nhead = [2, 1]\n'), "organism")
+    assert exp.layer("c1", "onset", n_layers=8) == 3
+    assert exp.get("c1", "margin", float) == 0.1
+    assert exp.head("c1", "head", n_layers=8, n_heads=4) == (2, 1)
+
+
+def test_missing_key_names_file_section_and_type(tmp_path):
+    exp = load(_write(tmp_path, "[c1]\n"), "organism")
+    with pytest.raises(ConfigError, match=r"organism.toml: \[c1\] onset is missing; add it .* \(a int\)"):
+        exp.layer("c1", "onset", n_layers=8)
+
+
+def test_wrong_type_names_the_value(tmp_path):
+    exp = load(_write(tmp_path, '[c1]\nonset = "three"\n'), "organism")
+    with pytest.raises(ConfigError, match=r"\[c1\] onset = 'three' has type str; expected a int"):
+        exp.layer("c1", "onset", n_layers=8)
+
+
+def test_out_of_range_layer_and_head_name_the_valid_range(tmp_path):
+    exp = load(_write(tmp_path, "[c1]\nonset = 12\nhead = [1, 9]\n"), "organism")
+    with pytest.raises(ConfigError, match=r"\[c1\] onset: layer 12 is out of range; organism has layers 0..7"):
+        exp.layer("c1", "onset", n_layers=8)
+    with pytest.raises(ConfigError, match=r"head 9 is out of range; organism has heads 0..3"):
+        exp.head("c1", "head", n_layers=8, n_heads=4)
+
+
+def test_a_file_for_another_target_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="target = 'smollm2-135m' but the file is for 'organism'"):
+        load(_write(tmp_path, 'target = "smollm2-135m"\n'), "organism")
+
+
+def test_invalid_toml_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(_write(tmp_path, "[c1\n"), "organism")
