@@ -254,3 +254,53 @@ def test_a_bad_expectations_file_is_a_one_line_usage_error(pytester, as_organism
     result = pytester.runpytest("--mechclaims-target", "organism")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] 'T.control' = 'maybe'; valid expected verdicts: supported, refuted, not-applicable"])
+
+
+SLOW_CLAIMS = '''
+import pathlib, time
+import pytest
+from mechclaims import proportion
+
+@pytest.mark.claim(id="T.first")
+def test_first(target, claim):
+    claim.record(proportion(1, 1))
+
+@pytest.mark.claim(id="T.slow")
+def test_slow(target, claim):
+    pathlib.Path("started").write_text("1")
+    time.sleep(60)
+    claim.record(proportion(1, 1))
+'''
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_writes_a_partial_report_and_keeps_latest_complete(pytester, as_organism, signum):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytester.makepyfile(test_fast=GPU_CLAIM)
+    pytester.runpytest("--mechclaims-target", "organism").assert_outcomes(passed=1)
+    complete = (pytester.path / "reports" / "latest").resolve()
+
+    pytester.makepyfile(test_slow=SLOW_CLAIMS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "test_slow.py", "--mechclaims-target", "organism", "-p", "no:cacheprovider"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
+    )
+    deadline = time.monotonic() + 120
+    while not (pytester.path / "started").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, signum))
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+
+    runs = [p for p in (pytester.path / "reports").iterdir() if p.is_dir() and not p.is_symlink()]
+    partial = [json.loads((p / "claims.json").read_text()) for p in runs if p != complete]
+    assert len(partial) == 1
+    assert partial[0]["run"]["complete"] is False and partial[0]["run"]["finished"] is None
+    assert [c["id"] for c in partial[0]["claims"]] == ["T.first"]
+    assert (pytester.path / "reports" / "latest").resolve() == complete

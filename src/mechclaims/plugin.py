@@ -7,6 +7,8 @@ here; it wires :mod:`mechclaims.session`, :mod:`mechclaims.targets` and
 from __future__ import annotations
 
 import math
+import signal
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +30,7 @@ report_path_key = pytest.StashKey[Path]()
 recorder_key = pytest.StashKey[ClaimRecorder]()
 verdict_key = pytest.StashKey[ClaimResult]()
 expected_key = pytest.StashKey[str]()
+sigterm_key = pytest.StashKey[object]()
 expectations_key = pytest.StashKey[dict]()
 
 
@@ -69,6 +72,23 @@ def pytest_configure(config: pytest.Config) -> None:
         dtype=config.getoption("mechclaims_dtype"),
         fixtures_dir=_fixtures_dir(root),
     )
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """SIGTERM ends the run like Ctrl-C, so the partial report is still written."""
+    if threading.current_thread() is threading.main_thread():
+        session.config.stash[sigterm_key] = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.stash.get(sigterm_key, None)
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fixtures_dir(root: Path) -> Path | None:
