@@ -66,3 +66,10 @@ def test_holm_matches_the_textbook_example():
 def test_equivalence_rejects_a_non_positive_margin(bad):
     with pytest.raises(ValueError, match="margin must be > 0"):
         equivalence(np.zeros(5), np.zeros(5), margin=bad)
+
+
+def test_vectorised_wilson_bound_matches_scipy():
+    from mechclaims.stats import proportion, wilson_low
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (57, 200)]:
+        assert wilson_low(np.array([k]), n)[0] == pytest.approx(proportion(k, n).ci.low, abs=1e-12)

@@ -20,6 +20,7 @@ padding enters a forward pass.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -94,8 +95,14 @@ def greedy_numbers(model: Any, texts: Sequence[str]) -> np.ndarray:
     return out
 
 
-def greedy_is(model: Any, texts: Sequence[str], numbers: Sequence[int]) -> np.ndarray:
-    """Whether each prompt's greedy answer is exactly ``numbers[i]`` (bool array)."""
+def greedy_is(
+    model: Any, texts: Sequence[str], numbers: Sequence[int], *, interventions: Sequence[Intervention] = ()
+) -> np.ndarray:
+    """Whether each prompt's greedy answer is exactly ``numbers[i]`` (bool array).
+
+    ``interventions`` that address the last position (``position=-1``) are moved
+    to the prompt's last position, before the appended answer tokens.
+    """
     tokenizer = model.tokenizer
     single = numbers_are_single_tokens(tokenizer)
     digits = None if single else _digit_token_ids(tokenizer)
@@ -105,9 +112,13 @@ def greedy_is(model: Any, texts: Sequence[str], numbers: Sequence[int]) -> np.nd
         raise ValueError(f"{len(prompts)} prompts but {len(expected)} numbers; pass one number per prompt")
     full = [p + e for p, e in zip(prompts, expected)]
     out = np.zeros(len(full), dtype=bool)
-    for rows in group_by_length(full).values():
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (p, e) in enumerate(zip(prompts, expected)):
+        groups[len(p), len(e)].append(i)  # same prompt end, so interventions align
+    for rows in groups.values():
         tokens = torch.tensor([full[i] for i in rows], device=_device(model))
-        predicted = run_with(model, tokens).argmax(-1).cpu()
+        held = [_at_prompt_end(iv, len(prompts[rows[0]])) for iv in interventions]
+        predicted = run_with(model, tokens, held).argmax(-1).cpu()
         for j, i in enumerate(rows):
             start, want = len(prompts[i]) - 1, expected[i]
             ok = predicted[j, start : start + len(want)].tolist() == want
@@ -115,6 +126,14 @@ def greedy_is(model: Any, texts: Sequence[str], numbers: Sequence[int]) -> np.nd
                 ok = int(predicted[j, start + len(want)]) not in digits
             out[i] = ok
     return out
+
+
+def _at_prompt_end(iv: Intervention, prompt_len: int) -> Intervention:
+    """``iv`` with a last-position (-1) target pinned to the prompt's last token."""
+    position = getattr(iv, "position", None)
+    if position == -1:
+        return replace(iv, position=prompt_len - 1)
+    return iv
 
 
 OUTCOMES = ("none", "approx", "exact", "copy")

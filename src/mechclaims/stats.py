@@ -29,6 +29,31 @@ def proportion_of(flags: np.ndarray, *, level: float = 0.95) -> Effect:
     return proportion(int(flags.sum()), flags.size, level=level)
 
 
+def wilson_low(successes: np.ndarray, n: int, level: float = 0.95) -> np.ndarray:
+    """Vectorised lower bound of the Wilson score interval (same as :func:`proportion`)."""
+    z = _st.norm.ppf(1 - (1 - level) / 2)
+    p = np.asarray(successes, dtype=float) / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.maximum((centre - spread) / (1 + z * z / n), 0.0)
+
+
+def _first_layer(counts: np.ndarray, n: int, threshold: float, level: float) -> np.ndarray:
+    """Per row of ``counts`` ``[..., n_layers]``: first layer clearing the threshold, else n_layers."""
+    clears = wilson_low(counts, n, level) >= threshold
+    return np.where(clears.any(-1), clears.argmax(-1), counts.shape[-1])
+
+
+def _resample_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """How often each prompt is drawn in each bootstrap resample: ``[n_boot, n]``."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+
+
+def _counts(weights: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Flag counts per layer in each resample: ``[n_boot, n_layers]``."""
+    return weights @ flags.T.astype(np.int64)
+
+
 def onset_layer(flags: np.ndarray, threshold: float, *, level: float = 0.95) -> int:
     """Smallest layer whose rate's lower Wilson bound reaches ``threshold``.
 
@@ -37,29 +62,25 @@ def onset_layer(flags: np.ndarray, threshold: float, *, level: float = 0.95) -> 
     "beyond the last layer", which keeps onsets ordered and finite.
     """
     flags = np.asarray(flags, dtype=bool)
-    n_layers, n = flags.shape
-    counts = flags.sum(axis=1)
-    for layer in range(n_layers):
-        if _wilson_low(int(counts[layer]), n, level) >= threshold:
-            return layer
-    return n_layers
+    return int(_first_layer(flags.sum(axis=1), flags.shape[1], threshold, level))
 
 
 def onset(
-    flags: np.ndarray, threshold: float, *, level: float = 0.95, n_boot: int = 1000, seed: int = 0
+    flags: np.ndarray, threshold: float, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
 ) -> Effect:
     """:func:`onset_layer` with a percentile bootstrap interval over prompts."""
     flags = np.asarray(flags, dtype=bool)
-    n_layers, n = flags.shape
+    n = flags.shape[1]
     if n < 2:
         raise ValueError(f"onset needs at least 2 prompts, got {n}")
-    rng = np.random.default_rng(seed)
-    boot = np.array(
-        [onset_layer(flags[:, rng.integers(0, n, n)], threshold, level=level) for _ in range(n_boot)]
-    )
+    boot = _first_layer(_counts(_resample_weights(n, n_boot, seed), flags), n, threshold, level)
+    return Effect(float(onset_layer(flags, threshold, level=level)), _percentile(boot, level), n)
+
+
+def _percentile(samples: np.ndarray, level: float) -> Interval:
     alpha = 1 - level
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
-    return Effect(float(onset_layer(flags, threshold, level=level)), Interval(float(low), float(high), level), n)
+    low, high = np.quantile(samples, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+    return Interval(float(low), float(high), level)
 
 
 def equivalence(
@@ -121,5 +142,23 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
     return out
 
 
-def _wilson_low(successes: int, n: int, level: float) -> float:
-    return float(_st.binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson").low)
+def onset_shift(
+    before: np.ndarray,
+    after: np.ndarray,
+    threshold: float,
+    *,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Effect:
+    """``onset(after) - onset(before)`` on the same prompts, with a paired bootstrap interval."""
+    before, after = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    if before.shape != after.shape:
+        raise ValueError(f"flag arrays differ in shape: {before.shape} vs {after.shape}")
+    n = before.shape[1]
+    weights = _resample_weights(n, n_boot, seed)
+    shift = _first_layer(_counts(weights, after), n, threshold, level) - _first_layer(
+        _counts(weights, before), n, threshold, level
+    )
+    point = onset_layer(after, threshold, level=level) - onset_layer(before, threshold, level=level)
+    return Effect(float(point), _percentile(shift, level), n)

@@ -1,0 +1,173 @@
+"""Claim 1 of the post as findings: each a statistic, a decision and its evidence.
+
+Every function takes an :class:`~mechclaims.experiments.AblationStudy` and the
+pre-registered parameters, and returns a :class:`Finding`.  The claim tests
+assert on them; the discovery command evaluates the same functions on the
+exploration split to pre-register the expected verdicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .experiments import AblationStudy, Condition
+from .results import Effect
+from .stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
+
+ALPHA = 0.05
+MIN_ACCURACY = 0.8  # lower 95% bound of clean accuracy: the precondition of every C1 claim
+
+
+@dataclass(frozen=True)
+class C1Params:
+    """Pre-registered values of one target (see ``claims/expectations``)."""
+
+    onset: int
+    stages: tuple[tuple[int, ...], ...]
+    backup_layers: tuple[int, ...]
+    read_layer: int
+    threshold: float = 0.5
+    onset_tolerance: int = 1
+    margin: float = 0.1
+
+
+@dataclass(frozen=True)
+class Finding:
+    effect: Effect
+    supported: bool
+    message: str
+    threshold: float | None = None
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
+    """The clean model answers A correctly (lower bound >= MIN_ACCURACY)."""
+    accuracy = proportion_of(correct)
+    return accuracy.ci.low >= MIN_ACCURACY, accuracy
+
+
+def rates_by_layer(condition: Condition) -> dict[str, list[float]]:
+    return {name: [e.statistic for e in effects] for name, effects in condition.sweep.rates().items()}
+
+
+def task_onset(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
+    """C1.onset: the first layer where patching makes B answer ≈ a*p is the pre-registered one."""
+    effect = onset(study.clean.task_flags(), p.threshold, seed=seed)
+    low, high = p.onset - p.onset_tolerance, p.onset + p.onset_tolerance
+    ok = low <= effect.ci.low and effect.ci.high <= high
+    return Finding(
+        effect, ok,
+        f"onset {effect} (n_layers means none); pre-registered {p.onset} ± {p.onset_tolerance}",
+        threshold=float(p.onset),
+        figures={"rates": rates_by_layer(study.clean), "expected_onset": p.onset},
+    )
+
+
+def answer_unchanged(study: AblationStudy, stage: int, p: C1Params) -> Effect:
+    """Paired TOST: accuracy after ablating stages 0..stage within ±margin of clean."""
+    return equivalence(study.clean.correct, study.after(stage).correct, p.margin)
+
+
+def ablate(study: AblationStudy, stage: int, p: C1Params, seed: int = 0) -> Finding:
+    """C1.ablate-*: ablating stage ``stage`` leaves A's answer essentially unchanged and delays the onset."""
+    same = answer_unchanged(study, stage, p)
+    before = study.clean if stage == 0 else study.after(stage - 1)
+    after = study.after(stage)
+    shift = onset_shift(before.task_flags(), after.task_flags(), p.threshold, seed=seed)
+    ok = same.pvalue < ALPHA and shift.ci.low >= 1
+    return Finding(
+        shift, ok,
+        f"{after.name}: accuracy change {same} (TOST margin ±{p.margin}); onset shift {shift}",
+        threshold=1.0,
+        figures={"accuracy_change": same, "rates": rates_by_layer(after), "accuracy": proportion_of(after.correct)},
+    )
+
+
+def no_task_stage(study: AblationStudy, stage: int, p: C1Params) -> Finding:
+    """C1.ablate-15: after the last stage A is still right, but no layer shows ≈ a*p; B copies A."""
+    same = answer_unchanged(study, stage, p)
+    after = study.after(stage)
+    task = after.sweep.rate("approx", "exact")
+    worst = max(task, key=lambda e: e.ci.high)
+    copy_onset = onset_layer(after.flags("copy"), p.threshold)
+    n_layers = after.sweep.outcomes.shape[0]
+    ok = same.pvalue < ALPHA and worst.ci.high < p.threshold and copy_onset < n_layers
+    return Finding(
+        worst, ok,
+        f"{after.name}: accuracy change {same}; highest ≈a*p rate {worst} (must stay < {p.threshold}); "
+        f"copy onset layer {copy_onset}",
+        threshold=p.threshold,
+        figures={"accuracy_change": same, "rates": rates_by_layer(after), "copy_onset": copy_onset},
+    )
+
+
+def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
+    """C1.backup-*: after ablating stage ``stage``, heads of its backup layer contribute more (Holm)."""
+    layer = p.backup_layers[stage]
+    before = study.clean if stage == 0 else study.after(stage - 1)
+    after = study.after(stage)
+    n_heads = before.scores.dla.shape[2]
+    tests = [paired_increase(before.scores.dla[:, layer, h], after.scores.dla[:, layer, h]) for h in range(n_heads)]
+    adjusted = holm(np.array([t.pvalue for t in tests]))
+    best = int(np.argmin(adjusted))
+    effect = Effect(tests[best].statistic, tests[best].ci, tests[best].n, float(adjusted[best]))
+    dot_before = before.scores.dot[:, layer].mean(0)
+    dot_after = after.scores.dot[:, layer].mean(0)
+    return Finding(
+        effect, bool(adjusted[best] < ALPHA and effect.statistic > 0),
+        f"{after.name}: head L{layer}H{best} direct logit attribution rises by {effect} (Holm over "
+        f"{n_heads} heads); dot-score row sum {dot_before.sum():.3g} -> {dot_after.sum():.3g}",
+        threshold=ALPHA,
+        figures={
+            "layer": layer,
+            "dla_increase": [t.statistic for t in tests],
+            "pvalue_holm": adjusted.tolist(),
+            "dot_before": dot_before.tolist(),
+            "dot_after": dot_after.tolist(),
+        },
+    )
+
+
+def parity_late(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
+    """C1.parity-late: the exact answer (the +b) forms after the ≈ a*p stage."""
+    approx = study.clean.flags("approx") | study.clean.flags("exact")
+    n_layers = approx.shape[0]
+    shift = onset_shift(approx, study.clean.flags("exact"), p.threshold, seed=seed)
+    has_stage = onset_layer(approx, p.threshold) < n_layers
+    return Finding(
+        shift, bool(has_stage and shift.ci.low >= 1),
+        f"exact-answer onset minus ≈a*p onset {shift} (n_layers means never exact)",
+        threshold=1.0,
+        figures={"rates": rates_by_layer(study.clean)},
+    )
+
+
+def redundancy(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
+    """C1.redundancy: several sets of heads carry the task: each stage's ablation
+    delays the task stage, yet the answer survives every cumulative ablation."""
+    parts = [ablate(study, k, p, seed) for k in range(min(2, len(p.stages)))]
+    last = answer_unchanged(study, len(p.stages) - 1, p)
+    ok = all(f.supported for f in parts) and last.pvalue < ALPHA
+    return Finding(
+        last, ok,
+        "; ".join(f.message for f in parts) + f"; after all stages accuracy change {last}",
+        threshold=ALPHA,
+        figures={"stages": [list(s) for s in p.stages], "stage_supported": [f.supported for f in parts]},
+    )
+
+
+def params_from(exp: Any, n_layers: int) -> C1Params:
+    """Read and range-check the ``[c1]`` section of a target's expectations."""
+    stages = tuple(exp.layers("c1", f"stage{k}", n_layers) for k in (1, 2, 3))
+    return C1Params(
+        onset=exp.layer("c1", "onset", n_layers),
+        stages=stages,
+        backup_layers=exp.layers("c1", "backup_layers", n_layers),
+        read_layer=exp.layer("c1", "read_layer", n_layers),
+        threshold=exp.get("c1", "threshold", float, default=0.5),
+        onset_tolerance=exp.get("c1", "onset_tolerance", int, default=1),
+        margin=exp.get("c1", "margin", float, default=0.1),
+    )

@@ -1,0 +1,99 @@
+"""The Claim 1 experiment: cumulative head ablations, each followed by a patch sweep.
+
+For each condition (clean, then every cumulative ablation stage) it measures,
+on one set of (A, B) pairs: A's correctness under the ablation, the residual
+patch sweep from ablated A into B, and the per-head scores of A.  Claims read
+what they need from one :class:`AblationStudy`, computed once per target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .answers import greedy_is
+from .interventions import AblateHeads
+from .patching import Sweep, patch_sweep
+from .scores import HeadScores, head_scores
+from .tasks import PatchSet
+
+APPROX_OR_EXACT = ("approx", "exact")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One ablation condition and what was measured under it."""
+
+    name: str
+    layers: tuple[int, ...]
+    correct: np.ndarray  # [n_pairs] A answers correctly under the ablation
+    sweep: Sweep
+    scores: HeadScores
+
+    def task_flags(self) -> np.ndarray:
+        """``[n_layers, n_pairs]``: patched B answers ≈ a*p or exactly a*p + b."""
+        return np.isin(self.sweep.outcomes, [1, 2])
+
+    def flags(self, outcome: str) -> np.ndarray:
+        from .answers import OUTCOMES
+
+        return self.sweep.outcomes == OUTCOMES.index(outcome)
+
+
+@dataclass(frozen=True)
+class AblationStudy:
+    """The clean condition followed by cumulative ablation stages."""
+
+    pairs: PatchSet
+    conditions: tuple[Condition, ...]
+
+    @property
+    def clean(self) -> Condition:
+        return self.conditions[0]
+
+    def after(self, stage: int) -> Condition:
+        """The condition with stages ``0..stage`` ablated (``stage`` counts from 0)."""
+        return self.conditions[stage + 1]
+
+
+def measure(
+    model: Any,
+    pairs: PatchSet,
+    layers: Sequence[int],
+    *,
+    read_layer: int,
+    mode: str = "zero",
+    position: int | None = -1,
+    means: dict | None = None,
+) -> Condition:
+    """One condition: every head of ``layers`` ablated (none: clean)."""
+    layers = tuple(layers)
+    ivs = [AblateHeads.layers(layers, model.cfg.n_heads, mode=mode, position=position, means=means)] if layers else []
+    answers = [pair.a.answer for pair in pairs.pairs]
+    return Condition(
+        name="clean" if not layers else "ablate " + "+".join(str(layer) for layer in layers),
+        layers=layers,
+        correct=greedy_is(model, pairs.a_texts, answers, interventions=ivs),
+        sweep=patch_sweep(model, pairs, a_interventions=ivs),
+        scores=head_scores(model, pairs.a_texts, answers, read_layer=read_layer, interventions=ivs),
+    )
+
+
+def ablation_study(
+    model: Any,
+    pairs: PatchSet,
+    stages: Sequence[Sequence[int]],
+    *,
+    read_layer: int,
+    clean: Condition | None = None,
+    **ablation: Any,
+) -> AblationStudy:
+    """The clean condition (measured unless given) and each cumulative ablation of ``stages``."""
+    conditions = [clean or measure(model, pairs, (), read_layer=read_layer, **ablation)]
+    ablated: list[int] = []
+    for stage in stages:
+        ablated += list(stage)
+        conditions.append(measure(model, pairs, ablated, read_layer=read_layer, **ablation))
+    return AblationStudy(pairs, tuple(conditions))

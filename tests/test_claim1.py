@@ -1,0 +1,133 @@
+"""Claim 1 findings: known answers on synthetic studies (each claim shown able to
+fail), and the full experiment and discovery path on a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mechclaims import claim1, load_target
+from mechclaims.discover import discover, to_toml
+from mechclaims.expectations import load
+from mechclaims.experiments import AblationStudy, Condition, ablation_study
+from mechclaims.patching import Sweep
+from mechclaims.scores import HeadScores
+from mechclaims.tasks import CANONICAL, make_patch_pairs
+
+N, LAYERS, HEADS = 200, 8, 4
+PARAMS = claim1.C1Params(onset=2, stages=((0, 1), (3,), (5,)), backup_layers=(3, 5), read_layer=7)
+
+
+def _condition(onset, *, accuracy=0.95, copy_from=6, exact_from=None, backup=None, seed=0, name="c"):
+    """Patched answers: none before ``onset``, approx from it, copy from ``copy_from``."""
+    rng = np.random.default_rng(seed)
+    outcomes = np.zeros((LAYERS, N), dtype=np.int8)
+    for layer in range(LAYERS):
+        if onset is not None and layer >= onset:
+            outcomes[layer] = np.where(rng.random(N) < 0.9, 1, 0)
+        if exact_from is not None and layer >= exact_from:
+            outcomes[layer] = np.where(rng.random(N) < 0.9, 2, outcomes[layer])
+        if layer >= copy_from:
+            outcomes[layer] = np.where(rng.random(N) < 0.9, 3, 0)
+    dla = rng.normal(size=(N, LAYERS, HEADS))
+    if backup is not None:
+        dla[:, backup, 1] += 1.0
+    return Condition(
+        name=name, layers=(),
+        correct=rng.random(N) < accuracy,
+        sweep=Sweep(tuple(range(LAYERS)), np.zeros((LAYERS, N), dtype=np.int64), outcomes),
+        scores=HeadScores(dla=dla, dot=dla, read_layer=7),
+    )
+
+
+def _study(*conditions):
+    return AblationStudy(pairs=None, conditions=conditions)
+
+
+REDUNDANT = _study(
+    _condition(2, exact_from=4, seed=1),
+    _condition(4, backup=3, seed=1),  # same prompts (seed) so paired tests see the change
+    _condition(5, backup=5, seed=1),
+    _condition(None, copy_from=6, seed=1),
+)
+FRAGILE = _study(
+    _condition(2, exact_from=4, seed=1),
+    _condition(None, accuracy=0.3, seed=1),
+    _condition(None, accuracy=0.2, seed=1),
+    _condition(None, accuracy=0.1, seed=1),
+)
+
+
+def test_a_redundant_model_supports_every_finding():
+    findings = {
+        "onset": claim1.task_onset(REDUNDANT, PARAMS),
+        "ablate-1": claim1.ablate(REDUNDANT, 0, PARAMS),
+        "backup-1": claim1.backup(REDUNDANT, 0, PARAMS),
+        "ablate-2": claim1.ablate(REDUNDANT, 1, PARAMS),
+        "backup-2": claim1.backup(REDUNDANT, 1, PARAMS),
+        "ablate-3": claim1.no_task_stage(REDUNDANT, 2, PARAMS),
+        "parity": claim1.parity_late(REDUNDANT, PARAMS),
+        "redundancy": claim1.redundancy(REDUNDANT, PARAMS),
+    }
+    assert {k: f.supported for k, f in findings.items()} == dict.fromkeys(findings, True), {
+        k: f.message for k, f in findings.items()
+    }
+
+
+def test_a_model_without_redundancy_refutes_them():
+    assert not claim1.ablate(FRAGILE, 0, PARAMS).supported
+    assert not claim1.no_task_stage(FRAGILE, 2, PARAMS).supported
+    assert not claim1.redundancy(FRAGILE, PARAMS).supported
+
+
+def test_onset_at_another_layer_refutes_the_onset_claim():
+    wrong = claim1.C1Params(**{**PARAMS.__dict__, "onset": 5})
+    assert not claim1.task_onset(REDUNDANT, wrong).supported
+
+
+def test_no_backup_without_a_real_increase():
+    flat = _study(_condition(2, seed=1), _condition(4, seed=1))
+    assert not claim1.backup(flat, 0, PARAMS).supported
+
+
+def test_parity_is_not_late_when_exact_comes_with_the_task_stage():
+    early = _study(_condition(2, exact_from=2, seed=1))
+    assert not claim1.parity_late(early, PARAMS).supported
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    import os
+
+    os.environ["MECHCLAIMS_ORGANISM_DIR"] = str(tiny_llama)
+    try:
+        return load_target("organism").model
+    finally:
+        del os.environ["MECHCLAIMS_ORGANISM_DIR"]
+
+
+def test_the_full_experiment_runs_on_a_model(tiny):
+    pairs = make_patch_pairs(CANONICAL, n_pairs=12, n_examples=6, seed=0)
+    params = claim1.C1Params(onset=0, stages=((0,), (1,), ()), backup_layers=(1, 1), read_layer=1)
+    study = ablation_study(tiny, pairs, params.stages, read_layer=1)
+    assert [c.name for c in study.conditions] == ["clean", "ablate 0", "ablate 0+1", "ablate 0+1"]
+    for finding in (
+        claim1.task_onset(study, params), claim1.ablate(study, 0, params), claim1.backup(study, 0, params),
+        claim1.no_task_stage(study, 2, params), claim1.parity_late(study, params), claim1.redundancy(study, params),
+    ):
+        assert isinstance(finding.supported, bool) and finding.message
+    assert tiny.list_hooks() == {}
+
+
+def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # a random model: force the full procedure
+    found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lambda m: None)
+    path = tmp_path / "organism.toml"
+    path.write_text(to_toml("organism", found, "python -m mechclaims.discover --target organism"))
+    exp = load(path, "organism")
+    params = claim1.params_from(exp, n_layers=2)
+    assert params.read_layer == 1 and len(params.stages) == 3
+    assert set(exp.verdicts) == {
+        "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
+        "C1.backup-15", "C1.ablate-15", "C1.parity-late", "C1.redundancy",
+    }
