@@ -42,6 +42,9 @@ def write_run(report_dir: Path, run_id: str, record: dict[str, Any]) -> Path:
     run_dir = report_dir / run_id
     path = run_dir / "claims.json"
     atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    from .markdown import render
+
+    atomic_write_text(run_dir / "claims.md", render(record))
     if record.get("run", {}).get("complete"):
         point_latest(report_dir, run_dir)
     return path

@@ -1,0 +1,44 @@
+"""Reading a stored ``claims.json`` back, with clear errors for broken or foreign files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..results import SCHEMA_VERSION, VERDICTS
+
+
+def resolve_run(path: Path) -> Path:
+    """A run directory or a ``claims.json`` path, as the JSON file's path."""
+    path = Path(path)
+    return path / "claims.json" if path.is_dir() else path
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """Load and check a claims.json (schema version 1)."""
+    file = resolve_run(path)
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such claims.json; pass a run directory under reports/ or its claims.json")
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid JSON ({exc}); the file is truncated or corrupt") from None
+    if not isinstance(record, dict):
+        raise ConfigError(f"{file}: expected a JSON object with schema_version, run and claims")
+    version = record.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"{file}: schema_version {version!r} is not supported; this mechclaims reads version {SCHEMA_VERSION}"
+        )
+    for key in ("run", "claims"):
+        if key not in record:
+            raise ConfigError(f"{file}: missing key {key!r}; a claims.json has schema_version, run and claims")
+    for i, claim in enumerate(record["claims"]):
+        missing = [k for k in ("id", "target", "verdict") if k not in claim]
+        if missing:
+            raise ConfigError(f"{file}: claims[{i}] lacks {', '.join(missing)}")
+        if claim["verdict"] not in VERDICTS:
+            raise ConfigError(f"{file}: claims[{i}] verdict {claim['verdict']!r} is not one of {', '.join(VERDICTS)}")
+    return record
