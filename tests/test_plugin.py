@@ -304,3 +304,26 @@ def test_an_interrupted_run_writes_a_partial_report_and_keeps_latest_complete(py
     assert partial[0]["run"]["complete"] is False and partial[0]["run"]["finished"] is None
     assert [c["id"] for c in partial[0]["claims"]] == ["T.first"]
     assert (pytester.path / "reports" / "latest").resolve() == complete
+
+
+def test_forward_passes_are_counted_per_claim_and_per_run(pytester, as_organism):
+    pytester.makepyfile(test_fw='''
+import pytest, torch
+from mechclaims import proportion
+
+@pytest.mark.claim(id="T.two")
+def test_two(target, claim):
+    with torch.no_grad():
+        target.model(torch.ones(3, 5, dtype=torch.long))
+        target.model(torch.ones(1, 4, dtype=torch.long))
+    claim.record(proportion(1, 1))
+
+@pytest.mark.claim(id="T.none")
+def test_none(target, claim):
+    claim.record(proportion(1, 1))
+''')
+    pytester.runpytest("--mechclaims-target", "organism").assert_outcomes(passed=2)
+    report = _report(pytester)
+    figures = {c["id"]: (c["figures"]["forward_calls"], c["figures"]["forward_tokens"]) for c in report["claims"]}
+    assert figures == {"T.two": (2, 19), "T.none": (0, 0)}
+    assert report["run"]["forwards"] == {"organism": {"calls": 2, "tokens": 19}}

@@ -31,6 +31,7 @@ recorder_key = pytest.StashKey[ClaimRecorder]()
 verdict_key = pytest.StashKey[ClaimResult]()
 expected_key = pytest.StashKey[str]()
 sigterm_key = pytest.StashKey[object]()
+forwards_key = pytest.StashKey[tuple]()
 expectations_key = pytest.StashKey[dict]()
 
 
@@ -246,6 +247,11 @@ def _target_name(item: pytest.Item) -> str | None:
 # --------------------------------------------------------------------------- verdicts
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[forwards_key] = item.config.stash[session_key].forward_totals()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Setup and call decide a claim's verdict; teardown records it (or errors it)."""
@@ -262,6 +268,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             result = _result(item, recorder, ERRORED, "the claim test did not run")
         if report.failed and result.verdict != ERRORED:
             result = replace(result, verdict=ERRORED, message=f"teardown: {_first_line(report.longrepr)}")
+        calls, tokens = item.config.stash[session_key].forward_totals()
+        calls0, tokens0 = item.stash.get(forwards_key, (calls, tokens))
+        result = replace(result, figures={**result.figures, "forward_calls": calls - calls0, "forward_tokens": tokens - tokens0})
         item.config.stash[session_key].record(result)
         return report
     if verdict_key in item.stash or (call.when == "setup" and report.passed):

@@ -74,6 +74,13 @@ class ClaimSession:
             )
         return self.loaded[name]
 
+    def forward_totals(self) -> tuple[int, int]:
+        """Forward calls and tokens so far, over every loaded target."""
+        return (
+            sum(t.forwards.calls for t in self.loaded.values()),
+            sum(t.forwards.tokens for t in self.loaded.values()),
+        )
+
     def record(self, result: ClaimResult) -> None:
         self.results.append(result)
 
@@ -119,6 +126,10 @@ class ClaimSession:
                     for name, info in self.targets_info.items()
                 },
                 "load_counts": dict(self.load_counts),
+                "forwards": {
+                    name: {"calls": t.forwards.calls, "tokens": t.forwards.tokens}
+                    for name, t in self.loaded.items()
+                },
             },
             "claims": [r.to_json() for r in self.results],
         }

@@ -89,6 +89,14 @@ class TargetInfo:
 
 
 @dataclass
+class ForwardCount:
+    """Forward passes through a loaded model and the tokens they processed."""
+
+    calls: int = 0
+    tokens: int = 0
+
+
+@dataclass
 class LoadedTarget:
     """A loaded model with its tokenizer and provenance."""
 
@@ -97,6 +105,7 @@ class LoadedTarget:
     tokenizer: Any
     info: TargetInfo
     torch_hook_baseline: int = 0
+    forwards: ForwardCount = field(default_factory=ForwardCount)
 
 
 def default_cache_dir() -> Path:
@@ -346,7 +355,23 @@ def load_target(
         n_heads=int(model.cfg.n_heads),
         load_seconds=round(time.perf_counter() - started, 3),
     )
-    return LoadedTarget(name, model, model.tokenizer, info, _settled_hook_count(model))
+    forwards = _count_forwards(model)
+    baseline = _settled_hook_count(model)
+    forwards.calls = forwards.tokens = 0  # the warm-up forward is not the claims' work
+    return LoadedTarget(name, model, model.tokenizer, info, baseline, forwards)
+
+
+def _count_forwards(model: Any) -> ForwardCount:
+    """Count every top-level forward and its tokens (a permanent, read-only pre-hook)."""
+    count = ForwardCount()
+
+    def tally(module: Any, args: tuple, kwargs: dict) -> None:
+        tokens = args[0] if args else kwargs.get("input")
+        count.calls += 1
+        count.tokens += int(tokens.numel()) if hasattr(tokens, "numel") else 0
+
+    model.register_forward_pre_hook(tally, with_kwargs=True)
+    return count
 
 
 def _settled_hook_count(model: Any) -> int:
