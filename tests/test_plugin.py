@@ -327,3 +327,18 @@ def test_none(target, claim):
     figures = {c["id"]: (c["figures"]["forward_calls"], c["figures"]["forward_tokens"]) for c in report["claims"]}
     assert figures == {"T.two": (2, 19), "T.none": (0, 0)}
     assert report["run"]["forwards"] == {"organism": {"calls": 2, "tokens": 19}}
+
+
+def test_claim_properties_land_in_junit_xml(pytester, as_organism):
+    import xml.etree.ElementTree as ET
+
+    pytester.makepyfile(test_claims=CLAIMS)
+    pytester.runpytest("--mechclaims-target", "organism", "-k", "supported or refuted", "--junitxml", "junit.xml")
+    cases = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+        for case in ET.parse(pytester.path / "junit.xml").iter("testcase")
+    }
+    assert cases["test_supported[organism]"]["claim_verdict"] == "supported"
+    assert cases["test_supported[organism]"]["claim_n"] == "10"
+    assert cases["test_refuted[organism]"]["claim_verdict"] == "refuted"
+    assert cases["test_refuted[organism]"]["claim_id"] == "T.refuted"

@@ -272,6 +272,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         calls0, tokens0 = item.stash.get(forwards_key, (calls, tokens))
         result = replace(result, figures={**result.figures, "forward_calls": calls - calls0, "forward_tokens": tokens - tokens0})
         item.config.stash[session_key].record(result)
+        report.user_properties.extend(_junit_properties(result))
         return report
     if verdict_key in item.stash or (call.when == "setup" and report.passed):
         return report
@@ -280,9 +281,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.outcome = "failed"
         report.longrepr = f"claim {recorder.id} errored: {message}"
     item.stash[verdict_key] = _result(item, recorder, verdict, message)
-    item.user_properties.append(("claim_verdict", verdict))
-    report.user_properties.append(("claim_verdict", verdict))
     return report
+
+
+def _junit_properties(result: ClaimResult) -> list[tuple[str, object]]:
+    """The claim's verdict and main figures as JUnit XML properties (teardown report)."""
+    data = result.to_json()
+    keys = ("id", "target", "verdict", "expected", "statistic", "ci", "threshold", "n", "pvalue")
+    return [(f"claim_{key}", data[key]) for key in keys if data.get(key) is not None]
 
 
 def _result(item: pytest.Item, recorder: ClaimRecorder, verdict: str, message: str) -> ClaimResult:
