@@ -10,6 +10,8 @@ import pytest
 # run, and re-importing transformer_lens (through datasets/pyarrow) fails.
 import transformer_lens.model_bridge  # noqa: F401
 
+import mechclaims.claim1  # noqa: F401,E402  (patched by tests; must stay one module object)
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny import write_tiny_llama  # noqa: E402
