@@ -1,0 +1,1 @@
+"""Benchmarks run on a shipped organism: `pytest benchmarks/ --benchmark-json reports/benchmarks.json`."""
