@@ -30,3 +30,13 @@ def as_organism(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the `organism` target at the tiny checkpoint."""
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
     return tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_llama: Path):
+    """The tiny checkpoint loaded through the one loader (as the `organism` target)."""
+    from mechclaims import load_target
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+        return load_target("organism").model

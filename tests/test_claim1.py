@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mechclaims import claim1, load_target
+from mechclaims import claim1
 from mechclaims.discover import discover, to_toml
 from mechclaims.expectations import load
 from mechclaims.experiments import AblationStudy, Condition, ablation_study
@@ -95,15 +95,9 @@ def test_parity_is_not_late_when_exact_comes_with_the_task_stage():
     assert not claim1.parity_late(early, PARAMS).supported
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_llama):
-    import os
-
-    os.environ["MECHCLAIMS_ORGANISM_DIR"] = str(tiny_llama)
-    try:
-        return load_target("organism").model
-    finally:
-        del os.environ["MECHCLAIMS_ORGANISM_DIR"]
+@pytest.fixture
+def tiny(tiny_model):
+    return tiny_model
 
 
 def test_the_full_experiment_runs_on_a_model(tiny):

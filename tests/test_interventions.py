@@ -6,22 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from mechclaims import ConfigError, load_target
+from mechclaims import ConfigError
 from mechclaims.answers import OUTCOMES, classify, encode
 from mechclaims.interventions import AblateHeads, SetResidual, capture, head_means, resid_pre, run_with
 from mechclaims.patching import patch_sweep, patch_sweep_loop
 from mechclaims.tasks import CANONICAL, MIN_QUERY_GAP, make_patch_pairs, make_prompts
 
 
-@pytest.fixture(scope="module")
-def model(tiny_llama):
-    import os
-
-    os.environ["MECHCLAIMS_ORGANISM_DIR"] = str(tiny_llama)
-    try:
-        return load_target("organism").model
-    finally:
-        del os.environ["MECHCLAIMS_ORGANISM_DIR"]
+@pytest.fixture
+def model(tiny_model):
+    return tiny_model
 
 
 def _tokens(model, texts):
