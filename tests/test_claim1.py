@@ -85,6 +85,12 @@ def test_onset_at_another_layer_refutes_the_onset_claim():
     assert not claim1.task_onset(REDUNDANT, wrong).supported
 
 
+def test_no_task_stage_never_supports_the_onset_claim():
+    none = _study(_condition(None, seed=1))
+    late = claim1.C1Params(**{**PARAMS.__dict__, "onset": LAYERS - 1})
+    assert not claim1.task_onset(none, late).supported
+
+
 def test_no_backup_without_a_real_increase():
     flat = _study(_condition(2, seed=1), _condition(4, seed=1))
     assert not claim1.backup(flat, 0, PARAMS).supported

@@ -55,9 +55,10 @@ def rates_by_layer(condition: Condition) -> dict[str, list[float]]:
 
 def task_onset(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
     """C1.onset: the first layer where patching makes B answer ≈ a*p is the pre-registered one."""
-    effect = onset(study.clean.task_flags(), p.threshold, seed=seed)
+    flags = study.clean.task_flags()
+    effect = onset(flags, p.threshold, seed=seed)
     low, high = p.onset - p.onset_tolerance, p.onset + p.onset_tolerance
-    ok = low <= effect.ci.low and effect.ci.high <= high
+    ok = effect.ci.high < flags.shape[0] and low <= effect.ci.low and effect.ci.high <= high
     return Finding(
         effect, ok,
         f"onset {effect} (n_layers means none); pre-registered {p.onset} ± {p.onset_tolerance}",
