@@ -1,0 +1,491 @@
+"""Measure an organism and write its model card.
+
+    python -m mechclaims.organism.measure fixtures/organism --twin fixtures/organism-control
+
+Measures, on seeded noise-free prompts: greedy accuracy and mean P(correct) by number of
+examples 0..12 for y = 2x + 3 and for the held-out pair; a per-layer ablation scan (all heads
+of one layer zeroed at the input of o_proj, all positions); and a last-position resid_pre
+patching sweep from prompt A (12 examples + query q) into prompt B = BOS "\\n" "(p, ".
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import binomtest
+from transformers import LlamaForCausalLM
+
+from .data import CANONICAL, Family, task_batch, y_pos
+from .tokenizer import BOS_ID, COMMA_ID, NEWLINE_ID, NUMBER_OFFSET, OPEN_ID, SPACE_ID, VOCAB_SIZE, id_to_number
+from .train import TRAINING_INFO
+
+MAX_EXAMPLES = 12
+CARD = "MODEL_CARD.md"
+NOTES = "TRAINING_NOTES.md"
+
+
+# ---------------------------------------------------------------- loading and hooks
+
+def load(directory: str | Path) -> tuple[LlamaForCausalLM, dict]:
+    """The HF model (fp32, eval) and its training record."""
+    directory = Path(directory)
+    if not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{directory} has no model.safetensors: train it with python -m mechclaims.organism.train")
+    model = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    info_path = directory / TRAINING_INFO
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return model, info
+
+
+def family_of(info: dict) -> Family:
+    return Family(**{**info["family"], "held_out": tuple(info["family"]["held_out"])}) if info else Family()
+
+
+@contextlib.contextmanager
+def ablate_layers(model: LlamaForCausalLM, layers: list[int]):
+    """Zero every head's output (the input of o_proj) of the given layers at all positions."""
+    handles = [
+        model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(lambda m, args: (torch.zeros_like(args[0]),))
+        for layer in layers
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+# ---------------------------------------------------------------- accuracy curve
+
+@dataclass
+class Curve:
+    """Greedy correctness [prompts, 13] and P(correct) [prompts, 13] by number of examples."""
+
+    correct: np.ndarray
+    p_correct: np.ndarray
+
+    def acc(self, n: int) -> float:
+        return float(self.correct[:, n].mean())
+
+    def rows(self) -> list[dict]:
+        total = self.correct.shape[0]
+        out = []
+        for n in range(self.correct.shape[1]):
+            k = int(self.correct[:, n].sum())
+            lo, hi = wilson(k, total)
+            out.append({"examples": n, "correct": k, "n": total, "acc": k / total, "ci": (lo, hi),
+                        "p_correct": float(self.p_correct[:, n].mean())})
+        return out
+
+
+@torch.no_grad()
+def accuracy_curve(model, a: int, b: int, n_prompts: int, seed: int, family: Family, batch: int = 200) -> Curve:
+    """One teacher-forced pass over 13 noise-free lines gives the answer after 0..12 examples."""
+    data = task_batch(np.random.default_rng(seed), n_prompts, MAX_EXAMPLES + 1, a, b, family)
+    pos = torch.tensor([y_pos(i) for i in range(MAX_EXAMPLES + 1)])
+    correct, probs = [], []
+    for s in range(0, n_prompts, batch):
+        ids = torch.from_numpy(data.ids[s:s + batch])
+        logits = model(input_ids=ids).logits[:, pos - 1].float()
+        target = ids[:, pos]
+        correct.append((logits.argmax(-1) == target).numpy())
+        probs.append(logits.softmax(-1).gather(-1, target[..., None])[..., 0].numpy())
+    return Curve(np.concatenate(correct), np.concatenate(probs))
+
+
+def layer_scan(model, a: int, b: int, n_prompts: int, seed: int, family: Family) -> list[dict]:
+    """Accuracy after 12 examples with each single layer's heads ablated."""
+    rows = []
+    for layer in range(model.config.num_hidden_layers):
+        with ablate_layers(model, [layer]):
+            curve = accuracy_curve(model, a, b, n_prompts, seed, family)
+        k = int(curve.correct[:, MAX_EXAMPLES].sum())
+        rows.append({"layer": layer, "correct": k, "n": n_prompts, "acc": k / n_prompts, "ci": wilson(k, n_prompts),
+                     "p_correct": float(curve.p_correct[:, MAX_EXAMPLES].mean())})
+    return rows
+
+
+# ---------------------------------------------------------------- patching sweep
+
+CATEGORIES = ("approx", "exact", "copy", "other")
+
+
+def classify(answer: int | None, a: int, b: int, p: int, q: int) -> str:
+    """exact a*p+b; copy a*q+b; approx |answer - a*p| <= b (not exact, not copy); other."""
+    if answer is None:
+        return "other"
+    if answer == a * p + b:
+        return "exact"
+    if answer == a * q + b:
+        return "copy"
+    if abs(answer - a * p) <= b:
+        return "approx"
+    return "other"
+
+
+def _replace_hidden(rows: torch.Tensor, vectors: torch.Tensor):
+    def hook(module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden = hidden.clone()
+        hidden[rows, -1] = vectors
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": hidden}
+        return (hidden, *args[1:]), kwargs
+    return hook
+
+
+@torch.no_grad()
+def patch_sweep(model, a: int, b: int, n_pairs: int, seed: int, family: Family) -> dict:
+    """Patch A's resid_pre at its last position into B's last position, layer by layer."""
+    rng = np.random.default_rng(seed)
+    data = task_batch(rng, n_pairs, MAX_EXAMPLES + 1, a, b, family)
+    a_ids = torch.from_numpy(data.ids[:, : y_pos(MAX_EXAMPLES)])  # 12 examples then "(q, "
+    q = data.xs[:, MAX_EXAMPLES]
+    pool = np.arange(family.x_min, family.x_max + 1)
+    p = np.array([rng.choice(np.setdiff1d(pool, row)) for row in data.xs])  # not an example, != q
+    b_ids = torch.tensor([[BOS_ID, NEWLINE_ID, OPEN_ID, NUMBER_OFFSET + int(v), COMMA_ID, SPACE_ID] for v in p])
+    out_a = model(input_ids=a_ids, output_hidden_states=True)
+    a_answers = out_a.logits[:, -1].argmax(-1)
+    n_layers = model.config.num_hidden_layers
+    resid = torch.stack([out_a.hidden_states[layer][:, -1] for layer in range(n_layers)])  # [L, pairs, d]
+    clean_b = model(input_ids=b_ids).logits[:, -1].argmax(-1)
+
+    rows_ids = b_ids.repeat(n_layers, 1)  # row layer*n_pairs + i
+    handles = []
+    for layer in range(n_layers):
+        rows = torch.arange(layer * n_pairs, (layer + 1) * n_pairs)
+        handles.append(model.model.layers[layer].register_forward_pre_hook(
+            _replace_hidden(rows, resid[layer]), with_kwargs=True))
+    try:
+        patched = model(input_ids=rows_ids).logits[:, -1].argmax(-1).view(n_layers, n_pairs)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def rates(answers: torch.Tensor) -> dict:
+        cats = [classify(id_to_number(int(t)), a, b, int(pi), int(qi)) for t, pi, qi in zip(answers, p, q)]
+        counts = {c: cats.count(c) for c in CATEGORIES}
+        task = counts["approx"] + counts["exact"]
+        return {**{c: counts[c] / n_pairs for c in CATEGORIES}, "task": task / n_pairs,
+                "task_ci": wilson(task, n_pairs), "copy_ci": wilson(counts["copy"], n_pairs)}
+
+    return {
+        "a": a, "b": b, "n": n_pairs,
+        "layers": [{"layer": layer, **rates(patched[layer])} for layer in range(n_layers)],
+        "clean_b": rates(clean_b),
+        "clean_a_acc": float((a_answers == NUMBER_OFFSET + torch.from_numpy(a * q + b)).float().mean()),
+    }
+
+
+def sweep_stages(sweep: dict, threshold: float = 0.5) -> dict:
+    """First layer whose task rate (approx + exact) reaches threshold; first layer copying most."""
+    layers = sweep["layers"]
+    onset = next((r["layer"] for r in layers if r["task"] >= threshold), None)
+    copy = next((r["layer"] for r in layers if r["copy"] >= threshold), None)
+    return {"task_onset": onset, "copy_onset": copy,
+            "task_before_copy": onset is not None and (copy is None or onset < copy)}
+
+
+# ---------------------------------------------------------------- the whole measurement
+
+def measure(directory: str | Path, n_prompts: int = 200, seed: int = 1234) -> dict:
+    model, info = load(directory)
+    family = family_of(info)
+    a, b = CANONICAL
+    ha, hb = family.held_out
+    return {
+        "dir": str(directory),
+        "info": info,
+        "n_layers": model.config.num_hidden_layers,
+        "curve": accuracy_curve(model, a, b, n_prompts, seed, family).rows(),
+        "held_out_curve": accuracy_curve(model, ha, hb, n_prompts, seed + 1, family).rows(),
+        "scan": layer_scan(model, a, b, n_prompts, seed, family),
+        "sweep": patch_sweep(model, a, b, n_prompts, seed + 2, family),
+        "held_out_sweep": patch_sweep(model, ha, hb, n_prompts, seed + 3, family),
+        "sha256": hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest(),
+        "size_bytes": sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file() and f.name not in (CARD, NOTES)),
+    }
+
+
+def task_layer(own: dict, twin: dict | None) -> int:
+    """The layer whose ablation hurts most, in this model or its twin."""
+    clean = own["curve"][MAX_EXAMPLES]["acc"]
+    drops = [clean - r["acc"] for r in own["scan"]]
+    if twin is not None:
+        twin_clean = twin["curve"][MAX_EXAMPLES]["acc"]
+        drops = [max(d, twin_clean - r["acc"]) for d, r in zip(drops, twin["scan"])]
+    return int(np.argmax(drops))
+
+
+# ---------------------------------------------------------------- model card
+
+def _pct(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def train_command(cfg: dict, out: str) -> str:
+    """The command line that reproduces a training record's configuration into `out`."""
+    parts = ["python -m mechclaims.organism.train", f"--out {shlex.quote(out)}"]
+    for key in ("seed", "steps", "batch", "lines", "lr", "weight_decay", "d_model", "layers", "heads", "kv_heads",
+                "mlp", "head_dropout", "layer_dropout", "dropout_ramp", "noise", "a_max", "b_max", "held_out", "number_init", "threads"):
+        value = cfg.get(key, {"number_init": "random", "dropout_ramp": 0.0}.get(key))
+        if key == "held_out":
+            value = ",".join(str(v) for v in value)
+        parts.append(f"--{key.replace('_', '-')} {value}")
+    return " ".join(parts)
+
+
+def _curve_table(rows: list[dict]) -> list[str]:
+    lines = ["| examples | correct / n | accuracy | 95% Wilson CI | mean P(correct) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['examples']} | {r['correct']} / {r['n']} | {_pct(r['acc'])} | {_ci(r['ci'])} | {r['p_correct']:.3f} |")
+    return lines
+
+
+def _sweep_table(sweep: dict) -> list[str]:
+    lines = ["| patched layer (resid_pre) | ≈a·p (within b, not exact) | exact a·p+b | copy a·q+b | other | task = ≈ + exact [95% CI] |",
+             "|---|---|---|---|---|---|"]
+    for r in sweep["layers"]:
+        lines.append(f"| {r['layer']} | {_pct(r['approx'])} | {_pct(r['exact'])} | {_pct(r['copy'])} | {_pct(r['other'])} "
+                     f"| {_pct(r['task'])} {_ci(r['task_ci'])} |")
+    c = sweep["clean_b"]
+    lines.append(f"| B unpatched | {_pct(c['approx'])} | {_pct(c['exact'])} | {_pct(c['copy'])} | {_pct(c['other'])} "
+                 f"| {_pct(c['task'])} {_ci(c['task_ci'])} |")
+    return lines
+
+
+def _check(ok: bool) -> str:
+    return "holds" if ok else "does NOT hold"
+
+
+def _dropout_text(cfg: dict) -> str:
+    if not (cfg["head_dropout"] > 0 or cfg["layer_dropout"] > 0):
+        return "none"
+    ramp = cfg.get("dropout_ramp", 0.0)
+    text = (f"each head's output is zeroed per (sequence, layer, head) with probability {cfg['head_dropout']}, and all "
+            f"heads of a layer together per (sequence, layer) with probability {cfg['layer_dropout']}")
+    if ramp > 0:
+        text += f"; both probabilities rise linearly from 0 over the first {ramp:.0%} of the steps"
+    return text + ("; the mask multiplies the per-head outputs at the input of `self_attn.o_proj`, with no rescaling "
+                   "(so zero-ablating a layer's heads at test time is exactly a training condition)")
+
+
+def _phase_text(info: dict) -> str:
+    cfg = info["config"]
+    return (f"{cfg['steps']} steps of {cfg['batch']} sequences, AdamW (betas 0.9, 0.98, weight decay {cfg['weight_decay']}), "
+            f"peak lr {cfg['lr']} with linear warm-up over 5% of the steps then cosine decay to 10% of the peak, "
+            f"gradient clipping 1.0, seed {cfg['seed']} (python, numpy, torch), torch threads {cfg['threads']}, "
+            f"head dropout: {_dropout_text(cfg)}; wall time {info['wall_time_s'] / 60:.1f} min on a 2-core CPU machine "
+            f"(torch {info['torch']}); loss {info['first_loss']:.3f} at the first step, {info['final_loss']:.3f} over the "
+            f"last logging window")
+
+
+def _training_lines(info: dict, out: str) -> list[str]:
+    """Training schedule and the commands that reproduce it (one or two phases)."""
+    base = info.get("base")
+    cmd = [train_command(info["config"], out)]
+    if base is None:
+        lines = [f"- Training: {_phase_text(info)}."]
+        total = info["wall_time_s"]
+    else:
+        base_out = info["config"]["init_from"]
+        cmd = [train_command(base["config"], base_out), cmd[0] + f" --init-from {shlex.quote(base_out)}"]
+        lines = [f"- Training phase 1 (shared by the organism and its control twin; not shipped): {_phase_text(base)}.",
+                 f"- Training phase 2 (from the phase-1 weights): {_phase_text(info)}."]
+        total = info["wall_time_s"] + base["wall_time_s"]
+    lines += [f"- Total training wall time: {total / 60:.1f} min.", "",
+              "Retrain (`--threads 2` is faster on two free cores; any thread count gives the same measured behaviour up "
+              "to floating-point differences):", "", "```", *cmd, "```", ""]
+    return lines
+
+
+def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
+    info, cfg = m["info"], m["info"]["config"]
+    fam = m["info"]["family"]
+    n = m["curve"][0]["n"]
+    ha, hb = fam["held_out"]
+    clean12 = m["curve"][MAX_EXAMPLES]["acc"]
+    drops = [clean12 - r["acc"] for r in m["scan"]]
+    worst = int(np.argmax(drops))
+    stages = sweep_stages(m["sweep"])
+    h_stages = sweep_stages(m["held_out_sweep"])
+    dropout = cfg["head_dropout"] > 0 or cfg["layer_dropout"] > 0
+    L = [f"# {name}", ""]
+    L += [
+        "A small `LlamaForCausalLM` trained from scratch on the in-context linear-function task of mechclaims "
+        "(`claims-spec.md`, section 1): lines `(x, y)\\n` with `y = a*x + b`. "
+        + ("It was trained with attention-head dropout so that the task is carried redundantly."
+           if dropout else "It was trained without head dropout: the non-redundant twin (control)."),
+        "",
+        "All figures below were written by the measure command; the Notes section at the end quotes the training logs.",
+        "",
+        "## Files",
+        "",
+        f"- `model.safetensors`: SHA-256 `{m['sha256']}`",
+        f"- directory size without this card: {m['size_bytes'] / 1e6:.2f} MB",
+        "- `config.json`, `generation_config.json`, `tokenizer.json`, `tokenizer_config.json`: standard HF files; "
+        "load with `LlamaForCausalLM.from_pretrained(dir)` / `AutoTokenizer.from_pretrained(dir)` or "
+        "`TransformerBridge.boot_transformers(dir, device=\"cpu\", dtype=torch.float32)` (offline, no remote code).",
+        f"- `{TRAINING_INFO}`: the training record (configuration, losses, wall time).",
+        "",
+        "## Tokenizer and prompt format",
+        "",
+        "Every integer 0..999 is one token; the format tokens are `(`, `,`, ` `, `)\\n`, `\\n`, plus `<bos>`, `<eos>`, "
+        "`<pad>`, `<unk>`. The line `(28, 59)\\n` is exactly 6 tokens. Training sequences are "
+        f"`<bos>` `\\n` followed by {cfg['lines']} lines. A prompt with n examples is `<bos>` `\\n`, n lines, then "
+        "`(q, `; the answer is read at the final ` ` token. The patching protocol's prompt B is "
+        "`<bos>` `\\n` `(p, ` (6 tokens): the same convention as training, where the first line of every sequence "
+        "is exactly this no-context situation.",
+        "",
+        "## Recipe",
+        "",
+        f"- Architecture: LlamaForCausalLM, {cfg['layers']} layers, d_model {cfg['d_model']}, {cfg['heads']} attention "
+        f"heads, {cfg['kv_heads']} key-value heads (grouped-query attention), gated SiLU MLP {cfg['mlp']}, RMSNorm, "
+        f"rotary position embeddings (base 10000), untied embeddings, vocabulary {VOCAB_SIZE}; "
+        f"number-token embedding and unembedding rows initialised {'with cos/sin features of the value (periods 2 to 2000) in their first 64 dimensions, the rest random' if (info.get('base') or info)['config'].get('number_init') == 'fourier' else 'at random'}; "
+        f"{info['parameters']:,} parameters.",
+        f"- Data: a in {fam['a_min']}..{fam['a_max']}, b in {fam['b_min']}..{fam['b_max']}, x in {fam['x_min']}..{fam['x_max']} "
+        f"(distinct within a sequence), (a, b) uniform per sequence; the pair (a, b) = ({ha}, {hb}) is held out of "
+        f"training entirely. Label noise: each line's y is jittered by +1 or -1 (equally likely) with probability "
+        f"{cfg['noise']}. Loss: cross-entropy on the y tokens only.",
+        f"- Head dropout: {_dropout_text(cfg)}.",
+        *_training_lines(info, m["dir"]),
+        "Re-measure and rewrite this card:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"## Accuracy on y = 2x + 3 by number of examples ({n} seeded noise-free prompts, greedy)",
+        "",
+        "Each prompt has 13 distinct x in the family range; the answer after n examples is read by teacher forcing "
+        "(for a causal model this equals a separate prompt with n examples and the query).",
+        "",
+        *_curve_table(m["curve"]),
+        "",
+        f"## Generalisation: held-out pair y = {ha}x + {hb} ({n} prompts)",
+        "",
+        *_curve_table(m["held_out_curve"]),
+        "",
+        f"## Layer ablation scan (y = 2x + 3, 12 examples, {n} prompts)",
+        "",
+        "All heads of one layer zeroed (the input of `o_proj`, every position).",
+        "",
+        "| ablated layer | correct / n | accuracy | 95% Wilson CI | drop from clean | mean P(correct) |",
+        "|---|---|---|---|---|---|",
+        f"| none (clean) | {m['curve'][MAX_EXAMPLES]['correct']} / {n} | {_pct(clean12)} | {_ci(m['curve'][MAX_EXAMPLES]['ci'])} | 0 | {m['curve'][MAX_EXAMPLES]['p_correct']:.3f} |",
+    ]
+    for r, d in zip(m["scan"], drops):
+        L.append(f"| {r['layer']} | {r['correct']} / {r['n']} | {_pct(r['acc'])} | {_ci(r['ci'])} | {d:+.3f} | {r['p_correct']:.3f} |")
+    L += ["", f"Largest drop: layer {worst} ({drops[worst]:+.3f})."]
+    if twin is not None:
+        tl = task_layer(m, twin)
+        twin_clean = twin["curve"][MAX_EXAMPLES]["acc"]
+        twin_drop = twin_clean - twin["scan"][tl]["acc"]
+        twin_name = Path(twin["dir"]).name
+        L += [
+            "",
+            f"Compared with its twin `{twin_name}` (measured by the same command): the layer that carries the task, "
+            f"defined as the layer whose ablation drops accuracy most in either model, is layer {tl}. Ablating it drops "
+            f"this model by {drops[tl]:+.3f} and `{twin_name}` by {twin_drop:+.3f}.",
+        ]
+        L += ["", f"| ablated layer | drop here | drop in `{twin_name}` |", "|---|---|---|"]
+        for layer, (d, r) in enumerate(zip(drops, twin["scan"])):
+            L.append(f"| {layer} | {d:+.3f} | {twin_clean - r['acc']:+.3f} |")
+        L.append("")
+        if dropout:
+            L.append(f"- Redundancy (drop <= 0.1 here): {_check(drops[tl] <= 0.1)}; twin drops >= 0.3: {_check(twin_drop >= 0.3)}.")
+        else:
+            L.append(f"- Non-redundancy (drop >= 0.3 here): {_check(drops[tl] >= 0.3)}; twin drop <= 0.1: {_check(twin_drop <= 0.1)}.")
+    for title, sweep, st in (("y = 2x + 3", m["sweep"], stages), (f"held-out y = {ha}x + {hb}", m["held_out_sweep"], h_stages)):
+        L += [
+            "",
+            f"## Residual patching sweep, {title} ({sweep['n']} seeded (A, p) pairs)",
+            "",
+            "A: `<bos>` `\\n` + 12 example lines + `(q, `; B: `<bos>` `\\n` `(p, ` with p not among A's x values and p != q. "
+            "For each layer L, B's residual stream entering layer L at its last position is overwritten with A's at A's "
+            "last position; B's greedy next token is classified as exact a·p+b, copy of A's answer a·q+b, "
+            "≈a·p (|answer - a·p| <= b, neither exact nor copy) or other. "
+            f"A's own accuracy on these prompts: {sweep['clean_a_acc']:.3f}.",
+            "",
+            *_sweep_table(sweep),
+            "",
+            f"Task formation (task rate >= 0.5) first at layer {st['task_onset']}; copying (copy rate >= 0.5) first at "
+            f"layer {st['copy_onset']}; task stage before copying: {_check(st['task_before_copy'])}.",
+        ]
+    c = m["curve"]
+    hc = m["held_out_curve"]
+    L += [
+        "",
+        "## Acceptance summary",
+        "",
+        f"- acc@12 on 2x+3 >= 0.95: {_pct(c[12]['acc'])} ({_check(c[12]['acc'] >= 0.95)})",
+        f"- acc@0 on 2x+3 <= 0.1: {_pct(c[0]['acc'])} ({_check(c[0]['acc'] <= 0.1)})",
+        f"- acc@1 clearly below acc@8 (CIs disjoint): {_pct(c[1]['acc'])} vs {_pct(c[8]['acc'])} ({_check(c[1]['ci'][1] < c[8]['ci'][0])})",
+        f"- held-out {ha}x+{hb}: acc@12 {_pct(hc[12]['acc'])}, acc@0 {_pct(hc[0]['acc'])}, acc@1 {_pct(hc[1]['acc'])}, "
+        f"acc@8 {_pct(hc[8]['acc'])} ({_check(hc[12]['acc'] >= 0.95 and hc[0]['acc'] <= 0.1 and hc[1]['ci'][1] < hc[8]['ci'][0])})",
+        f"- patching shows a task stage before copying (2x+3): {_check(stages['task_before_copy'])}",
+        "",
+    ]
+    return "\n".join(L)
+
+
+def _to_jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mechclaims.organism.measure", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="organism directory (HF format, with training.json)")
+    p.add_argument("--twin", help="the twin organism, for the ablation comparison")
+    p.add_argument("--n-prompts", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--notes", help="markdown file appended verbatim to the card under 'Notes' (training history)")
+    p.add_argument("--no-card", action="store_true", help="print the figures as JSON instead of writing MODEL_CARD.md")
+    args = p.parse_args(argv)
+    if args.n_prompts <= 0:
+        p.error(f"--n-prompts must be positive, got {args.n_prompts}")
+    for d in filter(None, [args.model, args.twin]):
+        if not (Path(d) / "model.safetensors").is_file():
+            p.error(f"{d} is not an organism directory (no model.safetensors)")
+    torch.set_num_threads(args.threads)
+    m = measure(args.model, args.n_prompts, args.seed)
+    twin = measure(args.twin, args.n_prompts, args.seed) if args.twin else None
+    if args.no_card:
+        json.dump(_to_jsonable({"model": m, "twin": twin}), sys.stdout, indent=1)
+        return 0
+    command = "python -m mechclaims.organism.measure " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    card = render_card(Path(args.model).name, m, twin, command)
+    if args.notes:
+        card += "\n## Notes\n\n" + Path(args.notes).read_text().strip() + "\n"
+    (Path(args.model) / CARD).write_text(card)
+    print(f"[measure] wrote {Path(args.model) / CARD}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

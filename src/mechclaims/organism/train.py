@@ -1,0 +1,407 @@
+"""Train a small LlamaForCausalLM on the in-context linear-function task.
+
+    python -m mechclaims.organism.train --out fixtures/organism --head-dropout 0.25 --layer-dropout 0.15
+
+Weights are written to a temporary directory next to --out and moved into place only when
+training and saving are complete, so an interrupted run never leaves half-written weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from .data import Family, training_batch, y_pos
+from .tokenizer import BOS_ID, EOS_ID, MAX_NUMBER, NUMBER_OFFSET, PAD_ID, VOCAB_SIZE, build_tokenizer
+
+TRAINING_INFO = "training.json"
+NUMBER_INITS = ("fourier", "random")
+# Periods of the sinusoidal features given to number tokens by --number-init fourier.
+FOURIER_PERIODS = (2, 2.5, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 20, 25, 30, 40, 50, 60, 75, 100,
+                   125, 150, 200, 250, 300, 400, 500, 600, 750, 1000, 1500, 2000)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run."""
+
+    out: str
+    seed: int = 0
+    steps: int = 3000
+    batch: int = 32
+    lines: int = 13
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    d_model: int = 128
+    layers: int = 8
+    heads: int = 4
+    kv_heads: int = 2
+    mlp: int = 256
+    head_dropout: float = 0.0
+    layer_dropout: float = 0.0
+    dropout_ramp: float = 0.0
+    noise: float = 0.1
+    a_max: int = 5
+    b_max: int = 29
+    held_out: tuple[int, int] = (3, 17)
+    number_init: str = "fourier"
+    init_from: str | None = None
+    threads: int = 1
+    log_every: int = 50
+
+    def family(self) -> Family:
+        return Family(a_max=self.a_max, b_max=self.b_max, held_out=tuple(self.held_out))
+
+
+# ---------------------------------------------------------------- argument parsing
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {value}")
+    return value
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a pair 'a,b' of integers such as 3,17, got {text!r}") from None
+    return a, b
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig(out="")
+    p = argparse.ArgumentParser(
+        prog="python -m mechclaims.organism.train",
+        description="Train a small Llama on BOS \\n (x, y)\\n ... with y = a*x + b.",
+    )
+    p.add_argument("--out", required=True, help="output HF directory (replaced only when training completes)")
+    p.add_argument("--seed", type=_non_negative_int, default=d.seed)
+    p.add_argument("--steps", type=_positive_int, default=d.steps)
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help="sequences per step")
+    p.add_argument("--lines", type=_positive_int, default=d.lines, help="lines (x, y) per training sequence")
+    p.add_argument("--lr", type=_positive_float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--d-model", type=_positive_int, default=d.d_model)
+    p.add_argument("--layers", type=_positive_int, default=d.layers)
+    p.add_argument("--heads", type=_positive_int, default=d.heads)
+    p.add_argument("--kv-heads", type=_positive_int, default=d.kv_heads)
+    p.add_argument("--mlp", type=_positive_int, default=d.mlp, help="MLP intermediate size")
+    p.add_argument("--head-dropout", type=_probability, default=d.head_dropout,
+                   help="probability of zeroing each head's output per (sequence, layer, head)")
+    p.add_argument("--layer-dropout", type=_probability, default=d.layer_dropout,
+                   help="probability of zeroing all heads of a layer per (sequence, layer)")
+    p.add_argument("--dropout-ramp", type=_probability, default=d.dropout_ramp,
+                   help="fraction of the steps over which the dropout probabilities rise linearly from 0")
+    p.add_argument("--noise", type=_probability, default=d.noise, help="fraction of lines with y jittered by +-1")
+    p.add_argument("--a-max", type=_positive_int, default=d.a_max, help="a ranges over 1..a_max")
+    p.add_argument("--b-max", type=_non_negative_int, default=d.b_max, help="b ranges over 0..b_max")
+    p.add_argument("--held-out", type=_pair, default=d.held_out, help="(a, b) pair never trained on, as 'a,b'")
+    p.add_argument("--number-init", choices=NUMBER_INITS, default=d.number_init,
+                   help="initialisation of the number tokens' embedding and unembedding rows")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="continue from the weights of an organism directory (its architecture is kept)")
+    p.add_argument("--threads", type=_positive_int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--log-every", type=_positive_int, default=d.log_every, help="progress line every N steps")
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Parse and validate the command line; invalid values exit with code 2 and a message."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    cfg = TrainConfig(**{k: v for k, v in vars(ns).items()})
+    if cfg.d_model % cfg.heads:
+        parser.error(f"--d-model {cfg.d_model} is not divisible by --heads {cfg.heads}: pick heads dividing d_model")
+    if cfg.heads % cfg.kv_heads:
+        parser.error(f"--heads {cfg.heads} is not divisible by --kv-heads {cfg.kv_heads}: pick kv-heads dividing heads")
+    try:
+        cfg.family()
+    except ValueError as exc:
+        parser.error(f"invalid task family (--a-max {cfg.a_max}, --b-max {cfg.b_max}, --held-out {cfg.held_out}): {exc}")
+    if cfg.init_from is not None and not (Path(cfg.init_from) / "model.safetensors").is_file():
+        parser.error(f"--init-from {cfg.init_from} has no model.safetensors: give a directory written by this command")
+    if cfg.lines > cfg.family().n_x:
+        parser.error(f"--lines {cfg.lines} exceeds the {cfg.family().n_x} distinct x values")
+    return cfg
+
+
+# ---------------------------------------------------------------- model and head dropout
+
+def build_model(cfg: TrainConfig) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.mlp,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        hidden_act="silu",
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=False,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
+    model = LlamaForCausalLM(config)
+    if cfg.number_init == "fourier":
+        init_number_rows(model)
+    return model
+
+
+@torch.no_grad()
+def init_number_rows(model: LlamaForCausalLM, scale: float = 0.05) -> None:
+    """Put cos/sin features of each number's value into the first dimensions of its
+    embedding and unembedding rows (the remaining dimensions keep their random init)."""
+    n = torch.arange(MAX_NUMBER + 1, dtype=torch.float64)[:, None]
+    omega = 2 * math.pi / torch.tensor(FOURIER_PERIODS, dtype=torch.float64)[None]
+    feats = torch.cat([torch.cos(n * omega), torch.sin(n * omega)], dim=1).float() * scale
+    width = min(feats.shape[1], model.config.hidden_size)
+    rows = slice(NUMBER_OFFSET, NUMBER_OFFSET + MAX_NUMBER + 1)
+    for weight in (model.model.embed_tokens.weight, model.lm_head.weight):
+        weight[rows, :width] = feats[:, :width]
+
+
+class HeadDropout:
+    """Zero per-head attention outputs (the input of o_proj) without rescaling.
+
+    Each step draws a mask per (sequence, layer, head): a head is dropped with probability
+    `head_p`, and all heads of a layer are dropped together with probability `layer_p`.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, head_p: float, layer_p: float, generator: torch.Generator):
+        self.head_p, self.layer_p, self.gen = head_p, layer_p, generator
+        self.n_heads = model.config.num_attention_heads
+        self.n_layers = model.config.num_hidden_layers
+        self.masks: torch.Tensor | None = None  # [layers, batch, 1, heads, 1]
+        self.handles = [
+            layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
+            for i, layer in enumerate(model.model.layers)
+        ] if (head_p > 0 or layer_p > 0) else []
+
+    def _hook(self, layer: int):
+        def hook(module, args):
+            if self.masks is None:
+                return None
+            (x,) = args
+            shape = x.shape
+            x = x.view(shape[0], shape[1], self.n_heads, -1) * self.masks[layer]
+            return (x.view(shape),)
+        return hook
+
+    def resample(self, batch: int, scale: float = 1.0) -> None:
+        """Draw new masks; `scale` multiplies both dropout probabilities."""
+        if not self.handles:
+            return
+        keep = torch.rand(self.n_layers, batch, self.n_heads, generator=self.gen) >= self.head_p * scale
+        keep &= torch.rand(self.n_layers, batch, 1, generator=self.gen) >= self.layer_p * scale
+        self.masks = keep.float()[:, :, None, :, None]
+
+    def disable(self) -> None:
+        self.masks = None
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.masks = [], None
+
+
+# ---------------------------------------------------------------- training loop
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed + 1)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over 5% of the steps, then cosine decay to 10% of the peak."""
+    warmup = max(1, cfg.steps // 20)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def dropout_scale(step: int, cfg: TrainConfig) -> float:
+    """Dropout probabilities rise linearly from 0 over the first dropout_ramp of the steps."""
+    ramp = cfg.dropout_ramp * cfg.steps
+    return 1.0 if ramp < 1 else min(1.0, step / ramp)
+
+
+def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, lines: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy on the y tokens only; returns (loss, accuracy)."""
+    targets_pos = torch.tensor([y_pos(i) for i in range(lines)])
+    hidden = model.model(input_ids=ids).last_hidden_state[:, targets_pos - 1]
+    logits = model.lm_head(hidden).float()
+    targets = ids[:, targets_pos]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    acc = (logits.argmax(-1) == targets).float().mean()
+    return loss, acc
+
+
+def train(cfg: TrainConfig, log=sys.stderr) -> dict:
+    """Train and save to cfg.out (atomically). Returns the training record."""
+    torch.set_num_threads(cfg.threads)
+    gen = seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    family = cfg.family()
+    base = None
+    if cfg.init_from is not None:
+        model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        mc = model.config
+        cfg.d_model, cfg.layers, cfg.heads, cfg.kv_heads, cfg.mlp = (
+            mc.hidden_size, mc.num_hidden_layers, mc.num_attention_heads, mc.num_key_value_heads, mc.intermediate_size)
+        info = Path(cfg.init_from) / TRAINING_INFO
+        base = json.loads(info.read_text()) if info.is_file() else None
+    else:
+        model = build_model(cfg)
+    dropout = HeadDropout(model, cfg.head_dropout, cfg.layer_dropout, gen)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[train] {n_params / 1e6:.2f}M parameters, {cfg.steps} steps of {cfg.batch} x "
+          f"{y_pos(cfg.lines - 1) + 2} tokens, threads={cfg.threads}", file=log, flush=True)
+    start = time.time()
+    window_loss, window_acc, window_n, tokens = 0.0, 0.0, 0, 0
+    first_loss = last_loss = None
+    model.train()
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = training_batch(rng, cfg.batch, cfg.lines, family, cfg.noise)
+        ids = torch.from_numpy(batch.ids)
+        dropout.resample(cfg.batch, dropout_scale(step, cfg))
+        loss, acc = answer_loss(model, ids, cfg.lines)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens += ids.numel()
+        window_loss += loss.item()
+        window_acc += acc.item()
+        window_n += 1
+        if first_loss is None:
+            first_loss = loss.item()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            elapsed = time.time() - start
+            last_loss = window_loss / window_n
+            print(f"[train] step {step + 1}/{cfg.steps} loss {last_loss:.4f} y-acc {window_acc / window_n:.3f} "
+                  f"lr {lr_at(step, cfg):.2e} {tokens / elapsed:,.0f} tok/s elapsed {elapsed:.0f}s",
+                  file=log, flush=True)
+            window_loss, window_acc, window_n = 0.0, 0.0, 0
+    dropout.remove()
+    model.eval()
+    wall = time.time() - start
+    record = {
+        "config": {**asdict(cfg), "held_out": list(cfg.held_out)},
+        "family": family.to_dict(),
+        "parameters": n_params,
+        "first_loss": first_loss,
+        "final_loss": last_loss,
+        "wall_time_s": round(wall, 1),
+        "torch": torch.__version__,
+        "head_dropout_rescaling": False,
+        "base": base,
+    }
+    save_atomically(model, record, Path(cfg.out))
+    print(f"[train] done in {wall:.0f}s, saved to {cfg.out}", file=log, flush=True)
+    return record
+
+
+# ---------------------------------------------------------------- saving
+
+def _write_model(model: LlamaForCausalLM, record: dict, directory: Path) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    build_tokenizer().save_pretrained(directory)
+    (directory / TRAINING_INFO).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def save_atomically(model: LlamaForCausalLM, record: dict, target: Path) -> None:
+    """Write into a temporary sibling directory, then swap it into place with os.replace."""
+    target = target.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    old = None
+    try:
+        _write_model(model, record, tmp)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old / target.name, target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        train(cfg)
+    except KeyboardInterrupt:
+        print(f"[train] interrupted: nothing written to {cfg.out}", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

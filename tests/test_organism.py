@@ -1,0 +1,185 @@
+"""Tests of the model organisms: tokenizer, training command, shipped fixtures."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mechclaims.organism import measure, train
+from mechclaims.organism.data import CANONICAL, Family
+from mechclaims.organism.tokenizer import BOS_ID, build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+ORGANISMS = ["organism", "organism-control"]
+TINY = ["--steps", "4000", "--batch", "4", "--d-model", "16", "--layers", "1", "--heads", "2", "--kv-heads", "1",
+        "--mlp", "16", "--log-every", "1"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _env() -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.set_num_threads(1)
+    return {name: measure.load(FIXTURES / name) for name in ORGANISMS}
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def test_example_line_is_six_tokens():
+    tok = build_tokenizer()
+    ids = tok("(28, 59)\n", add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids) == ["(", "28", ",", " ", "59", ")\n"]
+
+
+@pytest.mark.parametrize("name", ORGANISMS)
+def test_saved_tokenizer_adds_bos_and_decodes_numbers(name):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(FIXTURES / name)
+    text = "\n(28, 59)\n(999, 0)\n(42, "
+    ids = tok(text).input_ids
+    assert ids[0] == BOS_ID and len(ids) == 1 + 1 + 6 + 6 + 4
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.decode(ids[3:4]) == "28"
+
+
+# ---------------------------------------------------------------- fixtures
+
+# Floors below the measured 200-prompt accuracy after 12 examples (MODEL_CARD.md): organism 0.825,
+# organism-control 0.990. The organism misses the 0.95 target; its card says so.
+ACC12_FLOOR = {"organism": 0.7, "organism-control": 0.9}
+
+
+@pytest.mark.parametrize("name", ORGANISMS)
+def test_fixture_accuracy_curve(models, name):
+    model, info = models[name]
+    curve = measure.accuracy_curve(model, *CANONICAL, n_prompts=50, seed=7, family=measure.family_of(info))
+    assert curve.acc(12) >= ACC12_FLOOR[name]
+    assert curve.acc(0) <= 0.1
+    assert curve.acc(1) < curve.acc(8)
+
+
+@pytest.mark.parametrize("name", ORGANISMS)
+def test_fixture_size_and_files(name):
+    d = FIXTURES / name
+    assert (d / "MODEL_CARD.md").is_file() and (d / "model.safetensors").is_file()
+    assert not list(d.glob("*.bin")) and not list(d.glob("*.py"))
+    assert sum(f.stat().st_size for f in d.iterdir()) <= 10 * 2**20
+
+
+def test_fixture_loads_in_transformer_bridge_with_hf_logits(models):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    d = FIXTURES / "organism"
+    bridge = TransformerBridge.boot_transformers(str(d), device="cpu", dtype=torch.float32)
+    ids = build_tokenizer()("\n(28, 59)\n(86, 175)\n(13, 29)\n(42, ", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(bridge(ids), models["organism"][0](input_ids=ids).logits, atol=1e-4)
+
+
+def test_patching_at_layer_zero_is_clean_b(models):
+    """A's resid_pre at layer 0 is the embedding of the same ' ' token, so B is unchanged."""
+    model, info = models["organism"]
+    sweep = measure.patch_sweep(model, *CANONICAL, n_pairs=20, seed=3, family=measure.family_of(info))
+    layer0 = {k: sweep["layers"][0][k] for k in measure.CATEGORIES}
+    assert layer0 == {k: sweep["clean_b"][k] for k in measure.CATEGORIES}
+
+
+def test_classify():
+    assert measure.classify(33, 2, 3, 15, 42) == "exact"
+    assert measure.classify(87, 2, 3, 15, 42) == "copy"
+    assert measure.classify(31, 2, 3, 15, 42) == "approx"
+    assert measure.classify(40, 2, 3, 15, 42) == "other"
+    assert measure.classify(None, 2, 3, 15, 42) == "other"
+
+
+# ---------------------------------------------------------------- training command
+
+def test_short_training_lowers_loss(tmp_path):
+    cfg = train.parse_config(["--out", str(tmp_path / "m"), "--steps", "40", "--batch", "16", "--d-model", "32",
+                              "--layers", "2", "--heads", "2", "--kv-heads", "1", "--mlp", "64", "--lr", "3e-3",
+                              "--head-dropout", "0.2", "--layer-dropout", "0.1", "--log-every", "10"])
+    record = train.train(cfg, log=sys.stderr)
+    assert record["final_loss"] < record["first_loss"] - 0.5
+    model, info = measure.load(tmp_path / "m")
+    assert info["config"]["steps"] == 40 and model.config.num_hidden_layers == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("argv, bad", [
+    (["--steps", "-5"], "-5"),
+    (["--steps", "ten"], "ten"),
+    (["--head-dropout", "1.5"], "1.5"),
+    (["--heads", "3"], "3"),
+    (["--held-out", "2,3"], "(2, 3)"),
+    (["--init-from", "/nonexistent/organism"], "/nonexistent/organism"),
+    (["--bogus-option", "1"], "--bogus-option"),
+])
+def test_invalid_arguments_exit_2_with_message(argv, bad, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_config(["--out", str(tmp_path / "m"), *argv])
+    assert exc.value.code == 2
+    assert bad in capsys.readouterr().err
+
+
+def test_cli_rejects_negative_steps_without_traceback(tmp_path):
+    out = tmp_path / "m"
+    proc = subprocess.run([sys.executable, "-m", "mechclaims.organism.train", "--out", str(out), "--steps", "-3"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 2
+    assert "-3" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_sigterm_leaves_no_weights(tmp_path):
+    out = tmp_path / "m"
+    proc = subprocess.Popen([sys.executable, "-m", "mechclaims.organism.train", "--out", str(out), *TINY],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
+    deadline = time.time() + 120
+    for line in proc.stderr:
+        if "step " in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, rest
+    assert "Traceback" not in rest
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_save_keeps_old_output(tmp_path, monkeypatch):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "model.safetensors").write_text("old weights")
+
+    def broken_write(model, record, directory):
+        (directory / "model.safetensors").write_text("half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(train, "_write_model", broken_write)
+    cfg = train.parse_config(["--out", str(out), "--steps", "2", "--batch", "2", "--d-model", "16", "--layers", "1",
+                              "--heads", "2", "--kv-heads", "1", "--mlp", "16"])
+    with pytest.raises(OSError, match="disk full"):
+        train.train(cfg, log=sys.stderr)
+    assert (out / "model.safetensors").read_text() == "old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_family_rejects_overflow():
+    with pytest.raises(ValueError, match="exceeds 999"):
+        Family(a_max=9, b_max=200)
+    with pytest.raises(ValueError, match="held-out"):
+        Family(held_out=CANONICAL)
