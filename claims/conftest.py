@@ -9,7 +9,8 @@ import pytest
 
 from mechclaims import MechclaimsError
 from mechclaims.answers import greedy_is
-from mechclaims.claim1 import MIN_ACCURACY, C1Params, params_from, precondition
+from mechclaims.claim0 import MIN_ACCURACY
+from mechclaims.claim1 import C1Params, params_from, precondition
 from mechclaims.experiments import AblationStudy, ablation_study
 from mechclaims.expectations import load, path_for
 from mechclaims.results import Effect

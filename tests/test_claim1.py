@@ -120,7 +120,7 @@ def test_the_full_experiment_runs_on_a_model(tiny):
 
 
 def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # a random model: force the full procedure
+    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # claim1 binds C0's threshold at import  # a random model: force the full procedure
     found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lambda m: None)
     path = tmp_path / "organism.toml"
     path.write_text(to_toml("organism", found, "python -m mechclaims.discover --target organism"))
@@ -128,6 +128,6 @@ def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch
     params = claim1.params_from(exp, n_layers=2)
     assert params.read_layer == 1 and len(params.stages) == 3
     assert set(exp.verdicts) == {
-        "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
+        "C0.in-context", "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
         "C1.backup-15", "C1.ablate-15", "C1.parity-late", "C1.redundancy",
     }

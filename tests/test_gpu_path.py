@@ -22,8 +22,9 @@ def stand_in(tmp_path_factory):
 @pytest.fixture
 def gpu_claims(pytester, stand_in, monkeypatch):
     monkeypatch.setenv("MECHCLAIMS_LLAMA_3_8B_DIR", str(stand_in))
+    # Copied under new names: tests/ has a test_claim1.py of its own.
     for name in ("conftest.py", "test_claim1.py", "test_precondition.py"):
-        shutil.copy(CLAIMS_DIR / name, pytester.path / name)
+        shutil.copy(CLAIMS_DIR / name, pytester.path / name.replace("test_", "test_pack_"))
     shutil.copytree(CLAIMS_DIR / "expectations", pytester.path / "expectations")
     return pytester
 
@@ -46,7 +47,7 @@ def test_gpu_claims_run_on_the_stand_in_and_are_not_applicable(gpu_claims):
 def test_the_post_layers_drive_the_full_study_on_the_stand_in(gpu_claims, monkeypatch):
     from mechclaims import claim1
 
-    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # a random model: run past the precondition
+    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # claim1 binds C0's threshold at import  # a random model: run past the precondition
     result, report = _run(gpu_claims)
     c1 = {c["id"]: c for c in report["claims"] if c["id"].startswith("C1.")}
     assert len(c1) == 8

@@ -8,17 +8,17 @@ exploration split to pre-register the expected verdicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .experiments import AblationStudy, Condition
-from .results import Effect
+from .claim0 import MIN_ACCURACY
+from .results import Effect, Finding
 from .stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
 
 ALPHA = 0.05
-MIN_ACCURACY = 0.8  # lower 95% bound of clean accuracy: the precondition of every C1 claim
 
 
 @dataclass(frozen=True)
@@ -34,17 +34,8 @@ class C1Params:
     margin: float = 0.1
 
 
-@dataclass(frozen=True)
-class Finding:
-    effect: Effect
-    supported: bool
-    message: str
-    threshold: float | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
-
-
 def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
-    """The clean model answers A correctly (lower bound >= MIN_ACCURACY)."""
+    """The clean model answers A correctly (lower bound >= C0's MIN_ACCURACY)."""
     accuracy = proportion_of(correct)
     return accuracy.ci.low >= MIN_ACCURACY, accuracy
 

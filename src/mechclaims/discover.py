@@ -1,5 +1,6 @@
 """Discovery: find a target's Claim 1 layers on the EXPLORATION split and
-pre-register them (and the verdicts they imply) for the confirming claim run.
+pre-register them, with the verdicts of C0 and C1 they imply, for the
+confirming claim run.
 
     python -m mechclaims.discover --target organism [--n-pairs 200] [--seed 0]
 
@@ -26,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from . import claim1
+from . import claim0, claim1
 from .answers import greedy_is
 from .errors import MechclaimsError
 from .experiments import AblationStudy, Condition, measure
 from .results import NOT_APPLICABLE, REFUTED, SUPPORTED
 from .stats import onset_layer
 from .targets import TARGETS, load_target
-from .tasks import CANONICAL, make_patch_pairs, split_seed
+from .tasks import CANONICAL, make_patch_pairs, make_prompts, split_seed
 
 C1_IDS = (
     "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
@@ -53,11 +54,20 @@ def discover(model: Any, *, n_pairs: int, seed: int, threshold: float, margin: f
     """Run the procedure; returns the expectations as a dict (see :func:`to_toml`)."""
     n_layers = model.cfg.n_layers
     read_layer = n_layers - 1
-    pairs = make_patch_pairs(CANONICAL, n_pairs=n_pairs, n_examples=12, seed=split_seed(seed, "exploration"))
-    ok, accuracy = claim1.precondition(greedy_is(model, pairs.a_texts, [p.a.answer for p in pairs.pairs]))
-    log(f"clean accuracy {accuracy}")
+    explore = split_seed(seed, "exploration")
+    no_context = make_prompts(CANONICAL, n_prompts=n_pairs, n_examples=0, seed=explore)
+    pairs = make_patch_pairs(CANONICAL, n_pairs=n_pairs, n_examples=12, seed=explore)
+    correct = greedy_is(model, pairs.a_texts, [p.a.answer for p in pairs.pairs])
+    c0 = claim0.in_context(correct, greedy_is(model, no_context.texts, no_context.answers), CANONICAL.name)
+    log(f"C0.in-context: {c0.message}")
+    c0_verdict = {"C0.in-context": SUPPORTED if c0.supported else REFUTED}
+    ok, accuracy = claim1.precondition(correct)
     if not ok:
-        return {"verdicts": {cid: NOT_APPLICABLE for cid in C1_IDS}, "c1": {}, "figures": {"accuracy": str(accuracy)}}
+        return {
+            "verdicts": {**c0_verdict, **{cid: NOT_APPLICABLE for cid in C1_IDS}},
+            "c1": {},
+            "figures": {"C0.in-context": c0.message, "C1": f"not applicable: clean accuracy {accuracy}"},
+        }
     clean = measure(model, pairs, (), read_layer=read_layer)
     onset0 = onset_layer(clean.task_flags(), threshold)
     log(f"clean onset layer {onset0} (of {n_layers})")
@@ -91,13 +101,13 @@ def discover(model: Any, *, n_pairs: int, seed: int, threshold: float, margin: f
     for cid, f in findings.items():
         log(f"{cid}: {'supported' if f.supported else 'refuted'}: {f.message}")
     return {
-        "verdicts": {cid: SUPPORTED if f.supported else REFUTED for cid, f in findings.items()},
+        "verdicts": {**c0_verdict, **{cid: SUPPORTED if f.supported else REFUTED for cid, f in findings.items()}},
         "c1": {
             "onset": params.onset, "onset_tolerance": params.onset_tolerance,
             "stage1": list(stages[0]), "stage2": list(stages[1]), "stage3": list(stages[2]),
             "backup_layers": backups, "read_layer": read_layer, "threshold": threshold, "margin": margin,
         },
-        "figures": {"accuracy": str(accuracy), **{cid: f.message for cid, f in findings.items()}},
+        "figures": {"C0.in-context": c0.message, **{cid: f.message for cid, f in findings.items()}},
     }
 
 

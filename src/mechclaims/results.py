@@ -131,3 +131,15 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (Effect, Interval)):
         return _jsonable(value.__dict__)
     return value
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A claim's decision on one target: its main effect, whether the claim is
+    supported, and the evidence (one-line message and supporting figures)."""
+
+    effect: Effect
+    supported: bool
+    message: str
+    threshold: float | None = None
+    figures: Mapping[str, Any] = field(default_factory=dict)
