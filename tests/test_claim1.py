@@ -96,6 +96,14 @@ def test_no_backup_without_a_real_increase():
     assert not claim1.backup(flat, 0, PARAMS).supported
 
 
+def test_no_backup_when_the_increase_is_negligible():
+    clean, after = _condition(2, seed=1), _condition(4, backup=3, seed=1)
+    dla = clean.scores.dla.copy()
+    dla[:, [0, 1]] += 20.0  # the ablated heads carried a lot; +1.0 on one head is under 10% of it
+    heavy = Condition(clean.name, (), clean.correct, clean.sweep, HeadScores(dla, dla, 7))
+    assert not claim1.backup(_study(heavy, after), 0, PARAMS).supported
+
+
 def test_parity_is_not_late_when_exact_comes_with_the_task_stage():
     early = _study(_condition(2, exact_from=2, seed=1))
     assert not claim1.parity_late(early, PARAMS).supported

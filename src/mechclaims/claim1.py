@@ -32,6 +32,7 @@ class C1Params:
     threshold: float = 0.5
     onset_tolerance: int = 1
     margin: float = 0.1
+    backup_share: float = 0.1
 
 
 def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
@@ -97,7 +98,12 @@ def no_task_stage(study: AblationStudy, stage: int, p: C1Params) -> Finding:
 
 
 def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
-    """C1.backup-*: after ablating stage ``stage``, heads of its backup layer contribute more (Holm)."""
+    """C1.backup-*: after ablating stage ``stage``, a head of its backup layer takes over.
+
+    "Takes over" means a significant paired increase of the head's direct logit
+    attribution (Wilcoxon, Holm over the layer's heads) that amounts to at least
+    ``backup_share`` of the attribution the newly ablated heads carried before.
+    """
     layer = p.backup_layers[stage]
     before = study.clean if stage == 0 else study.after(stage - 1)
     after = study.after(stage)
@@ -106,13 +112,16 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
     adjusted = holm(np.array([t.pvalue for t in tests]))
     best = int(np.argmin(adjusted))
     effect = Effect(tests[best].statistic, tests[best].ci, tests[best].n, float(adjusted[best]))
+    removed = float(before.scores.dla[:, list(p.stages[stage])].sum(axis=(1, 2)).mean())
+    needed = p.backup_share * abs(removed)
     dot_before = before.scores.dot[:, layer].mean(0)
     dot_after = after.scores.dot[:, layer].mean(0)
     return Finding(
-        effect, bool(adjusted[best] < ALPHA and effect.statistic > 0),
+        effect, bool(adjusted[best] < ALPHA and effect.statistic >= needed and effect.statistic > 0),
         f"{after.name}: head L{layer}H{best} direct logit attribution rises by {effect} (Holm over "
-        f"{n_heads} heads); dot-score row sum {dot_before.sum():.3g} -> {dot_after.sum():.3g}",
-        threshold=ALPHA,
+        f"{n_heads} heads; needs >= {needed:.3g}, {p.backup_share:.0%} of the {removed:.3g} the ablated "
+        f"heads carried); dot-score row sum {dot_before.sum():.3g} -> {dot_after.sum():.3g}",
+        threshold=needed,
         figures={
             "layer": layer,
             "dla_increase": [t.statistic for t in tests],
@@ -162,4 +171,5 @@ def params_from(exp: Any, n_layers: int) -> C1Params:
         threshold=exp.get("c1", "threshold", float, default=0.5),
         onset_tolerance=exp.get("c1", "onset_tolerance", int, default=1),
         margin=exp.get("c1", "margin", float, default=0.1),
+        backup_share=exp.get("c1", "backup_share", float, default=0.1),
     )

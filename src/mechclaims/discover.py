@@ -106,6 +106,7 @@ def discover(model: Any, *, n_pairs: int, seed: int, threshold: float, margin: f
             "onset": params.onset, "onset_tolerance": params.onset_tolerance,
             "stage1": list(stages[0]), "stage2": list(stages[1]), "stage3": list(stages[2]),
             "backup_layers": backups, "read_layer": read_layer, "threshold": threshold, "margin": margin,
+            "backup_share": params.backup_share,
         },
         "figures": {"C0.in-context": c0.message, **{cid: f.message for cid, f in findings.items()}},
     }
