@@ -23,7 +23,7 @@ def stand_in(tmp_path_factory):
 def gpu_claims(pytester, stand_in, monkeypatch):
     monkeypatch.setenv("MECHCLAIMS_LLAMA_3_8B_DIR", str(stand_in))
     # Copied under new names: tests/ has a test_claim1.py of its own.
-    for name in ("conftest.py", "test_claim1.py", "test_precondition.py"):
+    for name in ("conftest.py", "test_claim1.py", "test_claim0.py"):
         shutil.copy(CLAIMS_DIR / name, pytester.path / name.replace("test_", "test_pack_"))
     shutil.copytree(CLAIMS_DIR / "expectations", pytester.path / "expectations")
     return pytester

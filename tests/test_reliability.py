@@ -13,7 +13,7 @@ CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 
 
 def _claim_run(pytester, *args):
-    shutil.copy(CLAIMS_DIR / "test_precondition.py", pytester.path / "test_precondition.py")
+    shutil.copy(CLAIMS_DIR / "test_claim0.py", pytester.path / "test_claim0.py")
     result = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider", *args)
     record = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())
     return result, record

@@ -355,7 +355,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr.write_line(state.header())
     for r in state.results:
         figure = f"{r.effect}" if r.effect else "-"
-        tr.write_line(f"{r.verdict:>14}  {r.id} [{r.target}]  {figure}")
+        expected = "" if r.expected is None else f" (expected {r.expected})"
+        if r.expected is not None and r.expected != r.verdict:
+            expected = f" (UNEXPECTED: pre-registered {r.expected})"
+        tr.write_line(f"{r.verdict:>14}  {r.id} [{r.target}]{expected}  {figure}")
     path = config.stash.get(report_path_key, None)
     if path is not None:
         tr.write_line(f"claim report: {path}")
