@@ -8,12 +8,12 @@ the mechanistic claims to explain; they report it as not applicable.
 import pytest
 
 from mechclaims import claim0
-from mechclaims.answers import greedy_is
+from mechclaims.answers import greedy_is, greedy_numbers
 from mechclaims.tasks import CANONICAL, make_prompts, split_seed
 
 
 @pytest.mark.claim(id="C0.in-context", source="claims-spec §1, §6 (precondition)")
-def test_target_learns_the_task_in_context(target, claim, mechclaims_settings):
+def test_target_learns_the_task_in_context(target, claim, mechclaims_settings, blog_prompt):
     s = mechclaims_settings
     seed = split_seed(s.seed, "confirmation")
     with_context = make_prompts(CANONICAL, n_prompts=s.n_prompts, n_examples=s.n_examples, seed=seed)
@@ -25,4 +25,5 @@ def test_target_learns_the_task_in_context(target, claim, mechclaims_settings):
         CANONICAL.name,
     )
     claim.record(finding.effect, threshold=finding.threshold, message=finding.message, **finding.figures)
+    claim.note(blog_prompt_answer=int(greedy_numbers(target.model, [blog_prompt.text])[0]), blog_prompt_expected=blog_prompt.answer)
     assert finding.supported, claim.evidence()

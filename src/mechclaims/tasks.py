@@ -61,6 +61,20 @@ class Prompt:
         return f"\n{lines}({self.query}, "
 
 
+BLOG_PROMPT = Prompt(
+    examples=(
+        (28, 59), (86, 175), (13, 29), (55, 113), (84, 171), (66, 135),
+        (85, 173), (27, 57), (15, 33), (94, 191), (37, 77), (14, 31),
+    ),
+    query=42,
+    answer=87,
+)
+"""The post's prompt A: twelve examples of y = 2x + 3 and the query 42 (claims-spec §1)."""
+
+BLOG_PATCH_TARGET = 15
+"""The post's prompt B asks for x = 15 (which, unlike a rigorous draw, is one of A's examples)."""
+
+
 @dataclass(frozen=True)
 class PromptSet:
     """Prompts drawn from one seed; ``texts`` and ``answers`` align with ``prompts``."""

@@ -1,0 +1,51 @@
+"""Token roles on the number tokenizer, the digit-by-digit SmolLM2 tokenizer, and a refusal."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from mechclaims import ConfigError
+from mechclaims.organism.tokenizer import build_tokenizer
+from mechclaims.roles import roles
+from mechclaims.tasks import BLOG_PROMPT
+
+
+def test_roles_of_the_blog_prompt_with_one_token_numbers():
+    tok = build_tokenizer()
+    r = roles(tok, BLOG_PROMPT)
+    assert len(r.tokens) == 2 + 12 * 6 + 4  # BOS, \n, 12 lines of 6 tokens, "(42, "
+    assert [tok.decode(list(r.tokens[i] for i in span)) for span in r.x[:2]] == ["28", "86"]
+    assert [tok.decode(list(r.tokens[i] for i in span)) for span in r.y[:2]] == ["59", "175"]
+    assert all(tok.decode([r.tokens[i]]) == " " for i in r.pre_y)
+    assert all(p + 1 == span.start for p, span in zip(r.pre_y, r.y))
+    assert tok.decode([r.tokens[r.query.start]]) == "42" and r.last == len(r.tokens) - 1
+
+
+def test_roles_with_digit_by_digit_numbers(smollm2_tokenizer):
+    r = roles(smollm2_tokenizer, BLOG_PROMPT)
+    assert len(r.y[1]) == 3 and smollm2_tokenizer.decode([r.tokens[i] for i in r.y[1]]) == "175"
+    assert len(r.x[0]) == 2
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from mechclaims.targets import TARGETS, default_cache_dir, default_fixtures_dir
+
+    spec = TARGETS["smollm2-135m"]
+    path = spec.resolve(spec, default_cache_dir(), default_fixtures_dir()).path
+    return AutoTokenizer.from_pretrained(path)
+
+
+def test_a_tokenizer_that_merges_pieces_is_refused():
+    tok = build_tokenizer()
+
+    class Merging:
+        bos_token_id = tok.bos_token_id
+
+        def __call__(self, text, add_special_tokens=False):
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            return {"input_ids": ids[:-1] if len(ids) > 8 else ids}  # drops a token on long text
+
+    with pytest.raises(ConfigError, match="splits the prompt differently from the token roles"):
+        roles(Merging(), BLOG_PROMPT)
