@@ -14,7 +14,7 @@ from mechclaims.claim1 import C1Params, params_from, precondition
 from mechclaims.experiments import AblationStudy, ablation_study
 from mechclaims.expectations import load, path_for
 from mechclaims.results import Effect
-from mechclaims.tasks import BLOG_PROMPT, CANONICAL, Prompt, make_patch_pairs, split_seed
+from mechclaims.tasks import CANONICAL, make_patch_pairs, split_seed
 
 CLAIMS_DIR = Path(__file__).parent
 
@@ -26,12 +26,6 @@ class C1Run:
     accuracy: Effect
     applicable: bool
     reason: str
-
-
-@pytest.fixture(scope="session")
-def blog_prompt() -> Prompt:
-    """The post's exact prompt A (twelve examples of y = 2x + 3, query 42, answer 87)."""
-    return BLOG_PROMPT
 
 
 @pytest.fixture(scope="session")

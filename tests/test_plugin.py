@@ -342,3 +342,22 @@ def test_claim_properties_land_in_junit_xml(pytester, as_organism):
     assert cases["test_supported[organism]"]["claim_n"] == "10"
     assert cases["test_refuted[organism]"]["claim_verdict"] == "refuted"
     assert cases["test_refuted[organism]"]["claim_id"] == "T.refuted"
+
+
+def test_xdist_workers_report_through_the_controller(pytester, as_organism):
+    pytester.makepyfile(test_claims=CLAIMS)
+    pytester.makepyfile(test_many=f"import pytest\nfrom mechclaims import proportion\n" + "\n".join(
+        f'''
+@pytest.mark.claim(id="T.{i}")
+def test_{i}(target, claim):
+    claim.record(proportion({i}, 10))
+''' for i in range(6)))
+    single = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:randomly")
+    first = _report(pytester)
+    parallel = pytester.runpytest_subprocess("--mechclaims-target", "organism", "-n", "2")
+    second = _report(pytester)
+    assert single.ret == parallel.ret == 1
+    verdicts = lambda r: sorted((c["id"], c["verdict"], c["statistic"]) for c in r["claims"])  # noqa: E731
+    assert verdicts(first) == verdicts(second) and len(second["claims"]) == 12
+    assert 1 <= second["run"]["load_counts"]["organism"] <= 2
+    assert len([p for p in (pytester.path / "reports").iterdir() if not p.is_symlink()]) == 2

@@ -66,13 +66,15 @@ def pytest_configure(config: pytest.Config) -> None:
         except MechclaimsError as exc:
             raise pytest.UsageError(str(exc)) from None
     root = config.rootpath
-    config.stash[session_key] = ClaimSession(
+    state = ClaimSession(
         settings=settings(config.getoption("mechclaims_profile"), seed=config.getoption("mechclaims_seed")),
         root=root,
         device=config.getoption("mechclaims_device"),
         dtype=config.getoption("mechclaims_dtype"),
         fixtures_dir=_fixtures_dir(root),
     )
+    config.stash[session_key] = state
+    config.pluginmanager.register(_ResultCollector(state), f"mechclaims-collector-{id(config)}")
 
 
 def _interrupt_on_sigterm(signum: int, frame: object) -> None:
@@ -204,6 +206,14 @@ def expectations(request: pytest.FixtureRequest):
     return _expectations_for(request.config, request.node.path.parent, name)
 
 
+@pytest.fixture(scope="session")
+def blog_prompt():
+    """The post's exact prompt A (twelve examples of y = 2x + 3, query 42, answer 87)."""
+    from .tasks import BLOG_PROMPT
+
+    return BLOG_PROMPT
+
+
 @pytest.fixture
 def claim(request: pytest.FixtureRequest) -> ClaimRecorder:
     """Records the figures of a ``@pytest.mark.claim`` test."""
@@ -271,7 +281,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         calls, tokens = item.config.stash[session_key].forward_totals()
         calls0, tokens0 = item.stash.get(forwards_key, (calls, tokens))
         result = replace(result, figures={**result.figures, "forward_calls": calls - calls0, "forward_tokens": tokens - tokens0})
-        item.config.stash[session_key].record(result)
+        # Travels with the report (also from pytest-xdist workers); recorded in logreport.
+        report.mechclaims = item.config.stash[session_key].payload(result)
         report.user_properties.extend(_junit_properties(result))
         return report
     if verdict_key in item.stash or (call.when == "setup" and report.passed):
@@ -282,6 +293,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.longrepr = f"claim {recorder.id} errored: {message}"
     item.stash[verdict_key] = _result(item, recorder, verdict, message)
     return report
+
+
+class _ResultCollector:
+    """Records claim payloads from teardown reports, in-process or from xdist workers."""
+
+    def __init__(self, session: ClaimSession) -> None:
+        self.session = session
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payload = getattr(report, "mechclaims", None)
+        if payload is not None and report.when == "teardown":
+            self.session.record(payload)
 
 
 def _junit_properties(result: ClaimResult) -> list[tuple[str, object]]:
@@ -325,6 +348,10 @@ def _verdict(call: pytest.CallInfo, recorder: ClaimRecorder) -> tuple[str, str]:
     return SUPPORTED, recorder.message
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def _first_line(value: object) -> str:
     text = str(value).strip()
     return text.splitlines()[0] if text else ""
@@ -336,8 +363,8 @@ def _first_line(value: object) -> str:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     state = config.stash.get(session_key, None)
-    if state is None or not state.results:
-        return
+    if state is None or not state.claims or hasattr(config, "workerinput"):
+        return  # pytest-xdist workers send their results to the controller, which writes
     from .session import utc_now
 
     if exitstatus != pytest.ExitCode.INTERRUPTED:
@@ -348,17 +375,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(session_key, None)
-    if state is None or not state.results:
+    if state is None or not state.claims:
         return
     tr = terminalreporter
     tr.section("mechclaims")
     tr.write_line(state.header())
-    for r in state.results:
-        figure = f"{r.effect}" if r.effect else "-"
-        expected = "" if r.expected is None else f" (expected {r.expected})"
-        if r.expected is not None and r.expected != r.verdict:
-            expected = f" (UNEXPECTED: pre-registered {r.expected})"
-        tr.write_line(f"{r.verdict:>14}  {r.id} [{r.target}]{expected}  {figure}")
+    for c in state.claims:
+        figure = "-" if c["statistic"] is None else f"{c['statistic']:.3g}"
+        if c["ci"]:
+            figure += f" [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] n={c['n']}"
+        expected = "" if c["expected"] is None else f" (expected {c['expected']})"
+        if c["as_expected"] is False:
+            expected = f" (UNEXPECTED: pre-registered {c['expected']})"
+        tr.write_line(f"{c['verdict']:>14}  {c['id']} [{c['target']}]{expected}  {figure}")
     path = config.stash.get(report_path_key, None)
     if path is not None:
         tr.write_line(f"claim report: {path}")

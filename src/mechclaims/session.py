@@ -6,6 +6,7 @@ knows pytest.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 from .results import SCHEMA_VERSION, ClaimResult
 from .settings import Settings
-from .targets import LoadedTarget, TargetInfo, load_target
+from .targets import LoadedTarget, load_target
 
 VERSIONED_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens", "numpy", "scipy")
 
@@ -57,9 +58,11 @@ class ClaimSession:
     fixtures_dir: Path | None = None
     started: str = field(default_factory=utc_now)
     finished: str | None = None
-    results: list[ClaimResult] = field(default_factory=list)
+    claims: list[dict[str, Any]] = field(default_factory=list)
     loaded: dict[str, LoadedTarget] = field(default_factory=dict)
     load_counts: Counter = field(default_factory=Counter)
+    # What each process (pytest-xdist worker, or "main") reported about its targets.
+    target_records: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def target(self, name: str) -> LoadedTarget:
         """The loaded target ``name``; loaded on first use, then shared."""
@@ -81,19 +84,44 @@ class ClaimSession:
             sum(t.forwards.tokens for t in self.loaded.values()),
         )
 
-    def record(self, result: ClaimResult) -> None:
-        self.results.append(result)
+    def payload(self, result: ClaimResult) -> dict[str, Any]:
+        """What a finished claim test sends to the process that writes the report."""
+        return {
+            "claim": result.to_json(),
+            "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "targets": {
+                name: {
+                    **t.info.to_json(),
+                    "load_count": self.load_counts[name],
+                    "forwards": {"calls": t.forwards.calls, "tokens": t.forwards.tokens},
+                }
+                for name, t in self.loaded.items()
+            },
+        }
 
-    @property
-    def targets_info(self) -> dict[str, TargetInfo]:
-        return {name: loaded.info for name, loaded in self.loaded.items()}
+    def record(self, payload: dict[str, Any]) -> None:
+        """Collect one claim's payload (from this process or an xdist worker)."""
+        self.claims.append(payload["claim"])
+        for name, record in payload["targets"].items():
+            self.target_records[payload["worker"], name] = record
+
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """Per target: provenance, and load counts and forwards summed over processes."""
+        merged: dict[str, dict[str, Any]] = {}
+        for (_, name), rec in sorted(self.target_records.items()):
+            info = {k: v for k, v in rec.items() if k not in ("name", "load_count", "forwards")}
+            entry = merged.setdefault(name, {**info, "load_count": 0, "forwards": {"calls": 0, "tokens": 0}})
+            entry["load_count"] += rec["load_count"]
+            entry["forwards"]["calls"] += rec["forwards"]["calls"]
+            entry["forwards"]["tokens"] += rec["forwards"]["tokens"]
+        return merged
 
     def header(self) -> str:
         """One line naming models, fingerprints, dtypes, devices, versions and seed."""
         v = package_versions()
         models = "; ".join(
-            f"{i.name} {i.sha256_or_revision[:23]} {i.dtype} {i.device}"
-            for i in self.targets_info.values()
+            f"{name} {t['sha256_or_revision'][:23]} {t['dtype']} {t['device']}"
+            for name, t in self.targets().items()
         ) or "no model loaded"
         return (
             f"mechclaims {v['mechclaims']} | {models} | torch {v['torch']}, "
@@ -102,6 +130,7 @@ class ClaimSession:
         )
 
     def to_json(self) -> dict[str, Any]:
+        targets = self.targets()
         return {
             "schema_version": SCHEMA_VERSION,
             "run": {
@@ -114,22 +143,11 @@ class ClaimSession:
                 "versions": package_versions(),
                 "header": self.header(),
                 "targets": {
-                    name: {
-                        "source": info.source,
-                        "sha256_or_revision": info.sha256_or_revision,
-                        "dtype": info.dtype,
-                        "device": info.device,
-                        "n_layers": info.n_layers,
-                        "n_heads": info.n_heads,
-                        "load_seconds": info.load_seconds,
-                    }
-                    for name, info in self.targets_info.items()
+                    name: {k: v for k, v in t.items() if k not in ("load_count", "forwards")}
+                    for name, t in targets.items()
                 },
-                "load_counts": dict(self.load_counts),
-                "forwards": {
-                    name: {"calls": t.forwards.calls, "tokens": t.forwards.tokens}
-                    for name, t in self.loaded.items()
-                },
+                "load_counts": {name: t["load_count"] for name, t in targets.items()},
+                "forwards": {name: t["forwards"] for name, t in targets.items()},
             },
-            "claims": [r.to_json() for r in self.results],
+            "claims": list(self.claims),
         }
