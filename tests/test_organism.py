@@ -59,9 +59,9 @@ def test_saved_tokenizer_adds_bos_and_decodes_numbers(name):
 
 # ---------------------------------------------------------------- fixtures
 
-# Floors below the measured 200-prompt accuracy after 12 examples (MODEL_CARD.md): organism 0.825,
-# organism-control 0.990. The organism misses the 0.95 target; its card says so.
-ACC12_FLOOR = {"organism": 0.7, "organism-control": 0.9}
+# Floors below the measured 200-prompt accuracy after 12 examples (MODEL_CARD.md): organism 0.990,
+# organism-control 0.990; checked here on a small seeded sample.
+ACC12_FLOOR = {"organism": 0.9, "organism-control": 0.9}
 
 
 @pytest.mark.parametrize("name", ORGANISMS)

@@ -297,22 +297,34 @@ def _phase_text(info: dict) -> str:
             f"last logging window")
 
 
+def _lineage(info: dict) -> list[dict]:
+    """The training phases that produced these weights, first phase first."""
+    chain = []
+    while info:
+        chain.append(info)
+        info = info.get("base")
+    return chain[::-1]
+
+
 def _training_lines(info: dict, out: str) -> list[str]:
-    """Training schedule and the commands that reproduce it (one or two phases)."""
-    base = info.get("base")
-    cmd = [train_command(info["config"], out)]
-    if base is None:
+    """Training schedule and the commands that reproduce it (every phase, in order)."""
+    chain = _lineage(info)
+    outs = [f"/tmp/{Path(out).name}-phase{k + 1}" for k in range(len(chain) - 1)] + [out]
+    cmds = []
+    for k, phase in enumerate(chain):
+        cmd = train_command(phase["config"], outs[k])
+        cmds.append(cmd + (f" --init-from {shlex.quote(outs[k - 1])}" if k else ""))
+    if len(chain) == 1:
         lines = [f"- Training: {_phase_text(info)}."]
-        total = info["wall_time_s"]
     else:
-        base_out = info["config"]["init_from"]
-        cmd = [train_command(base["config"], base_out), cmd[0] + f" --init-from {shlex.quote(base_out)}"]
-        lines = [f"- Training phase 1 (shared by the organism and its control twin; not shipped): {_phase_text(base)}.",
-                 f"- Training phase 2 (from the phase-1 weights): {_phase_text(info)}."]
-        total = info["wall_time_s"] + base["wall_time_s"]
+        lines = [
+            f"- Training phase {k + 1} ({'from scratch' if k == 0 else f'from the phase-{k} weights'}): {_phase_text(p)}."
+            for k, p in enumerate(chain)
+        ]
+    total = sum(p["wall_time_s"] for p in chain)
     lines += [f"- Total training wall time: {total / 60:.1f} min.", "",
               "Retrain (`--threads 2` is faster on two free cores; any thread count gives the same measured behaviour up "
-              "to floating-point differences):", "", "```", *cmd, "```", ""]
+              "to floating-point differences):", "", "```", *cmds, "```", ""]
     return lines
 
 
