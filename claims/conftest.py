@@ -29,7 +29,7 @@ class C1Run:
 
 
 @pytest.fixture(scope="session")
-def c1(target, mechclaims_settings) -> C1Run:
+def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
     """The Claim 1 ablation study of a target on the confirmation split."""
     s = mechclaims_settings
     pairs = make_patch_pairs(
@@ -42,5 +42,8 @@ def c1(target, mechclaims_settings) -> C1Run:
         params = params_from(load(path_for(CLAIMS_DIR, target.name), target.name), target.info.n_layers)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
-    study = ablation_study(target.model, pairs, params.stages, read_layer=params.read_layer)
+    study = ablation_study(
+        target.model, pairs, params.stages, read_layer=params.read_layer,
+        progress=lambda message: mechclaims_progress(f"{target.name} C1 study: {message}"),
+    )
     return C1Run(params, study, accuracy, True, "")

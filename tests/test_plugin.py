@@ -78,6 +78,7 @@ def test_outcomes_become_verdicts_and_the_report_is_written(pytester, as_organis
     assert {"torch", "transformers", "transformer-lens"} <= set(run["versions"])
     result.stdout.fnmatch_lines(["*mechclaims 0.1.0 | organism sha256:* float32 cpu | torch *transformer-lens * | seed 7*"])
     result.stdout.fnmatch_lines(["claim report: *claims.json"])
+    result.stdout.fnmatch_lines(["[[]mechclaims[]] loading organism ..."])
 
 
 def test_each_model_is_loaded_once_per_session(pytester, as_organism):

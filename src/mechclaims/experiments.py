@@ -9,7 +9,7 @@ what they need from one :class:`AblationStudy`, computed once per target.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -88,12 +88,16 @@ def ablation_study(
     *,
     read_layer: int,
     clean: Condition | None = None,
+    progress: Callable[[str], None] = lambda message: None,
     **ablation: Any,
 ) -> AblationStudy:
     """The clean condition (measured unless given) and each cumulative ablation of ``stages``."""
+    total = len(stages) + 1
+    progress(f"condition 1/{total}: clean ({len(pairs)} prompt pairs)")
     conditions = [clean or measure(model, pairs, (), read_layer=read_layer, **ablation)]
     ablated: list[int] = []
-    for stage in stages:
+    for k, stage in enumerate(stages, start=2):
         ablated += list(stage)
+        progress(f"condition {k}/{total}: ablate layers {'+'.join(map(str, ablated))}")
         conditions.append(measure(model, pairs, ablated, read_layer=read_layer, **ablation))
     return AblationStudy(pairs, tuple(conditions))

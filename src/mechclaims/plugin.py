@@ -186,15 +186,36 @@ def mechclaims_settings(mechclaims_session: ClaimSession):
 
 
 @pytest.fixture(scope="session")
-def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession):
+def mechclaims_progress(request: pytest.FixtureRequest):
+    """A function that shows one progress line on the terminal (not captured)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+
+    def show(message: str) -> None:
+        if reporter is None or request.config.get_verbosity() < 0:
+            return
+        if capture is None:
+            reporter.write_line(f"[mechclaims] {message}")
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"[mechclaims] {message}")
+
+    return show
+
+
+@pytest.fixture(scope="session")
+def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession, mechclaims_progress):
     """A loaded model target (parametrised over the selected targets), loaded once per session."""
     name = getattr(request, "param", None)
     if name is None:
         raise pytest.UsageError("the `target` fixture is parametrised by mechclaims; do not request it directly")
+    if name not in mechclaims_session.loaded:
+        mechclaims_progress(f"loading {name} ...")
     try:
-        return mechclaims_session.target(name)
+        loaded = mechclaims_session.target(name)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
+    return loaded
 
 
 @pytest.fixture
