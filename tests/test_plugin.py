@@ -362,3 +362,12 @@ def test_{i}(target, claim):
     assert verdicts(first) == verdicts(second) and len(second["claims"]) == 12
     assert 1 <= second["run"]["load_counts"]["organism"] <= 2
     assert len([p for p in (pytester.path / "reports").iterdir() if not p.is_symlink()]) == 2
+
+
+def test_an_expectation_for_an_unknown_claim_id_is_a_usage_error(pytester, as_organism):
+    pytester.makepyfile(test_control=NEGATIVE_CONTROL)
+    (pytester.path / "expectations").mkdir()
+    (pytester.path / "expectations" / "organism.toml").write_text('[verdicts]\n"T.contrl" = "refuted"\n')
+    result = pytester.runpytest("--mechclaims-target", "organism")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] names unknown claim ids T.contrl; claims defined in *: T.control"])

@@ -116,7 +116,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("target", params, indirect=True, scope="session")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _check_expected_ids(config, items)
     for item in items:
         marker = item.get_closest_marker("claim")
         if marker is not None and not marker.kwargs.get("id"):
@@ -133,6 +135,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
     _preflight_gpu(config, items)
+
+
+def _check_expected_ids(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An expectations file may only name claim ids that its claim directory defines.
+
+    Checked when every test file of the directory was collected (before -k / -m
+    deselection), so running one file alone never raises a false alarm.
+    """
+    by_dir: dict[Path, set[str]] = {}
+    files: dict[Path, set[Path]] = {}
+    for item in items:
+        marker = item.get_closest_marker("claim")
+        if marker is not None and marker.kwargs.get("id"):
+            by_dir.setdefault(item.path.parent, set()).add(marker.kwargs["id"])
+            files.setdefault(item.path.parent, set()).add(item.path)
+    for claims_dir, ids in by_dir.items():
+        if files[claims_dir] != set(claims_dir.glob("test_*.py")):
+            continue
+        for name in _selected_targets(config):
+            exp = _expectations_for(config, claims_dir, name)
+            unknown = sorted(set(exp.verdicts) - ids)
+            if unknown:
+                raise pytest.UsageError(
+                    f"{exp.path}: [verdicts] names unknown claim ids {', '.join(unknown)}; "
+                    f"claims defined in {claims_dir}: {', '.join(sorted(ids))}"
+                )
 
 
 def _expectations_for(config: pytest.Config, claims_dir: Path, target: str) -> _expectations.Expectations:
