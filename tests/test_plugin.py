@@ -347,7 +347,7 @@ def test_claim_properties_land_in_junit_xml(pytester, as_organism):
 
 def test_xdist_workers_report_through_the_controller(pytester, as_organism):
     pytester.makepyfile(test_claims=CLAIMS)
-    pytester.makepyfile(test_many=f"import pytest\nfrom mechclaims import proportion\n" + "\n".join(
+    pytester.makepyfile(test_many="import pytest\nfrom mechclaims import proportion\n" + "\n".join(
         f'''
 @pytest.mark.claim(id="T.{i}")
 def test_{i}(target, claim):

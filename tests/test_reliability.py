@@ -7,7 +7,6 @@ import shutil
 import socket
 from pathlib import Path
 
-import pytest
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 
