@@ -74,6 +74,13 @@ def test_a_redundant_model_supports_every_finding():
     }
 
 
+def test_patching_rates_carry_their_intervals():
+    rates = claim1.task_onset(REDUNDANT, PARAMS).figures["rates"]
+    approx = rates["approx"]
+    assert len(approx["rate"]) == LAYERS and approx["n"] == N
+    assert all(lo <= r <= hi for lo, r, hi in zip(approx["ci_low"], approx["rate"], approx["ci_high"]))
+
+
 def test_a_model_without_redundancy_refutes_them():
     assert not claim1.ablate(FRAGILE, 0, PARAMS).supported
     assert not claim1.no_task_stage(FRAGILE, 2, PARAMS).supported

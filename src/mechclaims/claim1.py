@@ -41,8 +41,17 @@ def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
     return accuracy.ci.low >= MIN_ACCURACY, accuracy
 
 
-def rates_by_layer(condition: Condition) -> dict[str, list[float]]:
-    return {name: [e.statistic for e in effects] for name, effects in condition.sweep.rates().items()}
+def rates_by_layer(condition: Condition) -> dict[str, dict[str, list[float]]]:
+    """Per outcome class, the patched-answer rate at each layer with its Wilson interval."""
+    return {
+        name: {
+            "rate": [e.statistic for e in effects],
+            "ci_low": [e.ci.low for e in effects],
+            "ci_high": [e.ci.high for e in effects],
+            "n": effects[0].n,
+        }
+        for name, effects in condition.sweep.rates().items()
+    }
 
 
 def task_onset(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
