@@ -146,3 +146,20 @@ def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch
         "C0.in-context", "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
         "C1.backup-15", "C1.ablate-15", "C1.parity-late", "C1.redundancy",
     }
+
+
+def test_one_a_forward_per_condition_gives_the_same_measurements(tiny, tiny_llama, monkeypatch):
+    from mechclaims.answers import greedy_is
+    from mechclaims.experiments import measure
+    from mechclaims.interventions import AblateHeads
+    from mechclaims.patching import patch_sweep
+    from mechclaims.scores import head_scores
+
+    pairs = make_patch_pairs(CANONICAL, n_pairs=10, n_examples=6, seed=3)
+    answers = [p.a.answer for p in pairs.pairs]
+    ivs = [AblateHeads.layers([0], tiny.cfg.n_heads)]
+    got = measure(tiny, pairs, [0], read_layer=1)
+    assert np.array_equal(got.correct, greedy_is(tiny, pairs.a_texts, answers, interventions=ivs))
+    assert np.array_equal(got.sweep.answers, patch_sweep(tiny, pairs, a_interventions=ivs).answers)
+    separate = head_scores(tiny, pairs.a_texts, answers, read_layer=1, interventions=ivs)
+    assert np.allclose(got.scores.dla, separate.dla) and np.allclose(got.scores.dot, separate.dot)

@@ -13,10 +13,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .answers import greedy_is
-from .interventions import AblateHeads
+import torch
+
+from .answers import encode, greedy_is, group_by_length, numbers_are_single_tokens
+from .interventions import AblateHeads, capture, resid_pre
 from .patching import Sweep, patch_sweep
-from .scores import HeadScores, head_scores
+from .scores import HeadScores, answer_token_ids, score_hooks, scores_from
 from .tasks import PatchSet
 
 APPROX_OR_EXACT = ("approx", "exact")
@@ -68,16 +70,41 @@ def measure(
     position: int | None = -1,
     means: dict | None = None,
 ) -> Condition:
-    """One condition: every head of ``layers`` ablated (none: clean)."""
+    """One condition: every head of ``layers`` ablated (none: clean).
+
+    A runs ONCE per length group: that forward gives the residual the sweep
+    patches, the activations of both head scores and, with one-token numbers,
+    A's answer.  Digit-by-digit tokenizers check the answer by one more
+    teacher-forced forward.
+    """
     layers = tuple(layers)
     ivs = [AblateHeads.layers(layers, model.cfg.n_heads, mode=mode, position=position, means=means)] if layers else []
+    n_layers, tokenizer = model.cfg.n_layers, model.tokenizer
     answers = [pair.a.answer for pair in pairs.pairs]
+    first = answer_token_ids(tokenizer, answers)
+    single = numbers_are_single_tokens(tokenizer)
+    names = list(dict.fromkeys([resid_pre(layer) for layer in range(n_layers)] + score_hooks(n_layers, read_layer)))
+    encoded = [encode(tokenizer, t) for t in pairs.a_texts]
+    device = next(model.parameters()).device
+    source = torch.empty(len(pairs), n_layers, model.cfg.d_model, dtype=next(model.parameters()).dtype)
+    dla = np.zeros((len(pairs), n_layers, model.cfg.n_heads))
+    dot = np.zeros_like(dla)
+    correct = np.zeros(len(pairs), dtype=bool)
+    for rows in group_by_length(encoded).values():
+        tokens = torch.tensor([encoded[i] for i in rows], device=device)
+        logits, acts = capture(model, tokens, names, position=-1, interventions=ivs)
+        source[rows] = torch.stack([acts[resid_pre(layer)].cpu() for layer in range(n_layers)], dim=1)
+        dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
+        if single:
+            correct[rows] = (logits[:, -1].argmax(-1).cpu().numpy() == np.array([first[i] for i in rows]))
+    if not single:
+        correct = greedy_is(model, pairs.a_texts, answers, interventions=ivs)
     return Condition(
         name="clean" if not layers else "ablate " + "+".join(str(layer) for layer in layers),
         layers=layers,
-        correct=greedy_is(model, pairs.a_texts, answers, interventions=ivs),
-        sweep=patch_sweep(model, pairs, a_interventions=ivs),
-        scores=head_scores(model, pairs.a_texts, answers, read_layer=read_layer, interventions=ivs),
+        correct=correct,
+        sweep=patch_sweep(model, pairs, source=source),
+        scores=HeadScores(dla=dla, dot=dot, read_layer=read_layer),
     )
 
 

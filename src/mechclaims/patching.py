@@ -63,16 +63,19 @@ def patch_sweep(
     *,
     layers: Sequence[int] | None = None,
     a_interventions: Sequence[Intervention] = (),
+    source: torch.Tensor | None = None,
     max_rows: int = 2048,
 ) -> Sweep:
     """Patch A's last-position residual into B at every layer, batched across layers.
 
     ``a_interventions`` apply to A's run (e.g. head ablations), so ablation then
-    patching composes.  ``max_rows`` bounds the batch: layers are split into
-    chunks of at most that many rows.
+    patching composes.  ``source`` (``[n_pairs, len(layers), d_model]``) is A's
+    residual when the caller already captured it; otherwise it is captured here.
+    ``max_rows`` bounds the batch: layers are split into chunks of at most that many rows.
     """
     layers = tuple(range(model.cfg.n_layers)) if layers is None else tuple(layers)
-    source = last_resid(model, pairs.a_texts, layers, a_interventions)
+    if source is None:
+        source = last_resid(model, pairs.a_texts, layers, a_interventions)
     encoded = [encode(model.tokenizer, t) for t in pairs.b_texts]
     answers = np.full((len(layers), len(pairs)), -1, dtype=np.int64)
     for rows in group_by_length(encoded).values():

@@ -52,6 +52,28 @@ def head_outputs(model: Any, z: dict[str, torch.Tensor]) -> torch.Tensor:
     )
 
 
+def score_hooks(n_layers: int, read_layer: int) -> list[str]:
+    """The activations (at the last position) that both scores are computed from."""
+    if not 0 <= read_layer <= n_layers - 1:
+        raise ValueError(f"read_layer {read_layer} is outside 0..{n_layers - 1}")
+    return [head_z(layer) for layer in range(n_layers)] + [FINAL_SCALE, resid_pre(read_layer)]
+
+
+def answer_token_ids(tokenizer: Any, answers: Sequence[int]) -> list[int]:
+    """Each answer's first token (the one direct logit attribution reads)."""
+    return [tokenizer(str(int(a)), add_special_tokens=False)["input_ids"][0] for a in answers]
+
+
+@torch.no_grad()
+def scores_from(model: Any, acts: dict[str, torch.Tensor], first: Sequence[int], read_layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(dla, dot)``, each ``[batch, n_layers, n_heads]``, from captured :func:`score_hooks`."""
+    out = head_outputs(model, acts) / acts[FINAL_SCALE][:, None, None, :]
+    unembed = model.W_U[:, torch.tensor(list(first), device=out.device)].T  # [b, d_model]
+    dla = torch.einsum("blhm,bm->blh", out * final_norm_weight(model), unembed)
+    dot = torch.einsum("blhm,bm->blh", out, acts[resid_pre(read_layer)])
+    return dla.float().cpu().numpy(), dot.float().cpu().numpy()
+
+
 @torch.no_grad()
 def head_scores(
     model: Any,
@@ -62,23 +84,14 @@ def head_scores(
     interventions: Sequence[Intervention] = (),
 ) -> HeadScores:
     """Both scores for every head, for each prompt, under ``interventions``."""
-    n_layers = model.cfg.n_layers
-    if not 0 <= read_layer <= n_layers - 1:
-        raise ValueError(f"read_layer {read_layer} is outside 0..{n_layers - 1}")
-    tokenizer = model.tokenizer
-    encoded = [encode(tokenizer, t) for t in texts]
-    first = [tokenizer(str(int(a)), add_special_tokens=False)["input_ids"][0] for a in answers]
-    names = [head_z(layer) for layer in range(n_layers)] + [FINAL_SCALE, resid_pre(read_layer)]
-    weight = final_norm_weight(model)
-    w_u = model.W_U
-    dla = np.zeros((len(texts), n_layers, model.cfg.n_heads))
+    names = score_hooks(model.cfg.n_layers, read_layer)
+    encoded = [encode(model.tokenizer, t) for t in texts]
+    first = answer_token_ids(model.tokenizer, answers)
+    dla = np.zeros((len(texts), model.cfg.n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
     device = next(model.parameters()).device
     for rows in group_by_length(encoded).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=device)
         _, acts = capture(model, tokens, names, position=-1, interventions=interventions)
-        out = head_outputs(model, acts) / acts[FINAL_SCALE][:, None, None, :]
-        unembed = w_u[:, torch.tensor([first[i] for i in rows], device=device)].T  # [b, d_model]
-        dla[rows] = torch.einsum("blhm,bm->blh", out * weight, unembed).float().cpu().numpy()
-        dot[rows] = torch.einsum("blhm,bm->blh", out, acts[resid_pre(read_layer)]).float().cpu().numpy()
+        dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
     return HeadScores(dla=dla, dot=dot, read_layer=read_layer)
