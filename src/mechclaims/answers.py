@@ -53,11 +53,27 @@ def _digit_token_ids(tokenizer: Any) -> frozenset[int]:
     )
 
 
-def group_by_length(encoded: Sequence[Sequence[int]]) -> dict[int, list[int]]:
+# Rows per forward pass of same-length prompts (see group_by_length).
+MAX_ROWS = 128
+
+
+def group_by_length(encoded: Sequence[Sequence[int]], max_rows: int = MAX_ROWS) -> dict[tuple[int, int], list[int]]:
+    """Indices of equal-length sequences, in batches of at most ``max_rows``.
+
+    The cap bounds one forward pass's memory: the model computes logits over the
+    whole vocabulary at every position (for llama-3-8b, 128 rows of 80 tokens
+    are 2.6 GB of bf16 logits).
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     groups: dict[int, list[int]] = defaultdict(list)
     for i, ids in enumerate(encoded):
         groups[len(ids)].append(i)
-    return dict(groups)
+    return {
+        (length, start): rows[start : start + max_rows]
+        for length, rows in groups.items()
+        for start in range(0, len(rows), max_rows)
+    }
 
 
 def _device(model: Any) -> torch.device:
@@ -71,7 +87,7 @@ def decode_numbers(model: Any, tokens: torch.Tensor, interventions: Sequence[Int
     text = [""] * tokens.shape[0]
     alive = np.ones(tokens.shape[0], dtype=bool)
     for _ in range(steps):
-        nxt = run_with(model, tokens, interventions)[:, -1].argmax(-1)
+        nxt = run_with(model, tokens, interventions, logits="argmax")[:, -1]
         for j, token in enumerate(nxt.tolist()):
             piece = tokenizer.decode([token])
             piece = piece if text[j] else piece.strip()
@@ -118,7 +134,7 @@ def greedy_is(
     for rows in groups.values():
         tokens = torch.tensor([full[i] for i in rows], device=_device(model))
         held = [_at_prompt_end(iv, len(prompts[rows[0]])) for iv in interventions]
-        predicted = run_with(model, tokens, held).argmax(-1).cpu()
+        predicted = run_with(model, tokens, held, logits="argmax").cpu()
         for j, i in enumerate(rows):
             start, want = len(prompts[i]) - 1, expected[i]
             ok = predicted[j, start : start + len(want)].tolist() == want

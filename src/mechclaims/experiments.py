@@ -92,11 +92,11 @@ def measure(
     correct = np.zeros(len(pairs), dtype=bool)
     for rows in group_by_length(encoded).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=device)
-        logits, acts = capture(model, tokens, names, position=-1, interventions=ivs)
+        logits, acts = capture(model, tokens, names, position=-1, interventions=ivs, logits="last")
         source[rows] = torch.stack([acts[resid_pre(layer)].cpu() for layer in range(n_layers)], dim=1)
         dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
         if single:
-            correct[rows] = (logits[:, -1].argmax(-1).cpu().numpy() == np.array([first[i] for i in rows]))
+            correct[rows] = (logits.argmax(-1).cpu().numpy() == np.array([first[i] for i in rows]))
     if not single:
         correct = greedy_is(model, pairs.a_texts, answers, interventions=ivs)
     return Condition(

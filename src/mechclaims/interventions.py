@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from .errors import ConfigError
+from .store import Forward, Request, store_of, tensor_digest
 
 Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]
 
@@ -43,6 +44,10 @@ class SetResidual:
     position: int | slice
     values: torch.Tensor
     rows: slice = field(default_factory=lambda: slice(None))
+
+    def key(self) -> str:
+        """Identity for the activation store (the values are hashed)."""
+        return f"SetResidual({self.layer},{_index_key(self.position)},{_index_key(self.rows)},{tensor_digest(self.values)})"
 
     def hooks(self) -> list[Hook]:
         def patch(resid: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -83,6 +88,13 @@ class AblateHeads:
         """Every head of each of ``layers``."""
         return cls(tuple((layer, h) for layer in layers for h in range(n_heads)), **kwargs)
 
+    def key(self) -> str:
+        """Identity for the activation store (mean values are hashed)."""
+        means = "" if self.means is None else ",".join(
+            f"{layer}:{tensor_digest(self.means[layer])}" for layer in sorted(self.means)
+        )
+        return f"AblateHeads({sorted(self.heads)},{self.mode},{self.position},{means})"
+
     def hooks(self) -> list[Hook]:
         by_layer: dict[int, list[int]] = {}
         for layer, head in self.heads:
@@ -106,11 +118,66 @@ class AblateHeads:
 Intervention = SetResidual | AblateHeads
 
 
-def run_with(model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
-    """Logits of one forward pass with ``interventions`` applied; hooks removed after."""
-    hooks = [hook for iv in interventions for hook in iv.hooks()]
+def _index_key(index: int | slice | None) -> str:
+    if isinstance(index, slice):
+        return f"{index.start}:{index.stop}:{index.step}"
+    return str(index)
+
+
+def forward(
+    model: Any,
+    tokens: torch.Tensor,
+    *,
+    names: Sequence[str] = (),
+    position: int | None = -1,
+    interventions: Sequence[Intervention] = (),
+    logits: str = "all",
+) -> Forward:
+    """ONE forward pass with ``interventions``, keeping ``logits`` and the activations at ``names``.
+
+    ``logits``: ``"all"`` ``[batch, pos, vocab]``, ``"last"`` ``[batch, vocab]``,
+    ``"argmax"`` ``[batch, pos]`` token ids, or ``"none"``.  Activations keep only
+    ``position`` (``None``: every position), so a residual sweep of a long
+    prompt stores ``[batch, d_model]`` per layer rather than the whole sequence.
+    When the model has an activation store attached (:func:`mechclaims.store.attach`),
+    a pass already computed is served from it; interventions without a ``key()``
+    are never cached.  Hooks are always removed after the pass.
+    """
+    request = Request(tokens, tuple(dict.fromkeys(names)), position, tuple(interventions), logits)
+    store = store_of(model)
+    compute = lambda: _compute(model, request)  # noqa: E731
+    if store is None or not all(hasattr(iv, "key") for iv in interventions):
+        return compute()
+    return store.get(request, compute)
+
+
+def _compute(model: Any, request: Request) -> Forward:
+    stored: dict[str, torch.Tensor] = {}
+    position = request.position
+
+    def keeper(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+        def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+            stored[name] = (act if position is None else act[:, position]).detach().clone()
+            return act
+
+        return keep
+
+    hooks = [hook for iv in request.interventions for hook in iv.hooks()]
+    hooks += [(name, keeper(name)) for name in request.names]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        return model(tokens)
+        out = model(request.tokens)
+    missing = [n for n in request.names if n not in stored]
+    if missing:
+        raise ConfigError(f"hooks never fired: {missing}; use TransformerLens hook names such as {resid_pre(0)!r}")
+    kept = {"all": out, "last": out[:, -1], "argmax": out.argmax(-1), "none": None}[request.logits]
+    return Forward(kept, stored)
+
+
+def run_with(
+    model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = (), *, logits: str = "all"
+) -> torch.Tensor:
+    """Logits of one forward pass with ``interventions`` applied (see :func:`forward`)."""
+    return forward(model, tokens, interventions=interventions, logits=logits).logits
 
 
 def capture(
@@ -120,29 +187,11 @@ def capture(
     *,
     position: int | None = -1,
     interventions: Sequence[Intervention] = (),
+    logits: str = "all",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits and the activations at ``names`` (only ``position``; ``None`` keeps all).
-
-    Keeps only what is asked for, so a residual sweep of a long prompt stores
-    ``[batch, d_model]`` per layer rather than the whole sequence.
-    """
-    stored: dict[str, torch.Tensor] = {}
-
-    def keeper(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-        def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            stored[name] = (act if position is None else act[:, position]).detach().clone()
-            return act
-
-        return keep
-
-    hooks = [hook for iv in interventions for hook in iv.hooks()]
-    hooks += [(name, keeper(name)) for name in names]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens)
-    missing = [n for n in names if n not in stored]
-    if missing:
-        raise ConfigError(f"hooks never fired: {missing}; use TransformerLens hook names such as {resid_pre(0)!r}")
-    return logits, stored
+    """Logits and the activations at ``names`` (only ``position``; ``None`` keeps all)."""
+    out = forward(model, tokens, names=names, position=position, interventions=interventions, logits=logits)
+    return out.logits, out.acts
 
 
 def head_means(model: Any, tokens: torch.Tensor, layers: Iterable[int], *, position: int | None = -1) -> dict[int, torch.Tensor]:

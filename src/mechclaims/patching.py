@@ -52,7 +52,7 @@ def last_resid(
     names = [resid_pre(layer) for layer in layers]
     for rows in group_by_length(encoded).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=_device(model))
-        _, acts = capture(model, tokens, names, position=-1, interventions=interventions)
+        _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
         out[rows] = torch.stack([acts[n].cpu() for n in names], dim=1)
     return out
 

@@ -23,7 +23,8 @@ from .report.claims_json import new_run_id
 from .results import ERRORED, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult
 from .session import ClaimSession
 from .settings import PROFILES, settings
-from .targets import DEVICES, DTYPES, TARGETS, attached_hooks, get_spec, resolve
+from .store import STORE_MODES
+from .targets import DEVICES, DTYPES, TARGETS, attached_hooks, default_cache_dir, get_spec, resolve
 
 session_key = pytest.StashKey[ClaimSession]()
 report_path_key = pytest.StashKey[Path]()
@@ -55,6 +56,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--mechclaims-report-dir", default=None, metavar="DIR",
         help="where claim reports go (default: <rootdir>/reports)",
     )
+    group.addoption(
+        "--mechclaims-cache", default="memory", choices=STORE_MODES,
+        help="activation cache: off, memory (each forward pass once per run; default) or disk "
+        "(also reused across runs, see --mechclaims-cache-dir)",
+    )
+    group.addoption(
+        "--mechclaims-cache-dir", default=None, metavar="DIR",
+        help="directory of the disk activation cache (default: $MECHCLAIMS_CACHE_DIR/activations, "
+        "else ~/.cache/mechclaims/activations)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -72,6 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
         device=config.getoption("mechclaims_device"),
         dtype=config.getoption("mechclaims_dtype"),
         fixtures_dir=_fixtures_dir(root),
+        cache_mode=config.getoption("mechclaims_cache"),
+        activation_dir=Path(config.getoption("mechclaims_cache_dir") or default_cache_dir() / "activations"),
     )
     config.stash[session_key] = state
     config.pluginmanager.register(_ResultCollector(state), f"mechclaims-collector-{id(config)}")

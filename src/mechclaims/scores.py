@@ -92,6 +92,6 @@ def head_scores(
     device = next(model.parameters()).device
     for rows in group_by_length(encoded).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=device)
-        _, acts = capture(model, tokens, names, position=-1, interventions=interventions)
+        _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
         dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
     return HeadScores(dla=dla, dot=dot, read_layer=read_layer)

@@ -17,9 +17,14 @@ from typing import Any
 
 from .results import SCHEMA_VERSION, ClaimResult
 from .settings import Settings
+from .store import ActivationStore, StoreStats, attach
 from .targets import LoadedTarget, load_target
 
 VERSIONED_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens", "numpy", "scipy")
+# Counters summed over processes (pytest-xdist workers), not provenance.
+_COUNTED = ("name", "load_count", "forwards", "store")
+# The versions a cached forward pass depends on.
+_NUMERIC_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens")
 
 
 def utc_now() -> str:
@@ -34,6 +39,12 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def cache_version() -> str:
+    """Versions of the packages that compute a forward pass (part of every disk-cache key)."""
+    v = package_versions()
+    return ",".join(f"{name}={v[name]}" for name in _NUMERIC_PACKAGES)
 
 
 def git_commit(root: Path) -> str | None:
@@ -56,11 +67,14 @@ class ClaimSession:
     dtype: str | None = None
     cache_dir: Path | None = None
     fixtures_dir: Path | None = None
+    cache_mode: str = "memory"
+    activation_dir: Path | None = None
     started: str = field(default_factory=utc_now)
     finished: str | None = None
     claims: list[dict[str, Any]] = field(default_factory=list)
     loaded: dict[str, LoadedTarget] = field(default_factory=dict)
     load_counts: Counter = field(default_factory=Counter)
+    stores: dict[str, ActivationStore] = field(default_factory=dict)
     # What each process (pytest-xdist worker, or "main") reported about its targets.
     target_records: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
@@ -75,7 +89,20 @@ class ClaimSession:
                 cache_dir=self.cache_dir,
                 fixtures_dir=self.fixtures_dir,
             )
+            self.stores[name] = self._store_for(self.loaded[name])
         return self.loaded[name]
+
+    def _store_for(self, loaded: LoadedTarget) -> ActivationStore:
+        """The activation store of one loaded target, attached to its model."""
+        info = loaded.info
+        store = ActivationStore(
+            model_key=f"{info.sha256_or_revision}|{info.dtype}|{info.device}",
+            mode=self.cache_mode,
+            directory=self.activation_dir,
+            version=cache_version(),
+        )
+        attach(loaded.model, store)
+        return store
 
     def forward_totals(self) -> tuple[int, int]:
         """Forward calls and tokens so far, over every loaded target."""
@@ -94,6 +121,7 @@ class ClaimSession:
                     **t.info.to_json(),
                     "load_count": self.load_counts[name],
                     "forwards": {"calls": t.forwards.calls, "tokens": t.forwards.tokens},
+                    "store": self.stores[name].stats.to_json() if name in self.stores else StoreStats().to_json(),
                 }
                 for name, t in self.loaded.items()
             },
@@ -109,11 +137,15 @@ class ClaimSession:
         """Per target: provenance, and load counts and forwards summed over processes."""
         merged: dict[str, dict[str, Any]] = {}
         for (_, name), rec in sorted(self.target_records.items()):
-            info = {k: v for k, v in rec.items() if k not in ("name", "load_count", "forwards")}
-            entry = merged.setdefault(name, {**info, "load_count": 0, "forwards": {"calls": 0, "tokens": 0}})
+            info = {k: v for k, v in rec.items() if k not in _COUNTED}
+            entry = merged.setdefault(
+                name, {**info, "load_count": 0, "forwards": {"calls": 0, "tokens": 0}, "store": StoreStats().to_json()}
+            )
             entry["load_count"] += rec["load_count"]
             entry["forwards"]["calls"] += rec["forwards"]["calls"]
             entry["forwards"]["tokens"] += rec["forwards"]["tokens"]
+            for key, value in rec.get("store", {}).items():
+                entry["store"][key] = entry["store"].get(key, 0) + value
         return merged
 
     def header(self) -> str:
@@ -143,11 +175,16 @@ class ClaimSession:
                 "versions": package_versions(),
                 "header": self.header(),
                 "targets": {
-                    name: {k: v for k, v in t.items() if k not in ("load_count", "forwards")}
+                    name: {k: v for k, v in t.items() if k not in _COUNTED}
                     for name, t in targets.items()
                 },
                 "load_counts": {name: t["load_count"] for name, t in targets.items()},
                 "forwards": {name: t["forwards"] for name, t in targets.items()},
+                "activation_cache": {
+                    "mode": self.cache_mode,
+                    "directory": str(self.activation_dir) if self.cache_mode == "disk" else None,
+                    "stats": {name: t["store"] for name, t in targets.items()},
+                },
             },
             "claims": list(self.claims),
         }

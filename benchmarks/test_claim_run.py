@@ -1,0 +1,110 @@
+"""The default claim run (`make claims`: every claim on `organism`) end to end.
+
+Each round is a fresh process (`pytest claims/ --mechclaims-target organism`), so
+the timings include interpreter start, model loading and every forward pass.
+Recorded in each benchmark's extra_info: peak RSS of the run (and of a process
+that only imports the stack, the baseline), forward calls and tokens processed
+against the tokens the claim set needs, and the bytes the activation cache held.
+
+    pytest benchmarks/ --benchmark-json reports/benchmarks.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 2
+
+
+def _run(argv: list[str], env: dict[str, str]) -> tuple[int, int]:
+    """Exit status and peak RSS (KiB) of a child process."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss
+
+
+def _claim_argv(report_dir: Path, cache: str, cache_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "pytest", "claims/", "--mechclaims-target", "organism", "-q", "-p", "no:cacheprovider",
+        "--mechclaims-report-dir", str(report_dir), "--mechclaims-cache", cache, "--mechclaims-cache-dir", str(cache_dir),
+    ]
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def baseline_rss(env) -> int:
+    """Peak RSS of a process that imports torch, transformers, transformer-lens and the plugin."""
+    code = "import torch, transformers, transformer_lens.model_bridge, mechclaims.plugin"
+    status, rss = _run([sys.executable, "-c", code], env)
+    assert status == 0
+    return rss
+
+
+def _bench(benchmark, tmp_path, env, baseline_rss, *, cache: str, warm: bool) -> dict:
+    cache_dir = tmp_path / "activations"
+    reports = tmp_path / "reports"
+    peaks: list[int] = []
+
+    def setup():
+        if not warm:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        return (), {}
+
+    def run():
+        status, rss = _run(_claim_argv(reports, cache, cache_dir), env)
+        assert status == 0, f"claim run exited {status}; see {reports}/latest"
+        peaks.append(rss)
+
+    if warm:  # fill the cache once, outside the timed rounds
+        run()
+        peaks.clear()
+    benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    record = json.loads((reports / "latest" / "claims.json").read_text())
+    stats = record["run"]["activation_cache"]["stats"]["organism"]
+    weights = (ROOT / "fixtures" / "organism" / "model.safetensors").stat().st_size
+    info = benchmark.extra_info
+    info.update(
+        cache=cache, warm=warm,
+        peak_rss_mib=round(max(peaks) / 1024, 1),
+        baseline_rss_mib=round(baseline_rss / 1024, 1),
+        run_rss_above_baseline_mib=round((max(peaks) - baseline_rss) / 1024, 1),
+        weights_mib=round(weights / 2**20, 2),
+        cached_activations_mib=round(stats["bytes_in_memory"] / 2**20, 2),
+        forward_calls=record["run"]["forwards"]["organism"]["calls"],
+        tokens_processed=stats["tokens_processed"],
+        tokens_needed=stats["tokens_needed"],
+        disk_hits=stats["disk_hits"],
+        verdicts={c["id"]: c["verdict"] for c in record["claims"]},
+    )
+    return info
+
+
+@pytest.mark.benchmark(group="claim-run")
+def test_claim_run_memory_cache(benchmark, tmp_path, env, baseline_rss):
+    info = _bench(benchmark, tmp_path, env, baseline_rss, cache="memory", warm=False)
+    assert info["tokens_processed"] <= 1.5 * info["tokens_needed"]
+
+
+@pytest.mark.benchmark(group="claim-run")
+def test_claim_run_cold_disk_cache(benchmark, tmp_path, env, baseline_rss):
+    info = _bench(benchmark, tmp_path, env, baseline_rss, cache="disk", warm=False)
+    assert info["disk_hits"] == 0
+
+
+@pytest.mark.benchmark(group="claim-run")
+def test_claim_run_warm_disk_cache(benchmark, tmp_path, env, baseline_rss):
+    info = _bench(benchmark, tmp_path, env, baseline_rss, cache="disk", warm=True)
+    assert info["tokens_processed"] == 0 and info["disk_hits"] > 0

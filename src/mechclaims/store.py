@@ -1,0 +1,298 @@
+"""The activation store: every forward pass of a claim run computed once.
+
+A forward pass is data (:class:`Request`): the token batch, the hooks whose
+activations to keep, the kept position, the interventions and the kind of
+logits wanted.  :func:`~mechclaims.interventions.forward` asks the store
+attached to the model (:func:`attach`) before running anything:
+
+* in memory, an entry serves every later request on the same tokens under the
+  same interventions whose hooks and logits it covers, so a claim reuses what
+  another claim computed;
+* on disk (optional), each entry is one safetensors file named by the SHA-256
+  of its full key, which includes the model's weight fingerprint, dtype and
+  device, the token bytes, the interventions (values hashed), the hook names
+  and this package's version: a changed model, prompt set or version is a
+  different file, never a stale hit.  Files are written to a temporary name
+  and renamed into place (no torn files for concurrent pytest-xdist workers);
+  each carries the SHA-256 of its tensors, so a corrupted entry is detected,
+  reported with a warning, recomputed and rewritten.
+
+:class:`StoreStats` counts requests, hits, tokens processed and the tokens the
+claim set needs (each distinct token batch under each distinct intervention
+processed once), for the report's forward-pass accounting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+import weakref
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+STORE_MODES = ("off", "memory", "disk")
+LOGITS = ("all", "last", "argmax", "none")
+# A request for logits of kind `key` can be served by an entry holding any of `value`.
+_SERVES = {"all": ("all",), "last": ("all", "last"), "argmax": ("all", "argmax"), "none": LOGITS}
+# Entries larger than this are computed but not kept in memory (e.g. full-vocabulary
+# logits of a long batch of a large model).
+MAX_ENTRY_BYTES = 256 * 2**20
+FORMAT = 1
+
+
+class CacheCorruptionWarning(UserWarning):
+    """A disk-cache entry failed its checksum or could not be read; it was recomputed."""
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    data = t.detach().cpu().contiguous()
+    if data.numel():
+        h.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One forward pass as data."""
+
+    tokens: torch.Tensor
+    names: tuple[str, ...] = ()
+    position: int | None = -1
+    interventions: tuple[Any, ...] = ()
+    logits: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.logits not in LOGITS:
+            raise ConfigError(f"logits={self.logits!r} is not one of {', '.join(LOGITS)}")
+
+    def base_key(self) -> str:
+        """Identity of the computation: tokens and interventions (not what is kept)."""
+        ivs = "|".join(iv.key() for iv in self.interventions)
+        return hashlib.sha256(f"{tensor_digest(self.tokens)}|{ivs}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Forward:
+    """What a forward pass kept: logits of the requested kind and activations by hook name."""
+
+    logits: torch.Tensor | None
+    acts: dict[str, torch.Tensor]
+
+    def nbytes(self) -> int:
+        tensors = list(self.acts.values()) + ([self.logits] if self.logits is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def served_as(self, request: Request) -> "Forward":
+        """A copy holding exactly what ``request`` asked for (callers may modify it)."""
+        logits = self.logits
+        if request.logits == "none" or logits is None:
+            logits = None
+        elif request.logits == "last" and logits.dim() == 3:
+            logits = logits[:, -1]
+        elif request.logits == "argmax" and logits.is_floating_point():
+            logits = logits.argmax(-1)
+        return Forward(
+            None if logits is None else logits.clone(),
+            {name: self.acts[name].clone() for name in request.names},
+        )
+
+
+@dataclass
+class StoreStats:
+    """Forward-pass accounting of one store (one loaded model)."""
+
+    requests: int = 0
+    memory_hits: int = 0
+    disk_hits: int = 0
+    computed: int = 0
+    tokens_processed: int = 0
+    tokens_needed: int = 0
+    corrupt_entries: int = 0
+    disk_writes: int = 0
+    bytes_in_memory: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class _Entry:
+    names: frozenset[str]
+    position: int | None
+    logits: str
+    value: Forward
+
+
+@dataclass
+class ActivationStore:
+    """Memoised forward passes of one model (see the module docstring)."""
+
+    model_key: str
+    mode: str = "memory"
+    directory: Path | None = None
+    version: str = ""
+    max_entry_bytes: int = MAX_ENTRY_BYTES
+    stats: StoreStats = field(default_factory=StoreStats)
+    _entries: dict[str, list[_Entry]] = field(default_factory=dict, repr=False)
+    _seen: set[str] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in STORE_MODES:
+            raise ConfigError(f"activation cache mode {self.mode!r} is not one of {', '.join(STORE_MODES)}")
+        if self.mode == "disk" and self.directory is None:
+            raise ConfigError("the disk activation cache needs a directory: pass --mechclaims-cache-dir DIR")
+        if self.directory is not None:
+            self.directory = Path(self.directory)
+        if not self.version:
+            from . import __version__
+
+            self.version = __version__
+
+    # ------------------------------------------------------------------ lookup
+
+    def get(self, request: Request, compute: Callable[[], Forward]) -> Forward:
+        """The result of ``request``: from memory, from disk, or computed (then kept)."""
+        self.stats.requests += 1
+        base = request.base_key()
+        if base not in self._seen:
+            self._seen.add(base)
+            self.stats.tokens_needed += int(request.tokens.numel())
+        if self.mode == "off":
+            return self._compute(request, compute)
+        for entry in self._entries.get(base, ()):
+            if self._covers(entry, request):
+                self.stats.memory_hits += 1
+                return entry.value.served_as(request)
+        value = self._from_disk(request, base) if self.mode == "disk" else None
+        if value is not None:
+            self.stats.disk_hits += 1
+        else:
+            value = self._compute(request, compute)
+            if self.mode == "disk":
+                self._to_disk(request, base, value)
+        if value.nbytes() <= self.max_entry_bytes:
+            self.stats.bytes_in_memory += value.nbytes()
+            self._entries.setdefault(base, []).append(
+                _Entry(frozenset(request.names), request.position, request.logits, value)
+            )
+        return value.served_as(request)
+
+    def _compute(self, request: Request, compute: Callable[[], Forward]) -> Forward:
+        self.stats.computed += 1
+        self.stats.tokens_processed += int(request.tokens.numel())
+        return compute()
+
+    @staticmethod
+    def _covers(entry: _Entry, request: Request) -> bool:
+        same_position = entry.position == request.position or not request.names
+        return same_position and entry.names >= set(request.names) and entry.logits in _SERVES[request.logits]
+
+    # ------------------------------------------------------------------ disk
+
+    def full_key(self, request: Request, base: str) -> str:
+        spec = json.dumps(
+            {
+                "format": FORMAT,
+                "model": self.model_key,
+                "version": self.version,
+                "base": base,
+                "names": sorted(request.names),
+                "position": request.position,
+                "logits": request.logits,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(spec.encode()).hexdigest()
+
+    def path_for(self, request: Request, base: str) -> Path:
+        key = self.full_key(request, base)
+        assert self.directory is not None
+        return self.directory / key[:2] / f"{key}.safetensors"
+
+    def _from_disk(self, request: Request, base: str) -> Forward | None:
+        from safetensors import safe_open
+
+        path = self.path_for(request, base)
+        if not path.is_file():
+            return None
+        try:
+            tensors: dict[str, torch.Tensor] = {}
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                for name in fh.keys():
+                    tensors[name] = fh.get_tensor(name)
+            if meta.get("key") != self.full_key(request, base):
+                raise ValueError("the entry's key does not match its file name")
+            if meta.get("sha256") != _content_digest(tensors):
+                raise ValueError("checksum mismatch")
+        except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed
+            self.stats.corrupt_entries += 1
+            warnings.warn(
+                f"corrupt activation-cache entry {path} ({exc}); recomputing and rewriting it",
+                CacheCorruptionWarning,
+                stacklevel=3,
+            )
+            return None
+        logits = tensors.pop("logits", None)
+        acts = {name[len("act:"):]: t for name, t in tensors.items() if name.startswith("act:")}
+        return Forward(logits, acts)
+
+    def _to_disk(self, request: Request, base: str, value: Forward) -> None:
+        from safetensors.torch import save_file
+
+        path = self.path_for(request, base)
+        tensors = {f"act:{name}": t.contiguous() for name, t in value.acts.items()}
+        if value.logits is not None:
+            tensors["logits"] = value.logits.contiguous()
+        meta = {"key": self.full_key(request, base), "sha256": _content_digest(tensors), "mechclaims": self.version}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self.stats.disk_writes += 1
+
+
+def _content_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensor_digest(tensors[name]).encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- registry
+
+_STORES: "weakref.WeakKeyDictionary[Any, ActivationStore]" = weakref.WeakKeyDictionary()
+
+
+def attach(model: Any, store: ActivationStore | None) -> None:
+    """Serve ``model``'s forward passes through ``store`` (``None`` detaches)."""
+    if store is None:
+        _STORES.pop(model, None)
+    else:
+        _STORES[model] = store
+
+
+def store_of(model: Any) -> ActivationStore | None:
+    """The store attached to ``model``, if any."""
+    try:
+        return _STORES.get(model)
+    except TypeError:  # an object that cannot be weakly referenced has no store
+        return None
+
+
+def names_tuple(names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
