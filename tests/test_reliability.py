@@ -55,3 +55,70 @@ def test_loading_is_offline_unless_the_environment_says_otherwise():
     probe = "import mechclaims.targets, os; print(os.environ['HF_HUB_OFFLINE'])"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+SOURCES = [p for d in ("src", "claims", "benchmarks") for p in (CLAIMS_DIR.parent / d).rglob("*.py")]
+
+
+def _unsafe_calls(tree):
+    """torch.load without weights_only=True, and any trust_remote_code=True, in one module's AST."""
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        kwargs = {k.arg: k.value for k in node.keywords}
+        name = ast.unparse(node.func)
+        if name.endswith(("torch.load", "torch.serialization.load")):
+            flag = kwargs.get("weights_only")
+            if not (isinstance(flag, ast.Constant) and flag.value is True):
+                found.append(f"{name} without weights_only=True at line {node.lineno}")
+        remote = kwargs.get("trust_remote_code")
+        if remote is not None and not (isinstance(remote, ast.Constant) and remote.value is False):
+            found.append(f"trust_remote_code={ast.unparse(remote)} at line {node.lineno}")
+    return found
+
+
+def test_the_scan_catches_unsafe_loading():
+    import ast
+
+    bad = "import torch\ntorch.load('w.pt')\ntorch.load('w.pt', weights_only=False)\nf(trust_remote_code=True)\n"
+    assert len(_unsafe_calls(ast.parse(bad))) == 3
+    assert _unsafe_calls(ast.parse("torch.load('w.pt', weights_only=True)\nf(trust_remote_code=False)\n")) == []
+
+
+def test_no_code_unpickles_or_enables_remote_code():
+    import ast
+
+    assert len(SOURCES) > 20
+    problems = [f"{p}: {what}" for p in SOURCES for what in _unsafe_calls(ast.parse(p.read_text()))]
+    assert problems == []
+
+
+def test_two_xdist_workers_run_the_claim_suite_on_one_cache_like_one_process(pytester, tmp_path):
+    """The real claim suite on the shipped organism: -n 2 with a shared disk cache gives
+    the verdicts and figures of a single process, and leaves every cache file intact."""
+    for path in CLAIMS_DIR.rglob("*"):
+        dest = pytester.path / "claims" / path.relative_to(CLAIMS_DIR)
+        if path.is_dir() or "__pycache__" in path.parts:
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(path.read_bytes())
+    cache = tmp_path / "acts"
+
+    def run(report, *args):
+        pytester.runpytest_subprocess(
+            "claims/", "--mechclaims-target", "organism", "-p", "no:cacheprovider", "--mechclaims-report-dir",
+            str(tmp_path / report), *args,
+        )
+        record = json.loads((tmp_path / report / "latest" / "claims.json").read_text())
+        return sorted((c["id"], c["verdict"], c["statistic"], tuple(c["ci"]), c["n"]) for c in record["claims"]), record
+
+    single, _ = run("solo", "--mechclaims-cache", "off")
+    parallel, _ = run("par", "-n", "2", "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache))
+    assert single and single == parallel
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".")]  # no temporary files left
+    again, record = run("again", "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache))
+    stats = record["run"]["activation_cache"]["stats"]["organism"]
+    assert again == single and stats["corrupt_entries"] == 0 and stats["computed"] == 0
