@@ -40,11 +40,13 @@ def test_compare_exits_zero_without_a_regression(tmp_path, capsys):
     assert "1 changed, 0 regressed" in capsys.readouterr().out
 
 
-def test_report_renders_markdown(tmp_path):
+def test_report_renders_markdown_and_html(tmp_path):
     run = _run(tmp_path, "a", {"C1.onset": ("supported", 3.0)})
     assert main(["report", str(run)]) == 0
     text = (run / "claims.md").read_text()
     assert "## C1.onset" in text and "| organism | supported |" in text
+    page = (run / "index.html").read_text()
+    assert '<a href="#claim-C1.onset--organism">C1.onset</a>' in page and "badge v-supported" in page
 
 
 @pytest.mark.parametrize(
@@ -54,6 +56,12 @@ def test_report_renders_markdown(tmp_path):
         (json.dumps({"schema_version": 0, "run": {}, "claims": []}), "schema_version 0 is not supported; this mechclaims reads version 1"),
         (json.dumps({"schema_version": 1, "claims": []}), "missing key 'run'"),
         (json.dumps({"schema_version": 1, "run": {}, "claims": [{"id": "x", "target": "t", "verdict": "maybe"}]}), "verdict 'maybe' is not one of"),
+        (json.dumps({"schema_version": 1, "run": {}, "claims": {"id": "x"}}), "'claims' must be a list, got dict"),
+        (json.dumps({"schema_version": 1, "run": [], "claims": []}), "'run' must be an object, got list"),
+        (json.dumps({"schema_version": 1, "run": {}, "claims": ["x"]}), "claims[0] must be an object, got str"),
+        (json.dumps({"schema_version": 1, "run": {}, "claims": [{"id": "x", "target": "t", "verdict": "refuted", "figures": [1]}]}),
+         "claims[0] figures must be an object, got list"),
+        (json.dumps({"run": {}, "claims": []}), "schema_version None is not supported"),
     ],
 )
 def test_broken_files_get_one_clear_error(tmp_path, capsys, content, message):
@@ -64,3 +72,6 @@ def test_broken_files_get_one_clear_error(tmp_path, capsys, content, message):
     err = capsys.readouterr().err
     assert message in err and str(bad) in err and err.count("\n") == 1
     assert main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err and err.count("\n") == 1
+    assert not (tmp_path / "index.html").exists() and not (tmp_path / "claims.md").exists()

@@ -84,7 +84,13 @@ def ablate(study: AblationStudy, stage: int, p: C1Params, seed: int = 0) -> Find
         shift, ok,
         f"{after.name}: accuracy change {same} (TOST margin ±{p.margin}); onset shift {shift}",
         threshold=1.0,
-        figures={"accuracy_change": same, "rates": rates_by_layer(after), "accuracy": proportion_of(after.correct)},
+        figures={
+            "accuracy_change": same, "rates": rates_by_layer(after), "accuracy": proportion_of(after.correct),
+            "heatmaps": {
+                f"mean direct logit attribution, {c.name}": {"matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer"}
+                for c in (before, after)
+            },
+        },
     )
 
 
@@ -102,7 +108,13 @@ def no_task_stage(study: AblationStudy, stage: int, p: C1Params) -> Finding:
         f"{after.name}: accuracy change {same}; highest ≈a*p rate {worst} (must stay < {p.threshold}); "
         f"copy onset layer {copy_onset}",
         threshold=p.threshold,
-        figures={"accuracy_change": same, "rates": rates_by_layer(after), "copy_onset": copy_onset},
+        figures={
+            "accuracy_change": same, "rates": rates_by_layer(after), "copy_onset": copy_onset,
+            "heatmaps": {
+                f"mean direct logit attribution, {c.name}": {"matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer"}
+                for c in (study.conditions[stage], after)
+            },
+        },
     )
 
 
@@ -137,6 +149,10 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
             "pvalue_holm": adjusted.tolist(),
             "dot_before": dot_before.tolist(),
             "dot_after": dot_after.tolist(),
+            "heatmaps": {
+                f"mean direct logit attribution, {c.name}": {"matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer"}
+                for c in (before, after)
+            },
         },
     )
 

@@ -1,5 +1,5 @@
-"""The ``mechclaims`` command: ``report RUN`` re-renders claims.md from a
-claims.json; ``compare RUN_A RUN_B`` lists changes and exits 1 on a regression."""
+"""The ``mechclaims`` command: ``report RUN`` re-renders claims.md and index.html
+from a claims.json; ``compare RUN_A RUN_B`` lists changes and exits 1 on a regression."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import sys
 from pathlib import Path
 
 from .errors import MechclaimsError
-from .report.claims_json import atomic_write_text
+from .report.claims_json import render_views
 from .report.compare import compare
-from .report.markdown import render
 from .report.reading import read_run, resolve_run
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mechclaims", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="re-render claims.md next to a run's claims.json")
+    rep = sub.add_parser("report", help="re-render claims.md and index.html next to a run's claims.json")
     rep.add_argument("run", type=Path, help="run directory (reports/<run-id>) or its claims.json")
     cmp_ = sub.add_parser("compare", help="changed verdicts and figures between two runs")
     cmp_.add_argument("run_a", type=Path, help="the reference run (e.g. the last accepted one)")
@@ -26,9 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "report":
             record = read_run(args.run)
-            out = resolve_run(args.run).with_name("claims.md")
-            atomic_write_text(out, render(record))
-            print(out)
+            for out in render_views(resolve_run(args.run).parent, record):
+                print(out)
             return 0
         changes = compare(read_run(args.run_a), read_run(args.run_b))
     except MechclaimsError as exc:

@@ -1,4 +1,5 @@
-"""``reports/<run-id>/claims.json`` and the ``reports/latest`` link, written atomically."""
+"""``reports/<run-id>/claims.json`` (with ``claims.md`` and ``index.html`` rendered from it)
+and the ``reports/latest`` link, all written atomically."""
 
 from __future__ import annotations
 
@@ -37,14 +38,25 @@ def point_latest(report_dir: Path, run_dir: Path) -> Path:
     return latest
 
 
+def render_views(run_dir: Path, record: dict[str, Any]) -> list[Path]:
+    """(Re)write the views people read, ``claims.md`` and ``index.html``, from a run record."""
+    from . import html, markdown
+
+    written = []
+    for name, render in (("claims.md", markdown.render), ("index.html", html.render)):
+        atomic_write_text(run_dir / name, render(record))
+        written.append(run_dir / name)
+    return written
+
+
 def write_run(report_dir: Path, run_id: str, record: dict[str, Any]) -> Path:
-    """Write ``claims.json`` for one run; repoint ``latest`` only at a complete run."""
+    """Write ``claims.json``, ``claims.md`` and ``index.html`` for one run; repoint
+    ``latest`` only at a complete run."""
     run_dir = report_dir / run_id
     path = run_dir / "claims.json"
-    atomic_write_text(path, json.dumps(record, indent=2, allow_nan=False) + "\n")
-    from .markdown import render
-
-    atomic_write_text(run_dir / "claims.md", render(record))
+    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    atomic_write_text(path, text)
+    render_views(run_dir, json.loads(text))  # the views show exactly what claims.json holds
     if record.get("run", {}).get("complete"):
         point_latest(report_dir, run_dir)
     return path

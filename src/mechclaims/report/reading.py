@@ -35,10 +35,18 @@ def read_run(path: Path) -> dict[str, Any]:
     for key in ("run", "claims"):
         if key not in record:
             raise ConfigError(f"{file}: missing key {key!r}; a claims.json has schema_version, run and claims")
+    if not isinstance(record["run"], dict):
+        raise ConfigError(f"{file}: 'run' must be an object, got {type(record['run']).__name__}")
+    if not isinstance(record["claims"], list):
+        raise ConfigError(f"{file}: 'claims' must be a list, got {type(record['claims']).__name__}")
     for i, claim in enumerate(record["claims"]):
+        if not isinstance(claim, dict):
+            raise ConfigError(f"{file}: claims[{i}] must be an object, got {type(claim).__name__}")
         missing = [k for k in ("id", "target", "verdict") if k not in claim]
         if missing:
             raise ConfigError(f"{file}: claims[{i}] lacks {', '.join(missing)}")
         if claim["verdict"] not in VERDICTS:
             raise ConfigError(f"{file}: claims[{i}] verdict {claim['verdict']!r} is not one of {', '.join(VERDICTS)}")
+        if not isinstance(claim.get("figures", {}), (dict, type(None))):
+            raise ConfigError(f"{file}: claims[{i}] figures must be an object, got {type(claim['figures']).__name__}")
     return record

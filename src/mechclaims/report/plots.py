@@ -1,0 +1,282 @@
+"""Plots for ``index.html``: matplotlib (Agg, no display) to inline PNG data URIs.
+
+A claim result's ``figures`` (in ``claims.json``) may hold, besides scalars and
+effects, these plot entries. Each is drawn when present; any other key is not a
+plot (the page lists scalars and effects in a table and ignores the rest).
+
+``rates`` -- patching curves by layer with confidence bands::
+
+    {class_name: {"rate": [per layer], "ci_low": [...], "ci_high": [...], "n": int}}
+
+  one line per outcome class (``none``, ``approx``, ``exact``, ``copy``; other
+  names are drawn too), x = layer, y = rate in [0, 1].
+
+``heatmaps`` -- one heatmap per title, e.g. head scores before and after an ablation::
+
+    {title: {"matrix": [[...], ...], "xlabel": str, "ylabel": str}}
+
+  rows of ``matrix`` are layers (drawn bottom-up), columns e.g. heads. The
+  heatmaps of one entry share a colour scale centred on 0, so before/after compare.
+
+``curves`` -- line plots with an optional band and fit::
+
+    {title: {"x": [...], "y": [...], "ci_low": [...], "ci_high": [...], "fit": [...],
+             "xlabel": str, "ylabel": str}}
+
+  ``ci_low``/``ci_high`` (a band) and ``fit`` (a dashed line over the same x) are optional.
+
+``bars`` -- bar charts with optional error bars::
+
+    {title: {"labels": [...], "values": [...], "ci_low": [...], "ci_high": [...], "ylabel": str}}
+
+``None`` in any number list (a non-finite value in JSON) is drawn as a gap. An
+entry that does not follow its schema is not drawn; the page says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+PLOT_KINDS = ("rates", "heatmaps", "curves", "bars")
+
+# One colour per patching outcome class, the same on every page.
+CLASS_COLOURS = {"none": "#6e7781", "approx": "#d97706", "exact": "#16a34a", "copy": "#2563eb"}
+_CYCLE = ("#9333ea", "#db2777", "#0891b2", "#65a30d", "#b45309")
+
+
+class FigureSchemaError(ValueError):
+    """A plot entry of ``figures`` that does not follow its schema."""
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One drawn plot: its caption and the PNG as a ``data:`` URI."""
+
+    title: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class PlotError:
+    """A plot entry that could not be drawn, and why."""
+
+    title: str
+    reason: str
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _numbers(value: Any, what: str, length: int | None = None) -> np.ndarray:
+    if not isinstance(value, (list, tuple)):
+        raise FigureSchemaError(f"{what} must be a list of numbers, got {type(value).__name__}")
+    if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value):
+        raise FigureSchemaError(f"{what} must hold only numbers (or null)")
+    if length is not None and len(value) != length:
+        raise FigureSchemaError(f"{what} has {len(value)} values, expected {length}")
+    return np.array([math.nan if v is None else float(v) for v in value], dtype=float)
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FigureSchemaError(f"{what} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _label(spec: dict[str, Any], key: str, default: str = "") -> str:
+    value = spec.get(key, default)
+    return value if isinstance(value, str) else str(value)
+
+
+def _figure(width: float = 6.4, height: float = 3.6):
+    from matplotlib.figure import Figure  # Figure without pyplot: Agg canvas, no display, no global state
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return fig, fig.subplots()
+
+
+def _style(ax) -> None:
+    ax.grid(True, color="#d0d7de", linewidth=0.6, alpha=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _uri(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _integer_ticks(ax, axis: str = "x") -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True))
+
+
+# --------------------------------------------------------------------------- the kinds
+
+
+def rates_plot(rates: Any, title: str = "patched answer by layer") -> Plot:
+    rates = _mapping(rates, "rates")
+    if not rates:
+        raise FigureSchemaError("rates is empty")
+    fig, ax = _figure()
+    n_values = set()
+    for i, (name, spec) in enumerate(rates.items()):
+        spec = _mapping(spec, f"rates[{name!r}]")
+        y = _numbers(spec.get("rate"), f"rates[{name!r}].rate")
+        x = np.arange(len(y))
+        colour = CLASS_COLOURS.get(name, _CYCLE[i % len(_CYCLE)])
+        if "ci_low" in spec and "ci_high" in spec:
+            low = _numbers(spec["ci_low"], f"rates[{name!r}].ci_low", len(y))
+            high = _numbers(spec["ci_high"], f"rates[{name!r}].ci_high", len(y))
+            ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
+        ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=str(name))
+        if isinstance(spec.get("n"), int):
+            n_values.add(spec["n"])
+    n_text = f" (n={n_values.pop()}, 95% CI bands)" if len(n_values) == 1 else ""
+    ax.set_title(title + n_text, fontsize=10)
+    ax.set_xlabel("layer patched")
+    ax.set_ylabel("rate")
+    ax.set_ylim(-0.02, 1.02)
+    _integer_ticks(ax)
+    _style(ax)
+    fig.legend(fontsize=8, frameon=False, loc="outside right upper")
+    return Plot(title, _uri(fig))
+
+
+def heatmap_plots(heatmaps: Any) -> list[Plot | PlotError]:
+    heatmaps = _mapping(heatmaps, "heatmaps")
+    checked: list[tuple[str, dict[str, Any], np.ndarray] | PlotError] = []
+    for title, spec in heatmaps.items():
+        try:
+            spec = _mapping(spec, f"heatmaps[{title!r}]")
+            rows = spec.get("matrix")
+            if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
+                raise FigureSchemaError(f"heatmaps[{title!r}].matrix must be a non-empty list of rows")
+            width = len(rows[0])
+            matrix = np.stack([_numbers(r, f"heatmaps[{title!r}].matrix row {i}", width) for i, r in enumerate(rows)])
+            checked.append((str(title), spec, matrix))
+        except FigureSchemaError as exc:
+            checked.append(PlotError(str(title), str(exc)))
+    finite = [np.abs(m[np.isfinite(m)]) for c in checked if not isinstance(c, PlotError) for m in [c[2]]]
+    vmax = max((float(a.max()) for a in finite if a.size), default=1.0) or 1.0
+    out: list[Plot | PlotError] = []
+    for item in checked:
+        if isinstance(item, PlotError):
+            out.append(item)
+            continue
+        title, spec, matrix = item
+        n_rows, n_cols = matrix.shape
+        fig, ax = _figure(width=min(6.4, 2.2 + 0.45 * n_cols), height=min(6.0, 1.4 + 0.32 * n_rows))
+        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-vmax, vmax=vmax, origin="lower", aspect="auto",
+                          interpolation="nearest")
+        fig.colorbar(image, ax=ax, shrink=0.9)
+        if n_rows * n_cols <= 64:
+            for (r, c), v in np.ndenumerate(matrix):
+                if math.isfinite(v):
+                    ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7,
+                            color="white" if abs(v) > 0.6 * vmax else "#24292f")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(_label(spec, "xlabel"))
+        ax.set_ylabel(_label(spec, "ylabel", "layer"))
+        _integer_ticks(ax, "x")
+        _integer_ticks(ax, "y")
+        out.append(Plot(title, _uri(fig)))
+    return out
+
+
+def curve_plot(title: str, spec: Any) -> Plot:
+    spec = _mapping(spec, f"curves[{title!r}]")
+    y = _numbers(spec.get("y"), f"curves[{title!r}].y")
+    x = _numbers(spec.get("x"), f"curves[{title!r}].x", len(y))
+    fig, ax = _figure()
+    if "ci_low" in spec and "ci_high" in spec:
+        low = _numbers(spec["ci_low"], f"curves[{title!r}].ci_low", len(y))
+        high = _numbers(spec["ci_high"], f"curves[{title!r}].ci_high", len(y))
+        ax.fill_between(x, low, high, color="#2563eb", alpha=0.18, linewidth=0, label="95% CI")
+    ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.8, color="#2563eb", label="measured")
+    if "fit" in spec:
+        fit = _numbers(spec["fit"], f"curves[{title!r}].fit", len(y))
+        ax.plot(x, fit, linestyle="--", linewidth=1.6, color="#d97706", label="fit")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(_label(spec, "xlabel"))
+    ax.set_ylabel(_label(spec, "ylabel"))
+    _style(ax)
+    if len(ax.get_legend_handles_labels()[0]) > 1:
+        ax.legend(fontsize=8, frameon=False)
+    return Plot(title, _uri(fig))
+
+
+def bar_plot(title: str, spec: Any) -> Plot:
+    spec = _mapping(spec, f"bars[{title!r}]")
+    labels = spec.get("labels")
+    if not isinstance(labels, list) or not labels:
+        raise FigureSchemaError(f"bars[{title!r}].labels must be a non-empty list")
+    values = _numbers(spec.get("values"), f"bars[{title!r}].values", len(labels))
+    fig, ax = _figure(width=min(9.0, max(4.0, 1.2 + 0.55 * len(labels))))
+    x = np.arange(len(labels))
+    yerr = None
+    if "ci_low" in spec and "ci_high" in spec:
+        low = _numbers(spec["ci_low"], f"bars[{title!r}].ci_low", len(labels))
+        high = _numbers(spec["ci_high"], f"bars[{title!r}].ci_high", len(labels))
+        yerr = np.abs(np.vstack([values - low, high - values]))
+    ax.bar(x, values, color="#2563eb", alpha=0.85, width=0.7)
+    if yerr is not None:
+        ax.errorbar(x, values, yerr=yerr, fmt="none", ecolor="#24292f", capsize=3, linewidth=1)
+    ax.axhline(0, color="#57606a", linewidth=0.8)
+    ax.set_xticks(x, [str(label) for label in labels], rotation=30 if len(labels) > 6 else 0,
+                  ha="right" if len(labels) > 6 else "center", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(_label(spec, "ylabel"))
+    _style(ax)
+    ax.grid(False, axis="x")
+    return Plot(title, _uri(fig))
+
+
+def _titled(kind: str, draw: Callable[[str, Any], Plot]) -> Callable[[Any], list[Plot | PlotError]]:
+    def each(entries: Any) -> list[Plot | PlotError]:
+        out: list[Plot | PlotError] = []
+        for title, spec in _mapping(entries, kind).items():
+            try:
+                out.append(draw(str(title), spec))
+            except (ValueError, TypeError) as exc:  # off the schema, or data matplotlib refuses
+                out.append(PlotError(str(title), str(exc)))
+        return out
+
+    return each
+
+
+_DRAW: dict[str, Callable[[Any], list[Plot | PlotError]]] = {
+    "rates": lambda value: [rates_plot(value)],
+    "heatmaps": heatmap_plots,
+    "curves": _titled("curves", curve_plot),
+    "bars": _titled("bars", bar_plot),
+}
+
+
+def plots_for(figures: Any) -> list[Plot | PlotError]:
+    """Every plot that ``figures`` (one claim result's) asks for, in PLOT_KINDS order.
+
+    Never raises on content: an entry off its schema becomes a :class:`PlotError`.
+    """
+    if not isinstance(figures, dict):
+        return []
+    out: list[Plot | PlotError] = []
+    for kind in PLOT_KINDS:
+        if kind not in figures:
+            continue
+        try:
+            out.extend(_DRAW[kind](figures[kind]))
+        except FigureSchemaError as exc:
+            out.append(PlotError(kind, str(exc)))
+        except (ValueError, TypeError) as exc:  # matplotlib refusing odd data
+            out.append(PlotError(kind, f"{type(exc).__name__}: {exc}"))
+    return out
