@@ -258,3 +258,27 @@ def test_two_xdist_workers_share_one_cache_directory(pytester, as_organism, tmp_
     stats = check["run"]["activation_cache"]["stats"]["organism"]
     assert stats["corrupt_entries"] == 0 and stats["computed"] == 0 and stats["disk_hits"] > 0
     assert _verdicts(check) == _verdicts(single)
+
+
+def test_derived_results_are_memoised_in_memory_and_on_disk(model, tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(6.0).reshape(2, 3), "b": np.array([True, False])}
+
+    first = _store("disk", tmp_path)
+    attach(model, first)
+    from mechclaims.store import derived
+
+    one = derived(model, "reading", "k1", 10, compute)
+    one["a"][:] = -1  # the caller's copy; the memo keeps its own
+    two = derived(model, "reading", "k1", 10, compute)
+    assert len(calls) == 1 and two["a"][1, 2] == 5.0 and first.stats.memory_hits == 1
+    later = _store("disk", tmp_path)
+    attach(model, later)
+    three = derived(model, "reading", "k1", 10, compute)
+    assert len(calls) == 1 and later.stats.disk_hits == 1
+    assert np.array_equal(three["a"], np.arange(6.0).reshape(2, 3)) and three["b"].dtype == bool
+    derived(model, "reading", "k2", 10, compute)
+    assert len(calls) == 2 and later.stats.tokens_needed == 20 and later.stats.tokens_processed == 10

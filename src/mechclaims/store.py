@@ -31,8 +31,9 @@ import warnings
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
@@ -144,6 +145,7 @@ class ActivationStore:
     stats: StoreStats = field(default_factory=StoreStats)
     _entries: dict[str, list[_Entry]] = field(default_factory=dict, repr=False)
     _seen: set[str] = field(default_factory=set, repr=False)
+    _derived: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in STORE_MODES:
@@ -196,6 +198,38 @@ class ActivationStore:
         same_position = entry.position == request.position or not request.names
         return same_position and entry.names >= set(request.names) and entry.logits in _SERVES[request.logits]
 
+    # ------------------------------------------------------------------ derived results
+
+    def derived(self, kind: str, key: str, tokens: int, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """A result computed from forward passes that reduce activations on the fly
+        (arrays by name), memoised like a forward pass; ``tokens`` is what computing it processes."""
+        self.stats.requests += 1
+        full = hashlib.sha256(
+            json.dumps({"format": FORMAT, "model": self.model_key, "version": self.version, "derived": kind, "key": key},
+                       sort_keys=True).encode()
+        ).hexdigest()
+        if full not in self._seen:
+            self._seen.add(full)
+            self.stats.tokens_needed += tokens
+        if self.mode != "off" and full in self._derived:
+            self.stats.memory_hits += 1
+            return {name: a.copy() for name, a in self._derived[full].items()}
+        path = None if self.mode != "disk" else self.directory / full[:2] / f"{full}.safetensors"
+        value = self._read(path, full) if path is not None and path.is_file() else None
+        if value is not None:
+            self.stats.disk_hits += 1
+            arrays = {name: t.numpy() for name, t in value.items()}
+        else:
+            self.stats.computed += 1
+            self.stats.tokens_processed += tokens
+            arrays = compute()
+            if path is not None:
+                self._write(path, full, {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()})
+        if self.mode != "off":
+            self._derived[full] = {name: a.copy() for name, a in arrays.items()}
+            self.stats.bytes_in_memory += sum(a.nbytes for a in arrays.values())
+        return arrays
+
     # ------------------------------------------------------------------ disk
 
     def full_key(self, request: Request, base: str) -> str:
@@ -219,18 +253,31 @@ class ActivationStore:
         return self.directory / key[:2] / f"{key}.safetensors"
 
     def _from_disk(self, request: Request, base: str) -> Forward | None:
+        path = self.path_for(request, base)
+        tensors = self._read(path, self.full_key(request, base)) if path.is_file() else None
+        if tensors is None:
+            return None
+        logits = tensors.pop("logits", None)
+        acts = {name[len("act:"):]: t for name, t in tensors.items() if name.startswith("act:")}
+        return Forward(logits, acts)
+
+    def _to_disk(self, request: Request, base: str, value: Forward) -> None:
+        tensors = {f"act:{name}": t for name, t in value.acts.items()}
+        if value.logits is not None:
+            tensors["logits"] = value.logits
+        self._write(self.path_for(request, base), self.full_key(request, base), tensors)
+
+    def _read(self, path: Path, key: str) -> dict[str, torch.Tensor] | None:
+        """The tensors of one entry, or None (with a warning) when it fails its checks."""
         from safetensors import safe_open
 
-        path = self.path_for(request, base)
-        if not path.is_file():
-            return None
         try:
             tensors: dict[str, torch.Tensor] = {}
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 for name in fh.keys():
                     tensors[name] = fh.get_tensor(name)
-            if meta.get("key") != self.full_key(request, base):
+            if meta.get("key") != key:
                 raise ValueError("the entry's key does not match its file name")
             if meta.get("sha256") != _content_digest(tensors):
                 raise ValueError("checksum mismatch")
@@ -239,25 +286,21 @@ class ActivationStore:
             warnings.warn(
                 f"corrupt activation-cache entry {path} ({exc}); recomputing and rewriting it",
                 CacheCorruptionWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             return None
-        logits = tensors.pop("logits", None)
-        acts = {name[len("act:"):]: t for name, t in tensors.items() if name.startswith("act:")}
-        return Forward(logits, acts)
+        return tensors
 
-    def _to_disk(self, request: Request, base: str, value: Forward) -> None:
+    def _write(self, path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        """Write one entry under a temporary name, then rename it into place."""
         from safetensors.torch import save_file
 
-        path = self.path_for(request, base)
-        tensors = {f"act:{name}": t.contiguous() for name, t in value.acts.items()}
-        if value.logits is not None:
-            tensors["logits"] = value.logits.contiguous()
-        meta = {"key": self.full_key(request, base), "sha256": _content_digest(tensors), "mechclaims": self.version}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = {"key": key, "sha256": _content_digest(tensors), "mechclaims": self.version}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+            save_file(tensors, str(tmp), metadata=meta)
             os.replace(tmp, path)
         finally:
             if tmp.exists():
@@ -294,5 +337,7 @@ def store_of(model: Any) -> ActivationStore | None:
         return None
 
 
-def names_tuple(names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(names))
+def derived(model: Any, kind: str, key: str, tokens: int, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``compute()`` memoised in ``model``'s store (computed directly when it has none)."""
+    store = store_of(model)
+    return compute() if store is None else store.derived(kind, key, tokens, compute)
