@@ -257,9 +257,10 @@ class ActivationStore:
         tensors = self._read(path, self.full_key(request, base)) if path.is_file() else None
         if tensors is None:
             return None
+        device = request.tokens.device  # where the model (and so the caller) works
         logits = tensors.pop("logits", None)
-        acts = {name[len("act:"):]: t for name, t in tensors.items() if name.startswith("act:")}
-        return Forward(logits, acts)
+        acts = {name[len("act:"):]: t.to(device) for name, t in tensors.items() if name.startswith("act:")}
+        return Forward(None if logits is None else logits.to(device), acts)
 
     def _to_disk(self, request: Request, base: str, value: Forward) -> None:
         tensors = {f"act:{name}": t for name, t in value.acts.items()}
