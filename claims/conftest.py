@@ -5,16 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from mechclaims import MechclaimsError
+from mechclaims import MechclaimsError, claim2, claim3
 from mechclaims.answers import greedy_is
 from mechclaims.claim0 import MIN_ACCURACY
 from mechclaims.claim1 import C1Params, params_from, precondition
+from mechclaims.claim2 import C2Params, Reading
+from mechclaims.claim3 import C3Params
 from mechclaims.experiments import AblationStudy, ablation_study
 from mechclaims.expectations import load, path_for
 from mechclaims.results import Effect
-from mechclaims.tasks import CANONICAL, make_patch_pairs, split_seed
+from mechclaims.tasks import CANONICAL, AffineTask, make_patch_pairs, make_prompts, split_seed
 
 CLAIMS_DIR = Path(__file__).parent
 
@@ -47,3 +50,65 @@ def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
         progress=lambda message: mechclaims_progress(f"{target.name} C1 study: {message}"),
     )
     return C1Run(params, study, accuracy, True, "")
+
+
+@dataclass(frozen=True)
+class SequenceRun:
+    """Claims 2 and 3 on one target: the confirmation reading and what the exploration split fixed."""
+
+    task: AffineTask
+    accuracy: Effect | None
+    applicable: bool
+    reason: str
+    example: int = 12  # examples before the answer the precondition and C3.mlp read
+    c2: C2Params | None = None
+    c3: C3Params | None = None
+    reading: Reading | None = None  # confirmation split, with attention masses and the feature layer's residual
+    span: tuple[int, int] | None = None  # examples fitted (before saturation)
+    direction: np.ndarray | None = None  # task feature direction (exploration split)
+    heads: tuple[tuple[int, int], ...] = ()  # largest causal effect (exploration split)
+    dla: np.ndarray | None = None
+    ablated: np.ndarray | None = None  # confirmation correctness with the MLPs mean-ablated
+
+
+@pytest.fixture(scope="session")
+def c23(target, mechclaims_settings, mechclaims_progress) -> SequenceRun:
+    """Claims 2 and 3 of a target: the exploration split fixes the fit range, the feature
+    direction, the causal heads and the MLP means; the confirmation split is measured."""
+    s = mechclaims_settings
+    model, n_layers, n_heads = target.model, target.info.n_layers, target.info.n_heads
+    try:
+        exp = load(path_for(CLAIMS_DIR, target.name), target.name)
+        task = exp.task()
+        c2p = claim2.params_from(exp, n_layers)
+        c3p = claim3.params_from(exp, n_layers, n_heads)
+    except MechclaimsError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    n = c2p.n_prompts(s.n_prompts)
+
+    def show(message: str) -> None:
+        mechclaims_progress(f"{target.name} C2/C3 ({task.name}, {n} sequences of {c2p.n_examples} examples): {message}")
+
+    confirm = make_prompts(task, n_prompts=n, n_examples=c2p.n_examples, seed=split_seed(s.seed, "confirmation"))
+    show("confirmation forward (attention, residual)")
+    reading = claim2.read_sequences(model, confirm, resid_layers=[c2p.feature_layer], attention=True)
+    ok, accuracy = claim2.precondition(reading, s.n_examples)
+    if not ok:
+        reason = f"task {task.name}: accuracy after {s.n_examples} examples {accuracy} is below {MIN_ACCURACY} (lower bound)"
+        return SequenceRun(task, accuracy, False, reason, s.n_examples)
+    explore = make_prompts(task, n_prompts=n, n_examples=c2p.n_examples, seed=split_seed(s.seed, "exploration"))
+    show("exploration forward (direction, head attribution, MLP means)")
+    found = claim3.explore(model, explore, dla_example=s.n_examples, resid_layers=[c2p.feature_layer])
+    shuffled = claim2.read_sequences(
+        model, claim2.shuffled_labels(explore, s.seed), resid_layers=[c2p.feature_layer], examples=[]
+    )
+    show(f"MLPs {'+'.join(map(str, c3p.mlp_layers))} mean-ablated")
+    ablated = claim3.mlp_ablated(model, confirm, c3p.mlp_layers, found.mlp_means, s.n_examples)
+    return SequenceRun(
+        task, accuracy, True, "", s.n_examples, c2p, c3p, reading,
+        span=claim2.fitted_range(c2p, found.reading),
+        direction=claim2.feature_direction(found.reading, shuffled, c2p.feature_layer),
+        heads=tuple(claim3.causal_heads(found, c3p.n_causal_heads)),
+        dla=found.dla,
+        ablated=ablated,
+    )

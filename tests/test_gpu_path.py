@@ -1,5 +1,5 @@
-"""The llama-3-8b claim code, end to end on the CPU, against a tiny random 32-layer
-Llama stand-in loaded through the same loader (so the GPU path is never untested)."""
+"""The llama-3-8b claim code, end to end on the CPU, against a tiny random 32-layer,
+32-head Llama stand-in loaded through the same loader (so the GPU path is never untested)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,41 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from tiny import write_tiny_llama
+import mechclaims.claim2  # noqa: F401  (patched below; imported before pytester runs so it stays one module object)
+from mechclaims.organism.tokenizer import build_tokenizer
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
+PACK = ("conftest.py", "test_claim0.py", "test_claim1.py", "test_claim2.py", "test_claim3.py")
+
+
+def write_stand_in(path: Path, *, n_layers: int = 32, n_heads: int = 32, seed: int = 0) -> Path:
+    """A random Llama with llama-3-8b's layer and head counts (GQA, 8 key-value heads), tiny width."""
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=2 * n_heads * 2, intermediate_size=64,
+        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=8,
+        max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).eval().save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory):
-    return write_tiny_llama(tmp_path_factory.mktemp("llama32") / "llama", n_layers=32)
+    return write_stand_in(tmp_path_factory.mktemp("llama32") / "llama")
 
 
 @pytest.fixture
 def gpu_claims(pytester, stand_in, monkeypatch):
     monkeypatch.setenv("MECHCLAIMS_LLAMA_3_8B_DIR", str(stand_in))
-    # Copied under new names: tests/ has a test_claim1.py of its own.
-    for name in ("conftest.py", "test_claim1.py", "test_claim0.py"):
+    # Copied under new names: tests/ has test_claim*.py files of its own.
+    for name in PACK:
         shutil.copy(CLAIMS_DIR / name, pytester.path / name.replace("test_", "test_pack_"))
     shutil.copytree(CLAIMS_DIR / "expectations", pytester.path / "expectations")
     return pytester
@@ -39,18 +58,28 @@ def _run(pytester):
 def test_gpu_claims_run_on_the_stand_in_and_are_not_applicable(gpu_claims):
     result, report = _run(gpu_claims)
     verdicts = {c["id"]: c["verdict"] for c in report["claims"]}
-    assert set(verdicts) >= {"C0.in-context", "C1.onset", "C1.redundancy"}
-    assert all(v == "not-applicable" for k, v in verdicts.items() if k.startswith("C1."))
+    assert set(verdicts) >= {"C0.in-context", "C1.onset", "C1.redundancy", "C2.log-additive", "C3.mlp"}
+    assert all(v == "not-applicable" for k, v in verdicts.items() if k[:3] in ("C1.", "C2.", "C3.")), verdicts
     assert report["run"]["targets"]["llama-3-8b"]["n_layers"] == 32
 
 
 def test_the_post_layers_drive_the_full_study_on_the_stand_in(gpu_claims, monkeypatch):
-    from mechclaims import claim1
+    from mechclaims import claim1, claim2
 
-    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # claim1 binds C0's threshold at import  # a random model: run past the precondition
+    # a random model: run past the precondition (claim1 and claim2 bind C0's threshold at import)
+    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)
+    monkeypatch.setattr(claim2, "MIN_ACCURACY", -1.0)
     result, report = _run(gpu_claims)
     c1 = {c["id"]: c for c in report["claims"] if c["id"].startswith("C1.")}
     assert len(c1) == 8
     assert all(c["verdict"] in ("supported", "refuted") for c in c1.values()), {k: c["message"] for k, c in c1.items()}
     assert c1["C1.backup-13"]["figures"]["layer"] == 13 and c1["C1.backup-15"]["figures"]["layer"] == 15
     assert "ablate 10+11" in c1["C1.ablate-10-11"]["message"]
+    c23 = {c["id"]: c for c in report["claims"] if c["id"][:3] in ("C2.", "C3.")}
+    assert len(c23) == 6
+    assert all(c["verdict"] in ("supported", "refuted") for c in c23.values()), {k: c["message"] for k, c in c23.items()}
+    assert c23["C3.x-to-y"]["figures"]["heads"] == ["L9H23", "L9H9", "L9H21", "L9H24"]
+    assert c23["C3.mlp"]["figures"]["mlp_layers"] == [9, 10, 11, 12]
+    assert c23["C2.feature-linear"]["figures"]["layer"] == 12
+    assert "c must lie within 0.693 ± 0.1" in c23["C2.log-additive"]["message"]
+    assert len(c23["C3.y-to-prey"]["figures"]["heads"]) == 4

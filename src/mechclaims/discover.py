@@ -1,8 +1,9 @@
-"""Discovery: find a target's Claim 1 layers on the EXPLORATION split and
-pre-register them, with the verdicts of C0 and C1 they imply, for the
-confirming claim run.
+"""Discovery: find a target's Claim 1 layers and Claim 2/3 parameters on the
+EXPLORATION split and pre-register them, with the verdicts of C0-C3 they imply,
+for the confirming claim run.
 
     python -m mechclaims.discover --target organism [--n-pairs 200] [--seed 0]
+        [--task A,B] [--n-sequences 100]
 
 Procedure, following the post's own reasoning:
 1. clean patch sweep: the onset L0 is the first layer whose ≈a*p-or-exact rate
@@ -12,6 +13,20 @@ Procedure, following the post's own reasoning:
    the most direct logit attribution (the post's 13, then 15); it is the next stage;
 4. every Claim 1 finding is evaluated on this exploration study; its verdict is
    written as the expected verdict.
+
+Claims 2 and 3 (:func:`discover_sequences`) run on the target's task (``--task``;
+default: the ``[task]`` of its existing file, else y = 2x + 3), with sequences of
+16 examples read in one teacher-forced forward each:
+5. the fit range ends at the first n whose mean P(correct) reaches 0.9 (at least
+   4 points; the whole range when never);
+6. the feature layer has the largest held-out separation between task and
+   shuffled-label residuals before y_j; parity_from is the first n from which the
+   right-parity share clears 0.9 at its lower bound;
+7. the x-to-y heads are the k heads with the most attention from y_i onto x_i
+   above uniform (k = 2, or 4 with more than 64 heads); the y-to-prey claim reads
+   the k heads of largest direct logit attribution; the MLP layers run from the
+   first x-to-y head's layer up to the first causal head's layer after it;
+8. every C2/C3 finding is evaluated on this exploration split for its verdict.
 
 The confirming run (``pytest claims/``) uses prompts from the disjoint
 confirmation split.  An existing file is never overwritten without ``--force``.
@@ -27,14 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from . import claim0, claim1
+from . import claim0, claim1, claim2, claim3
 from .answers import greedy_is
 from .errors import MechclaimsError
 from .experiments import AblationStudy, Condition, measure
+from .expectations import load as load_expectations
+from .fits import fit_range, separation, top_heads
 from .results import NOT_APPLICABLE, REFUTED, SUPPORTED
 from .stats import onset_layer
 from .targets import TARGETS, load_target
-from .tasks import CANONICAL, make_patch_pairs, make_prompts, split_seed
+from .tasks import CANONICAL, AffineTask, make_patch_pairs, make_prompts, split_seed
 
 C1_IDS = (
     "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
@@ -112,6 +129,83 @@ def discover(model: Any, *, n_pairs: int, seed: int, threshold: float, margin: f
     }
 
 
+C23_IDS = ("C2.log-additive", "C2.parity-by-n", "C2.feature-linear", "C3.x-to-y", "C3.y-to-prey", "C3.mlp")
+
+
+def _parity_from(parity_ok: np.ndarray, threshold: float) -> int:
+    """First n >= 1 from which the per-sequence right-parity share clears ``threshold`` at its lower bound."""
+    k = parity_ok.shape[1]
+    for n in range(1, k):
+        f = claim2.parity_by_n(claim2.Reading(parity_ok, parity_ok, parity_ok), claim2.C2Params(0, n))
+        if f.effect.ci.low >= threshold:
+            return n
+    return k - 1
+
+
+def discover_sequences(
+    model: Any, task: AffineTask, *, n_prompts: int, seed: int, example: int = 12,
+    n_examples: int = claim2.N_EXAMPLES, log=print,
+) -> dict:
+    """Claims 2 and 3 on the exploration split: parameters and the verdicts they imply."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    explore = make_prompts(task, n_prompts=n_prompts, n_examples=n_examples, seed=split_seed(seed, "exploration"))
+    layers = list(range(1, n_layers))  # resid_pre of layer 0 is the token embedding: no context in it
+    found = claim3.explore(model, explore, dla_example=example, resid_layers=layers, attention=True)
+    reading = found.reading
+    shuffled = claim2.read_sequences(model, claim2.shuffled_labels(explore, seed), resid_layers=layers, examples=[])
+    span = fit_range(reading.p_correct.mean(0))
+    sep = [separation(reading.resid[L][:, 1:].mean(1), shuffled.resid[L][:, 1:].mean(1), seed=seed) for L in layers]
+    feature_layer = layers[int(np.argmax(sep))]
+    k = 4 if n_layers * n_heads > 64 else 2
+    x_heads = top_heads(reading.x_to_y.mean(0) - reading.uniform_x_to_y.mean(), k)
+    heads = claim3.causal_heads(found, k)
+    first = min(layer for layer, _ in x_heads)
+    later = [layer for layer, _ in heads if layer > first]
+    mlp_layers = list(range(first, min(later))) if later else [first]
+    c2p = claim2.C2Params(
+        feature_layer=feature_layer, parity_from=_parity_from(reading.parity_ok, 0.9),
+        n_examples=n_examples, fit_first=span[0], fit_last=span[1],
+    )
+    c3p = claim3.C3Params(x_to_y_heads=tuple(x_heads), n_causal_heads=k, mlp_layers=tuple(mlp_layers))
+    ok, accuracy = claim2.precondition(reading, example)
+    log(f"C2/C3 on {task.name}: accuracy after {example} examples {accuracy}; fit range {span}; feature layer "
+        f"{feature_layer}; x-to-y heads {x_heads}; causal heads {heads}; MLP layers {mlp_layers}")
+    params = {
+        "task": {"a": task.a, "b": task.b},
+        "c2": {
+            "n_examples": n_examples, "max_prompts": n_prompts, "fit_first": span[0], "fit_last": span[1],
+            "feature_layer": feature_layer, "parity_from": c2p.parity_from,
+        },
+        "c3": {
+            "x_to_y_heads": [list(h) for h in x_heads], "n_causal_heads": k, "mlp_layers": mlp_layers,
+            "min_excess": c3p.min_excess, "min_drop": c3p.min_drop,
+        },
+    }
+    if not ok:
+        return {
+            **params,
+            "verdicts": {cid: NOT_APPLICABLE for cid in C23_IDS},
+            "figures": {"C2/C3": f"not applicable: task {task.name}, accuracy after {example} examples {accuracy}"},
+        }
+    direction = claim2.feature_direction(reading, shuffled, feature_layer)
+    ablated = claim3.mlp_ablated(model, explore, mlp_layers, found.mlp_means, example)
+    findings = {
+        "C2.log-additive": claim2.log_additive(reading, c2p, span),
+        "C2.parity-by-n": claim2.parity_by_n(reading, c2p),
+        "C2.feature-linear": claim2.feature_linear(reading, direction, feature_layer, c2p, span),
+        "C3.x-to-y": claim3.x_to_y(reading, c3p),
+        "C3.y-to-prey": claim3.y_to_prey(reading, heads, found.dla, c3p),
+        "C3.mlp": claim3.mlp_needed(reading.correct[:, example], ablated, c3p),
+    }
+    for cid, f in findings.items():
+        log(f"{cid}: {'supported' if f.supported else 'refuted'}: {f.message}")
+    return {
+        **params,
+        "verdicts": {cid: SUPPORTED if f.supported else REFUTED for cid, f in findings.items()},
+        "figures": {cid: f.message for cid, f in findings.items()},
+    }
+
+
 def to_toml(target: str, found: dict, command: str) -> str:
     """Render the expectations file (flat tables of ints, floats, strings and int lists)."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -127,6 +221,11 @@ def to_toml(target: str, found: dict, command: str) -> str:
         "[c1]",
         *(f"{k} = {_toml(v)}" for k, v in found["c1"].items()),
         "",
+        *(
+            line
+            for section in ("task", "c2", "c3") if section in found
+            for line in (f"[{section}]", *(f"{k} = {_toml(v)}" for k, v in found[section].items() if v is not None), "")
+        ),
         "# Exploration figures behind these values:",
         *(f"# {cid}: {text}" for cid, text in found["figures"].items()),
         "",
@@ -150,18 +249,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=_fraction, default=0.5, help="onset rate threshold (default 0.5)")
     parser.add_argument("--margin", type=_fraction, default=0.1, help="equivalence margin on accuracy (default 0.1)")
     parser.add_argument("--out", type=Path, default=None, help="file to write (default claims/expectations/<target>.toml)")
+    parser.add_argument("--task", type=_task, default=None,
+                        help="Claim 2/3 task as A,B for y = A*x + B (default: the existing file's [task], else 2,3)")
+    parser.add_argument("--n-sequences", type=_positive, default=100,
+                        help="exploration sequences for Claims 2 and 3 (default 100); also their cap on confirmation")
     parser.add_argument("--device", default=None, help="override the target's device")
     parser.add_argument("--force", action="store_true", help="overwrite an existing expectations file")
     args = parser.parse_args(argv)
     out = args.out or Path("claims") / "expectations" / f"{args.target}.toml"
     if out.exists() and not args.force:
         parser.error(f"{out} exists: pre-registrations are not overwritten silently; pass --force to replace it")
+    log = lambda msg: print(f"[discover] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
+        task = args.task or (load_expectations(out, args.target).task() if out.exists() else CANONICAL)
         model = load_target(args.target, device=args.device).model
         found = discover(
-            model, n_pairs=args.n_pairs, seed=args.seed, threshold=args.threshold, margin=args.margin,
-            log=lambda msg: print(f"[discover] {msg}", file=sys.stderr, flush=True),
+            model, n_pairs=args.n_pairs, seed=args.seed, threshold=args.threshold, margin=args.margin, log=log,
         )
+        more = discover_sequences(model, task, n_prompts=args.n_sequences, seed=args.seed, log=log)
+        found = {
+            **found, **{k: more[k] for k in ("task", "c2", "c3")},
+            "verdicts": {**found["verdicts"], **more["verdicts"]},
+            "figures": {**found["figures"], **more["figures"]},
+        }
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -179,6 +289,16 @@ def _positive(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text}")
     return value
+
+
+def _task(text: str) -> AffineTask:
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A,B (integers, e.g. 1,0 for y = x), got {text!r}") from None
+    if a < 1 or b < 0:
+        raise argparse.ArgumentTypeError(f"expected A >= 1 and B >= 0, got {text!r}")
+    return AffineTask(a, b)
 
 
 def _fraction(text: str) -> float:

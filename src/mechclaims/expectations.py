@@ -13,6 +13,13 @@ One TOML file per target, ``claims/expectations/<target>.toml``::
     onset = 3             # expected first layer of the ≈ a*p stage
     ...
 
+    [task]                # the task of the Claim 2 and 3 tests (default a = 2, b = 3)
+    a = 1
+    b = 0
+
+    [c2]                  # read by the Claim 2 tests, [c3] by the Claim 3 tests
+    ...
+
 A claim expected to be ``refuted`` is a negative control: the plugin marks it
 ``xfail(strict=True)``, so a claim run exits 0 exactly when every verdict
 matches its pre-registration.  Every error names the file, the key, what was
@@ -28,6 +35,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 from .results import NOT_APPLICABLE, REFUTED, SUPPORTED
+from .tasks import CANONICAL, AffineTask
 
 EXPECTABLE = (SUPPORTED, REFUTED, NOT_APPLICABLE)
 
@@ -60,6 +68,14 @@ class Expectations:
         if not isinstance(value, kind):
             raise ConfigError(f"{where} = {value!r} has type {type(value).__name__}; expected a {_names(kind)}")
         return value
+
+    def task(self) -> AffineTask:
+        """The task the target's Claim 2 and 3 tests run on: ``[task] a, b`` (default y = 2x + 3)."""
+        a = self.get("task", "a", int, default=CANONICAL.a)
+        b = self.get("task", "b", int, default=CANONICAL.b)
+        if a < 1 or b < 0:
+            raise ConfigError(f"{self.path or self.target}: [task] a = {a}, b = {b}; expected a >= 1 and b >= 0")
+        return AffineTask(a, b)
 
     def layer(self, section: str, key: str, n_layers: int) -> int:
         """A layer index, checked to lie in ``0..n_layers-1``."""
