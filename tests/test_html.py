@@ -21,6 +21,7 @@ import pytest
 
 from mechclaims.cli import main
 from mechclaims.report import html as html_report
+from mechclaims.report import plots
 from mechclaims.report.claims_json import write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def synthetic_record() -> dict:
          "message": "no shift", "expected": "supported", "as_expected": False,
          "figures": {"heatmaps": {
              f"mean direct logit attribution, {name}": {"matrix": rng.normal(size=(6, 4)).tolist(),
-                                                         "xlabel": "head", "ylabel": "layer"}
+                                                         "xlabel": "head", "ylabel": "layer", "scale": "dla"}
              for name in ("clean", "ablate 4+5")}}},
         {"id": "C2.log-odds", "target": "organism", "verdict": "supported", "statistic": 0.8, "ci": [0.6, 1.0],
          "threshold": 0.0, "n": 12, "expected": None, "as_expected": None,
@@ -194,6 +195,14 @@ def test_off_schema_figures_are_reported_and_the_rest_still_drawn():
     assert "figure bars not drawn: bars must be an object, got str" in text
     assert "figure no y not drawn: curves[&#x27;no y&#x27;].y must be a list of numbers, got NoneType" in text
     assert "some_future_kind" in " ".join(page.text)
+
+
+def test_heatmap_colour_scales():
+    signed, positive = np.array([[-2.0, 1.0]]), np.array([[0.5, 3.0]])
+    assert plots._colour_scale([signed]) == ("RdBu_r", -2.0, 2.0)
+    assert plots._colour_scale([positive]) == ("Blues", 0.0, 3.0)
+    assert plots._colour_scale([signed, positive]) == ("RdBu_r", -3.0, 3.0)  # one shared scale
+    assert plots._colour_scale([np.array([[np.nan]])]) == ("Blues", 0.0, 1.0)
 
 
 def test_write_run_writes_index_html_next_to_the_json(tmp_path):

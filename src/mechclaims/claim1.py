@@ -87,7 +87,9 @@ def ablate(study: AblationStudy, stage: int, p: C1Params, seed: int = 0) -> Find
         figures={
             "accuracy_change": same, "rates": rates_by_layer(after), "accuracy": proportion_of(after.correct),
             "heatmaps": {
-                f"mean direct logit attribution, {c.name}": {"matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer"}
+                f"mean direct logit attribution, {c.name}": {
+                    "matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer", "scale": "dla",
+                }
                 for c in (before, after)
             },
         },
@@ -111,7 +113,9 @@ def no_task_stage(study: AblationStudy, stage: int, p: C1Params) -> Finding:
         figures={
             "accuracy_change": same, "rates": rates_by_layer(after), "copy_onset": copy_onset,
             "heatmaps": {
-                f"mean direct logit attribution, {c.name}": {"matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer"}
+                f"mean direct logit attribution, {c.name}": {
+                    "matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer", "scale": "dla",
+                }
                 for c in (study.conditions[stage], after)
             },
         },
@@ -150,7 +154,9 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
             "dot_before": dot_before.tolist(),
             "dot_after": dot_after.tolist(),
             "heatmaps": {
-                f"mean direct logit attribution, {c.name}": {"matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer"}
+                f"mean direct logit attribution, {c.name}": {
+                    "matrix": c.scores.dla.mean(0).tolist(), "xlabel": "head", "ylabel": "layer", "scale": "dla",
+                }
                 for c in (before, after)
             },
         },

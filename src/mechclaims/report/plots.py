@@ -15,8 +15,11 @@ plot (the page lists scalars and effects in a table and ignores the rest).
 
     {title: {"matrix": [[...], ...], "xlabel": str, "ylabel": str}}
 
-  rows of ``matrix`` are layers (drawn bottom-up), columns e.g. heads. The
-  heatmaps of one entry share a colour scale centred on 0, so before/after compare.
+  rows of ``matrix`` are layers (drawn bottom-up), columns e.g. heads. Optional
+  ``"scale": str``: heatmaps of one entry with the same ``scale`` share a colour
+  scale (before/after an ablation compare directly); without it each has its own.
+  Non-negative data get a sequential map from 0, signed data a diverging map
+  centred on 0.
 
 ``curves`` -- line plots with an optional band and fit::
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -108,6 +112,12 @@ def _style(ax) -> None:
         ax.spines[side].set_visible(False)
 
 
+def _title(ax, title: str, fontsize: float = 10) -> None:
+    """The plot's title, wrapped to the figure's width."""
+    width = ax.figure.get_figwidth()
+    ax.set_title(textwrap.fill(title, max(20, int(width * 105 / fontsize))), fontsize=fontsize)
+
+
 def _uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
@@ -142,7 +152,7 @@ def rates_plot(rates: Any, title: str = "patched answer by layer") -> Plot:
         if isinstance(spec.get("n"), int):
             n_values.add(spec["n"])
     n_text = f" (n={n_values.pop()}, 95% CI bands)" if len(n_values) == 1 else ""
-    ax.set_title(title + n_text, fontsize=10)
+    _title(ax, title + n_text)
     ax.set_xlabel("layer patched")
     ax.set_ylabel("rate")
     ax.set_ylim(-0.02, 1.02)
@@ -150,6 +160,17 @@ def rates_plot(rates: Any, title: str = "patched answer by layer") -> Plot:
     _style(ax)
     fig.legend(fontsize=8, frameon=False, loc="outside right upper")
     return Plot(title, _uri(fig))
+
+
+def _colour_scale(matrices: list[np.ndarray]) -> tuple[str, float, float]:
+    """(colormap, vmin, vmax): sequential from 0 for non-negative data, else diverging around 0."""
+    values = np.concatenate([m[np.isfinite(m)].ravel() for m in matrices]) if matrices else np.zeros(0)
+    if values.size == 0:
+        return "Blues", 0.0, 1.0
+    if values.min() >= 0:
+        return "Blues", 0.0, float(values.max()) or 1.0
+    top = float(np.abs(values).max()) or 1.0
+    return "RdBu_r", -top, top
 
 
 def heatmap_plots(heatmaps: Any) -> list[Plot | PlotError]:
@@ -166,25 +187,34 @@ def heatmap_plots(heatmaps: Any) -> list[Plot | PlotError]:
             checked.append((str(title), spec, matrix))
         except FigureSchemaError as exc:
             checked.append(PlotError(str(title), str(exc)))
-    finite = [np.abs(m[np.isfinite(m)]) for c in checked if not isinstance(c, PlotError) for m in [c[2]]]
-    vmax = max((float(a.max()) for a in finite if a.size), default=1.0) or 1.0
+
+    def group(title: str, spec: dict[str, Any]) -> tuple[str, str]:
+        scale = spec.get("scale")
+        return ("scale", scale) if isinstance(scale, str) else ("own", title)
+
+    members: dict[tuple[str, str], list[np.ndarray]] = {}
+    for item in checked:
+        if not isinstance(item, PlotError):
+            members.setdefault(group(item[0], item[1]), []).append(item[2])
     out: list[Plot | PlotError] = []
     for item in checked:
         if isinstance(item, PlotError):
             out.append(item)
             continue
         title, spec, matrix = item
+        cmap, vmin, vmax = _colour_scale(members[group(title, spec)])
         n_rows, n_cols = matrix.shape
-        fig, ax = _figure(width=min(6.4, 2.2 + 0.45 * n_cols), height=min(6.0, 1.4 + 0.32 * n_rows))
-        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-vmax, vmax=vmax, origin="lower", aspect="auto",
+        fig, ax = _figure(width=min(6.4, max(4.4, 2.2 + 0.45 * n_cols)), height=min(6.0, max(2.8, 1.5 + 0.32 * n_rows)))
+        image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, origin="lower", aspect="auto",
                           interpolation="nearest")
         fig.colorbar(image, ax=ax, shrink=0.9)
         if n_rows * n_cols <= 64:
             for (r, c), v in np.ndenumerate(matrix):
                 if math.isfinite(v):
+                    strong = abs(v) > 0.6 * max(abs(vmin), abs(vmax))
                     ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7,
-                            color="white" if abs(v) > 0.6 * vmax else "#24292f")
-        ax.set_title(title, fontsize=9)
+                            color="white" if strong else "#24292f")
+        _title(ax, title, 9)
         ax.set_xlabel(_label(spec, "xlabel"))
         ax.set_ylabel(_label(spec, "ylabel", "layer"))
         _integer_ticks(ax, "x")
@@ -206,7 +236,7 @@ def curve_plot(title: str, spec: Any) -> Plot:
     if "fit" in spec:
         fit = _numbers(spec["fit"], f"curves[{title!r}].fit", len(y))
         ax.plot(x, fit, linestyle="--", linewidth=1.6, color="#d97706", label="fit")
-    ax.set_title(title, fontsize=10)
+    _title(ax, title)
     ax.set_xlabel(_label(spec, "xlabel"))
     ax.set_ylabel(_label(spec, "ylabel"))
     _style(ax)
@@ -232,9 +262,10 @@ def bar_plot(title: str, spec: Any) -> Plot:
     if yerr is not None:
         ax.errorbar(x, values, yerr=yerr, fmt="none", ecolor="#24292f", capsize=3, linewidth=1)
     ax.axhline(0, color="#57606a", linewidth=0.8)
-    ax.set_xticks(x, [str(label) for label in labels], rotation=30 if len(labels) > 6 else 0,
-                  ha="right" if len(labels) > 6 else "center", fontsize=8)
-    ax.set_title(title, fontsize=10)
+    names = [textwrap.fill(str(label), 14) for label in labels]
+    slanted = len(labels) > 6
+    ax.set_xticks(x, names, rotation=30 if slanted else 0, ha="right" if slanted else "center", fontsize=8)
+    _title(ax, title)
     ax.set_ylabel(_label(spec, "ylabel"))
     _style(ax)
     ax.grid(False, axis="x")
