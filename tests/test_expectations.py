@@ -54,3 +54,33 @@ def test_a_file_for_another_target_is_refused(tmp_path):
 def test_invalid_toml_says_so(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(_write(tmp_path, "[c1\n"), "organism")
+
+
+def test_the_task_of_claims_2_and_3_defaults_to_the_canonical_one(tmp_path):
+    from mechclaims.tasks import CANONICAL, AffineTask
+
+    path = tmp_path / "organism.toml"
+    path.write_text('target = "organism"\n')
+    assert load(path, "organism").task() == CANONICAL
+    path.write_text("[task]\na = 1\nb = 0\n")
+    assert load(path, "organism").task() == AffineTask(1, 0)
+    path.write_text("[task]\na = 0\nb = 0\n")
+    with pytest.raises(ConfigError, match=r"\[task\]"):
+        load(path, "organism").task()
+
+
+def test_every_shipped_expectations_file_reads_back_for_claims_2_and_3():
+    from pathlib import Path
+
+    from mechclaims import claim2, claim3
+
+    shapes = {"llama-3-8b": (32, 32), "organism": (8, 4), "organism-control": (8, 4), "smollm2-135m": (30, 9)}
+    claims_dir = Path(__file__).resolve().parents[1] / "claims" / "expectations"
+    for name, (n_layers, n_heads) in shapes.items():
+        exp = load(claims_dir / f"{name}.toml", name)
+        claim2.params_from(exp, n_layers)
+        claim3.params_from(exp, n_layers, n_heads)
+        assert all(exp.verdict(cid) for cid in ("C2.log-additive", "C3.mlp"))
+    llama = load(claims_dir / "llama-3-8b.toml", "llama-3-8b")
+    assert claim2.params_from(llama, 32).c_expected == pytest.approx(0.693)
+    assert claim3.params_from(llama, 32, 32).x_to_y_heads[0] == (9, 23)
