@@ -120,7 +120,7 @@ def explore(
 
         def at(name: str) -> Callable:
             def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                acts[name] = act[torch.arange(act.shape[0]), pos.to(act.device)].detach()
+                acts[name] = act[torch.arange(act.shape[0], device=act.device), pos.to(act.device)].detach()
                 if name == FINAL_SCALE:
                     dla[rows] = scores_from(model, acts, first, n_layers - 1)[0]
                 return act
