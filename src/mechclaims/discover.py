@@ -129,6 +129,7 @@ def discover(model: Any, *, n_pairs: int, seed: int, threshold: float, margin: f
     }
 
 
+MAX_PROMPTS_DEFAULT = 100  # fewer exploration sequences than this also cap the confirming run (slow targets)
 C23_IDS = ("C2.log-additive", "C2.parity-by-n", "C2.feature-linear", "C3.x-to-y", "C3.y-to-prey", "C3.mlp")
 
 
@@ -173,7 +174,8 @@ def discover_sequences(
     params = {
         "task": {"a": task.a, "b": task.b},
         "c2": {
-            "n_examples": n_examples, "max_prompts": n_prompts, "fit_first": span[0], "fit_last": span[1],
+            "n_examples": n_examples, "max_prompts": n_prompts if n_prompts < MAX_PROMPTS_DEFAULT else None,
+            "fit_first": span[0], "fit_last": span[1],
             "feature_layer": feature_layer, "parity_from": c2p.parity_from,
         },
         "c3": {
@@ -251,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="file to write (default claims/expectations/<target>.toml)")
     parser.add_argument("--task", type=_task, default=None,
                         help="Claim 2/3 task as A,B for y = A*x + B (default: the existing file's [task], else 2,3)")
-    parser.add_argument("--n-sequences", type=_positive, default=100,
-                        help="exploration sequences for Claims 2 and 3 (default 100); also their cap on confirmation")
+    parser.add_argument("--n-sequences", type=_positive, default=None,
+                        help="exploration sequences for Claims 2 and 3, also their cap on confirmation "
+                        "(default: the existing file's [c2] max_prompts, else 100)")
     parser.add_argument("--device", default=None, help="override the target's device")
     parser.add_argument("--force", action="store_true", help="overwrite an existing expectations file")
     args = parser.parse_args(argv)
@@ -261,12 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{out} exists: pre-registrations are not overwritten silently; pass --force to replace it")
     log = lambda msg: print(f"[discover] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        task = args.task or (load_expectations(out, args.target).task() if out.exists() else CANONICAL)
+        previous = load_expectations(out, args.target) if out.exists() else None
+        task = args.task or (previous.task() if previous else CANONICAL)
+        n_sequences = args.n_sequences or (previous.get("c2", "max_prompts", int, default=MAX_PROMPTS_DEFAULT) if previous else MAX_PROMPTS_DEFAULT)
         model = load_target(args.target, device=args.device).model
         found = discover(
             model, n_pairs=args.n_pairs, seed=args.seed, threshold=args.threshold, margin=args.margin, log=log,
         )
-        more = discover_sequences(model, task, n_prompts=args.n_sequences, seed=args.seed, log=log)
+        more = discover_sequences(model, task, n_prompts=n_sequences, seed=args.seed, log=log)
         found = {
             **found, **{k: more[k] for k in ("task", "c2", "c3")},
             "verdicts": {**found["verdicts"], **more["verdicts"]},
