@@ -69,6 +69,8 @@ class SequenceRun:
     heads: tuple[tuple[int, int], ...] = ()  # largest causal effect (exploration split)
     dla: np.ndarray | None = None
     ablated: np.ndarray | None = None  # confirmation correctness with the MLPs mean-ablated
+    control: np.ndarray | None = None  # ... with as many MLPs outside the band mean-ablated
+    control_layers: tuple[int, ...] = ()
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +106,11 @@ def c23(target, mechclaims_settings, mechclaims_progress) -> SequenceRun:
     )
     show(f"MLPs {'+'.join(map(str, c3p.mlp_layers))} mean-ablated")
     ablated = claim3.mlp_ablated(model, confirm, c3p.mlp_layers, found.mlp_means, s.n_examples)
+    control_layers = claim3.control_layers(c3p.mlp_layers, n_layers)
+    control = None
+    if control_layers:
+        show(f"control: MLPs {'+'.join(map(str, control_layers))} mean-ablated")
+        control = claim3.mlp_ablated(model, confirm, control_layers, found.mlp_means, s.n_examples)
     return SequenceRun(
         task, accuracy, True, "", s.n_examples, c2p, c3p, reading,
         span=claim2.fitted_range(c2p, found.reading),
@@ -111,4 +118,6 @@ def c23(target, mechclaims_settings, mechclaims_progress) -> SequenceRun:
         heads=tuple(claim3.causal_heads(found, c3p.n_causal_heads)),
         dla=found.dla,
         ablated=ablated,
+        control=control,
+        control_layers=control_layers,
     )

@@ -40,4 +40,8 @@ def test_the_most_causal_heads_attend_from_before_y_to_earlier_ys(c23, claim):
 @pytest.mark.claim(id="C3.mlp", source=SOURCE)
 def test_the_mlps_between_the_head_stages_are_needed(c23, claim):
     _require(c23, claim)
-    _judge(claim, c23, claim3.mlp_needed(c23.reading.correct[:, c23.example], c23.ablated, c23.c3))
+    clean = c23.reading.correct[:, c23.example]
+    _judge(
+        claim, c23,
+        claim3.mlp_needed(clean, c23.ablated, c23.c3, control=c23.control, control_layers=c23.control_layers),
+    )

@@ -217,3 +217,19 @@ def test_discovery_preregisters_claims_2_and_3(tiny_model, tmp_path):
     assert set(exp.verdicts) == {
         "C2.log-additive", "C2.parity-by-n", "C2.feature-linear", "C3.x-to-y", "C3.y-to-prey", "C3.mlp",
     }
+
+
+def test_control_layers_lie_outside_the_band_and_skip_the_first_mlp():
+    assert claim3.control_layers((1, 2, 3, 4, 5), 8) == (6, 7)
+    assert claim3.control_layers(range(8, 20), 30) == (6, 7, *range(20, 30))
+    assert claim3.control_layers((2,), 4) == (3,)
+    assert claim3.control_layers((1, 2, 3), 4) == ()
+
+
+def test_the_mlp_control_is_reported_not_decisive():
+    rng = np.random.default_rng(0)
+    clean = np.ones(100, dtype=bool)
+    broken = rng.random(100) < 0.2
+    f = claim3.mlp_needed(clean, broken, PARAMS, control=broken, control_layers=(3,))
+    assert f.supported and f.figures["control_drop"].statistic > 0.5
+    assert len(f.figures["bars"]["C3.mlp: accuracy with and without the MLPs"]["labels"]) == 3

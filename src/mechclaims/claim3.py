@@ -13,7 +13,8 @@ before y_j attends to earlier y_i (i < j) and adds the transformation feature.
   position before y_j onto earlier y tokens.
 * ``C3.mlp``: mean-ablating the MLPs of the layers between the two head stages
   (every position but BOS; means from the EXPLORATION split) lowers accuracy
-  by at least ``min_drop`` (paired lower bound).
+  by at least ``min_drop`` (paired lower bound).  As many MLPs outside the band
+  (:func:`control_layers`) are ablated too and reported beside it.
 
 Attention masses come from :func:`mechclaims.claim2.read_sequences` (hook
 ``blocks.{L}.attn.hook_pattern``, ``[batch, head, query, key]``), reduced to
@@ -228,28 +229,56 @@ def y_to_prey(reading: Reading, heads: Sequence[tuple[int, int]], dla: np.ndarra
     return Finding(finding.effect, finding.supported, finding.message, finding.threshold, figures)
 
 
-def mlp_needed(clean: np.ndarray, ablated: np.ndarray, p: C3Params) -> Finding:
-    """C3.mlp: mean-ablating the MLPs between the head stages lowers accuracy by >= ``min_drop``."""
+def control_layers(band: Sequence[int], n_layers: int) -> tuple[int, ...]:
+    """As many MLP layers outside ``band`` as it holds (fewer when the model lacks them):
+    the layers after the band first, then those before it, never layer 0 (whose MLP
+    acts on the embeddings of every model)."""
+    band = set(band)
+    after = [layer for layer in range(max(band) + 1, n_layers)]
+    before = [layer for layer in range(min(band) - 1, 0, -1)]
+    return tuple(sorted((after + before)[: len(band)]))
+
+
+def mlp_needed(
+    clean: np.ndarray, ablated: np.ndarray, p: C3Params, *,
+    control: np.ndarray | None = None, control_layers: Sequence[int] = (),
+) -> Finding:
+    """C3.mlp: mean-ablating the MLPs between the head stages lowers accuracy by >= ``min_drop``.
+
+    ``control`` (correctness with the MLPs of ``control_layers``, outside the band,
+    mean-ablated) is reported beside it, as the specificity of the effect; it does
+    not enter the decision.
+    """
     drop = paired_increase(np.asarray(ablated, dtype=float), np.asarray(clean, dtype=float))
     before, after = proportion_of(clean), proportion_of(ablated)
     ok = drop.ci.low >= p.min_drop and drop.pvalue is not None and drop.pvalue < ALPHA
     layers = "+".join(map(str, p.mlp_layers))
+    labels = ["clean", f"MLPs {layers} mean-ablated"]
+    shares = [before, after]
+    figures: dict[str, Any] = {"mlp_layers": list(p.mlp_layers), "accuracy_clean": before, "accuracy_ablated": after}
+    text = ""
+    if control is not None and len(control_layers):
+        other = proportion_of(control)
+        control_drop = paired_increase(np.asarray(control, dtype=float), np.asarray(clean, dtype=float))
+        names = "+".join(map(str, control_layers))
+        labels.append(f"control: MLPs {names} mean-ablated")
+        shares.append(other)
+        figures.update(control_layers=list(control_layers), accuracy_control=other, control_drop=control_drop)
+        text = f"; control, MLPs {names} outside the band: accuracy {other}, drop {control_drop}"
+    figures["bars"] = {
+        "C3.mlp: accuracy with and without the MLPs": {
+            "labels": labels,
+            "values": [e.statistic for e in shares],
+            "ci_low": [e.ci.low for e in shares], "ci_high": [e.ci.high for e in shares],
+            "ylabel": "accuracy",
+        }
+    }
     return Finding(
         drop, bool(ok),
         f"mean-ablating MLPs {layers}: accuracy {before} -> {after}; paired drop {drop} (lower bound must be "
-        f">= {p.min_drop:g}, Wilcoxon p < {ALPHA})",
+        f">= {p.min_drop:g}, Wilcoxon p < {ALPHA}){text}",
         threshold=p.min_drop,
-        figures={
-            "mlp_layers": list(p.mlp_layers), "accuracy_clean": before, "accuracy_ablated": after,
-            "bars": {
-                "C3.mlp: accuracy with and without the MLPs": {
-                    "labels": ["clean", f"MLPs {layers} mean-ablated"],
-                    "values": [before.statistic, after.statistic],
-                    "ci_low": [before.ci.low, after.ci.low], "ci_high": [before.ci.high, after.ci.high],
-                    "ylabel": "accuracy",
-                }
-            },
-        },
+        figures=figures,
     )
 
 

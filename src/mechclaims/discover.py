@@ -191,13 +191,15 @@ def discover_sequences(
         }
     direction = claim2.feature_direction(reading, shuffled, feature_layer)
     ablated = claim3.mlp_ablated(model, explore, mlp_layers, found.mlp_means, example)
+    controls = claim3.control_layers(mlp_layers, n_layers)
+    control = claim3.mlp_ablated(model, explore, controls, found.mlp_means, example) if controls else None
     findings = {
         "C2.log-additive": claim2.log_additive(reading, c2p, span),
         "C2.parity-by-n": claim2.parity_by_n(reading, c2p),
         "C2.feature-linear": claim2.feature_linear(reading, direction, feature_layer, c2p, span),
         "C3.x-to-y": claim3.x_to_y(reading, c3p),
         "C3.y-to-prey": claim3.y_to_prey(reading, heads, found.dla, c3p),
-        "C3.mlp": claim3.mlp_needed(reading.correct[:, example], ablated, c3p),
+        "C3.mlp": claim3.mlp_needed(reading.correct[:, example], ablated, c3p, control=control, control_layers=controls),
     }
     for cid, f in findings.items():
         log(f"{cid}: {'supported' if f.supported else 'refuted'}: {f.message}")
