@@ -29,11 +29,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .claim2 import FINAL, Reading, read_sequences
+from .claim2 import Reading, read_sequences
 from .errors import ConfigError
 from .fits import RoleAttention, role_attention, top_heads
 from .interventions import head_z, resid_pre
-from .results import Effect, Finding
+from .results import Finding
 from .roles import Roles
 from .scores import FINAL_SCALE, scores_from
 from .stats import paired_increase, proportion_of
