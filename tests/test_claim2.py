@@ -246,3 +246,25 @@ def test_c2_params_read_back_and_are_range_checked(tmp_path):
     path.write_text("[c2]\nfeature_layer = 5\nparity_from = 3\n")
     with pytest.raises(ConfigError, match="out of range"):
         claim2.params_from(load(path, "organism"), n_layers=2)
+
+
+def test_readings_through_the_store_equal_direct_ones(tiny_model, tmp_path):
+    from mechclaims.store import ActivationStore, attach
+    from mechclaims.tasks import CANONICAL, make_prompts
+
+    prompts = make_prompts(CANONICAL, n_prompts=4, n_examples=5, seed=11)
+    direct = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
+    store = ActivationStore(model_key="tiny", mode="disk", directory=tmp_path, version="t")
+    attach(tiny_model, store)
+    try:
+        first = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
+        again = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
+        attach(tiny_model, ActivationStore(model_key="tiny", mode="disk", directory=tmp_path, version="t"))
+        from_disk = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
+    finally:
+        attach(tiny_model, None)
+    assert store.stats.computed == 1 and store.stats.memory_hits == 1
+    for got in (first, again, from_disk):
+        for name in ("p_correct", "correct", "parity_ok", "x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey"):
+            assert np.array_equal(getattr(got, name), getattr(direct, name), equal_nan=name == "p_correct"), name
+        assert list(got.resid) == [1] and np.array_equal(got.resid[1], direct.resid[1])

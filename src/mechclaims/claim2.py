@@ -30,6 +30,8 @@ Findings (pure numpy on a :class:`Reading`):
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -46,6 +48,7 @@ from .interventions import resid_pre
 from .results import Effect, Finding, Interval
 from .roles import Roles, roles
 from .stats import proportion_of
+from .store import derived
 from .tasks import Prompt, PromptSet
 
 N_EXAMPLES = 16  # examples per Claim 2 sequence (the companion post saturates by ~14)
@@ -121,7 +124,6 @@ def _unembed(model: Any, final: torch.Tensor) -> torch.Tensor:
     return out if bias is None else out + bias
 
 
-@torch.no_grad()
 def read_sequences(
     model: Any,
     prompts: PromptSet | Sequence[Prompt],
@@ -138,7 +140,56 @@ def read_sequences(
     none, and the pass stops after the last layer it needs).  The unembedding is
     applied only at the positions read, which equals the model's own logits there
     (tested).  ``interventions`` (objects with ``hooks()``) apply to the pass.
+    The reading is memoised in the model's activation store (:func:`mechclaims.store.derived`)
+    unless ``probes`` are given or an intervention has no ``key()``.
     """
+    items = list(prompts.prompts if isinstance(prompts, PromptSet) else prompts)
+    args = dict(resid_layers=resid_layers, attention=attention, examples=examples, interventions=interventions)
+    if probes or not all(hasattr(iv, "key") for iv in interventions):
+        return _read_sequences(model, items, probes=probes, **args)
+    tokens = [roles(model.tokenizer, p).tokens for p in items]
+    key = json.dumps({
+        "tokens": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
+        "resid_layers": sorted(int(layer) for layer in resid_layers),
+        "attention": attention,
+        "examples": None if examples is None else sorted(int(j) for j in examples),
+        "interventions": [iv.key() for iv in interventions],
+        "answers": [[y for _, y in p.examples] for p in items],
+    }, sort_keys=True)
+    arrays = derived(
+        model, "claim2.read_sequences", key, sum(len(t) for t in tokens),
+        lambda: _reading_arrays(_read_sequences(model, items, **args)),
+    )
+    return _reading_from(arrays)
+
+
+def _reading_arrays(r: Reading) -> dict[str, np.ndarray]:
+    out = {"p_correct": r.p_correct, "correct": r.correct, "parity_ok": r.parity_ok}
+    out.update({f"resid.{layer}": a for layer, a in r.resid.items()})
+    for name in ("x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey"):
+        if getattr(r, name) is not None:
+            out[name] = getattr(r, name)
+    return out
+
+
+def _reading_from(arrays: dict[str, np.ndarray]) -> Reading:
+    resid = {int(name.split(".", 1)[1]): a for name, a in arrays.items() if name.startswith("resid.")}
+    optional = {name: arrays.get(name) for name in ("x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey")}
+    return Reading(arrays["p_correct"], arrays["correct"], arrays["parity_ok"], dict(sorted(resid.items())), **optional)
+
+
+@torch.no_grad()
+def _read_sequences(
+    model: Any,
+    prompts: PromptSet | Sequence[Prompt],
+    *,
+    resid_layers: Sequence[int] = (),
+    attention: bool = False,
+    examples: Sequence[int] | None = None,
+    interventions: Sequence[Any] = (),
+    probes: Sequence[Any] = (),
+) -> Reading:
+    """:func:`read_sequences` without the store."""
     items = list(prompts.prompts if isinstance(prompts, PromptSet) else prompts)
     tokenizer = model.tokenizer
     rs = [roles(tokenizer, p) for p in items]

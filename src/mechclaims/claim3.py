@@ -23,20 +23,23 @@ per-head role masses inside the hook by :mod:`mechclaims.fits`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .claim2 import Reading, read_sequences
+from .claim2 import Reading, _reading_arrays, _reading_from, read_sequences
 from .errors import ConfigError
 from .fits import RoleAttention, role_attention, top_heads
 from .interventions import head_z, resid_pre
 from .results import Finding
-from .roles import Roles
+from .roles import Roles, roles
 from .scores import FINAL_SCALE, scores_from
 from .stats import paired_increase, proportion_of
+from .store import derived, tensor_digest
 
 ALPHA = 0.05
 
@@ -65,6 +68,11 @@ class AblateMLP:
 
     def hook_names(self) -> list[str]:
         return [mlp_out(layer) for layer in self.layers]
+
+    def key(self) -> str:
+        """Identity for the activation store (the means are hashed)."""
+        means = ",".join(f"{layer}:{tensor_digest(self.means[layer])}" for layer in sorted(self.layers))
+        return f"AblateMLP({sorted(self.layers)},{self.keep_bos},{means})"
 
     def hooks(self) -> list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]]:
         start = 1 if self.keep_bos else 0
@@ -100,15 +108,42 @@ class Exploration:
     dla_example: int
 
 
-@torch.no_grad()
 def explore(
     model: Any, prompts: Any, *, dla_example: int, resid_layers: Sequence[int] = (), attention: bool = False,
 ) -> Exploration:
     """One forward per exploration prompt: the claim-2 reading, per-head direct logit
     attribution at the position before y_``dla_example`` (equal, causally, to the last
-    position of a prompt with that many examples) and every MLP's mean output."""
-    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
+    position of a prompt with that many examples) and every MLP's mean output.
+    Memoised in the model's activation store."""
     items = list(getattr(prompts, "prompts", prompts))
+    tokens = [roles(model.tokenizer, p).tokens for p in items]
+    key = json.dumps({
+        "tokens": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
+        "dla_example": dla_example,
+        "resid_layers": sorted(int(layer) for layer in resid_layers),
+        "attention": attention,
+    }, sort_keys=True)
+
+    def compute() -> dict[str, np.ndarray]:
+        found = _explore(model, items, dla_example=dla_example, resid_layers=resid_layers, attention=attention)
+        arrays = {f"reading.{name}": a for name, a in _reading_arrays(found.reading).items()}
+        arrays["dla"] = found.dla
+        arrays["mlp_means"] = torch.stack([found.mlp_means[layer] for layer in sorted(found.mlp_means)]).float().numpy()
+        return arrays
+
+    arrays = derived(model, "claim3.explore", key, sum(len(t) for t in tokens), compute)
+    reading = _reading_from({name[len("reading."):]: a for name, a in arrays.items() if name.startswith("reading.")})
+    dtype = next(model.parameters()).dtype
+    means = {layer: torch.from_numpy(row).to(dtype) for layer, row in enumerate(arrays["mlp_means"])}
+    return Exploration(reading, arrays["dla"], means, dla_example)
+
+
+@torch.no_grad()
+def _explore(
+    model: Any, items: list, *, dla_example: int, resid_layers: Sequence[int] = (), attention: bool = False,
+) -> Exploration:
+    """:func:`explore` without the store."""
+    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
     dla = np.zeros((len(items), n_layers, model.cfg.n_heads))
     sums = torch.zeros(n_layers, d_model, dtype=torch.float64)
     count = [0]
