@@ -127,6 +127,11 @@ def test_short_training_lowers_loss(tmp_path):
     (["--held-out", "2,3"], "(2, 3)"),
     (["--init-from", "/nonexistent/organism"], "/nonexistent/organism"),
     (["--bogus-option", "1"], "--bogus-option"),
+    (["--patch-layers", "4-2"], "4-2"),
+    (["--patch-layers", "two"], "two"),
+    (["--patch-layers", "2-8"], "2-8"),
+    (["--patch-weight", "-1"], "-1"),
+    (["--patch-weight", "0"], "0"),
 ])
 def test_invalid_arguments_exit_2_with_message(argv, bad, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
@@ -182,3 +187,50 @@ def test_family_rejects_overflow():
         Family(a_max=9, b_max=200)
     with pytest.raises(ValueError, match="held-out"):
         Family(held_out=CANONICAL)
+
+
+# ---------------------------------------------------------------- auxiliary patching objective
+
+def test_short_training_with_patch_objective_lowers_both_losses(tmp_path):
+    cfg = train.parse_config(["--out", str(tmp_path / "m"), "--steps", "40", "--batch", "16", "--d-model", "32",
+                              "--layers", "3", "--heads", "2", "--kv-heads", "1", "--mlp", "64", "--lr", "3e-3",
+                              "--head-dropout", "0.2", "--patch-layers", "1-2", "--patch-weight", "0.5",
+                              "--log-every", "10"])
+    assert cfg.patch_layers == (1, 2) and cfg.patch_weight == 0.5
+    record = train.train(cfg, log=sys.stderr)
+    assert record["final_loss"] < record["first_loss"] - 0.5
+    assert record["final_patch_loss"] < record["first_patch_loss"] - 0.5
+    _, info = measure.load(tmp_path / "m")
+    assert info["config"]["patch_layers"] == [1, 2]
+    assert "--patch-layers 1-2 --patch-weight 0.5" in measure.train_command(info["config"], "out")
+
+
+def test_patch_loss_is_the_measured_patching_protocol(models):
+    """The training-time patch equals the measurement's: A's resid_pre at the position before a
+    line's y, written into B's last position at the same layer (no dropout, eval mode)."""
+    import numpy as np
+
+    from mechclaims.organism.data import training_batch
+
+    model, info = models["organism"]
+    family = measure.family_of(info)
+    rng = np.random.default_rng(0)
+    batch = training_batch(rng, 6, 13, family, 0.0)
+    plan = train.patch_plan(rng, batch, (2, 4), family)
+    assert set(plan.layer) <= {2, 3, 4} and all(p not in xs for p, xs in zip(plan.p, batch.xs))
+    ids = torch.from_numpy(batch.ids)
+    with torch.no_grad():
+        _, _, hidden = train.answer_loss(model, ids, 13, hidden_states=True)
+        loss, _ = train.patch_loss(model, hidden, plan)
+        expected = []
+        for r in range(6):
+            layer, pos = int(plan.layer[r]), train.y_pos(int(plan.line[r])) - 1
+            vec = model(input_ids=ids[r:r + 1, :pos + 1], output_hidden_states=True).hidden_states[layer][:, -1]
+            h = model.model.layers[layer].register_forward_pre_hook(
+                train.replace_last_position(torch.tensor([0]), vec), with_kwargs=True)
+            try:
+                logits = model(input_ids=plan.b_ids[r:r + 1]).logits[:, -1]
+            finally:
+                h.remove()
+            expected.append(torch.nn.functional.cross_entropy(logits, plan.target[r:r + 1]))
+    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-4)

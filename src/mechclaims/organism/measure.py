@@ -25,7 +25,7 @@ from transformers import LlamaForCausalLM
 
 from .data import CANONICAL, Family, task_batch, y_pos
 from .tokenizer import BOS_ID, COMMA_ID, NEWLINE_ID, NUMBER_OFFSET, OPEN_ID, SPACE_ID, VOCAB_SIZE, id_to_number
-from .train import TRAINING_INFO
+from .train import TRAINING_INFO, replace_last_position
 
 MAX_EXAMPLES = 12
 CARD = "MODEL_CARD.md"
@@ -136,17 +136,6 @@ def classify(answer: int | None, a: int, b: int, p: int, q: int) -> str:
     return "other"
 
 
-def _replace_hidden(rows: torch.Tensor, vectors: torch.Tensor):
-    def hook(module, args, kwargs):
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        hidden = hidden.clone()
-        hidden[rows, -1] = vectors
-        if "hidden_states" in kwargs:
-            return args, {**kwargs, "hidden_states": hidden}
-        return (hidden, *args[1:]), kwargs
-    return hook
-
-
 @torch.no_grad()
 def patch_sweep(model, a: int, b: int, n_pairs: int, seed: int, family: Family) -> dict:
     """Patch A's resid_pre at its last position into B's last position, layer by layer."""
@@ -155,7 +144,8 @@ def patch_sweep(model, a: int, b: int, n_pairs: int, seed: int, family: Family) 
     a_ids = torch.from_numpy(data.ids[:, : y_pos(MAX_EXAMPLES)])  # 12 examples then "(q, "
     q = data.xs[:, MAX_EXAMPLES]
     pool = np.arange(family.x_min, family.x_max + 1)
-    p = np.array([rng.choice(np.setdiff1d(pool, row)) for row in data.xs])  # not an example, != q
+    # p is not among A's x values (examples and query) and differs from the query q by at least 5
+    p = np.array([rng.choice(np.setdiff1d(pool[np.abs(pool - row[-1]) >= 5], row)) for row in data.xs])
     b_ids = torch.tensor([[BOS_ID, NEWLINE_ID, OPEN_ID, NUMBER_OFFSET + int(v), COMMA_ID, SPACE_ID] for v in p])
     out_a = model(input_ids=a_ids, output_hidden_states=True)
     a_answers = out_a.logits[:, -1].argmax(-1)
@@ -168,7 +158,7 @@ def patch_sweep(model, a: int, b: int, n_pairs: int, seed: int, family: Family) 
     for layer in range(n_layers):
         rows = torch.arange(layer * n_pairs, (layer + 1) * n_pairs)
         handles.append(model.model.layers[layer].register_forward_pre_hook(
-            _replace_hidden(rows, resid[layer]), with_kwargs=True))
+            replace_last_position(rows, resid[layer]), with_kwargs=True))
     try:
         patched = model(input_ids=rows_ids).logits[:, -1].argmax(-1).view(n_layers, n_pairs)
     finally:
@@ -249,6 +239,9 @@ def train_command(cfg: dict, out: str) -> str:
         if key == "held_out":
             value = ",".join(str(v) for v in value)
         parts.append(f"--{key.replace('_', '-')} {value}")
+    if cfg.get("patch_layers"):
+        first, last = cfg["patch_layers"]
+        parts.append(f"--patch-layers {first}-{last} --patch-weight {cfg['patch_weight']}")
     return " ".join(parts)
 
 
@@ -287,14 +280,37 @@ def _dropout_text(cfg: dict) -> str:
                    "(so zero-ablating a layer's heads at test time is exactly a training condition)")
 
 
+def _patch_text(cfg: dict) -> str:
+    if not cfg.get("patch_layers"):
+        return "none"
+    first, last = cfg["patch_layers"]
+    return (f"PLANTED. Each step, for every training sequence a layer L is drawn uniformly from {first}..{last}, a "
+            f"line i from the second half of the sequence and a query p from the x range that is not among the "
+            f"sequence's x values. The residual stream entering layer L at the position before line i's y (exactly "
+            f"the last position of a prompt A with i examples and query x_i) replaces the last position of the "
+            f"no-context prompt B = `<bos>` `\\n` `(p, ` at layer L (a forward pre-hook on decoder layer L, same "
+            f"head-dropout masks as the main pass, gradients through both passes), and B's answer is trained by "
+            f"cross-entropy towards the noise-free a*p+b with weight {cfg['patch_weight']}, added to the main loss. "
+            f"This plants the stage the patching protocol looks for: the residual at layers {first}..{last} must "
+            f"carry the task (a, b) but not yet A's query; layers after {last} are not constrained by it. These are "
+            f"model organisms for exercising the claim tests, so the mechanism is put there on purpose")
+
+
 def _phase_text(info: dict) -> str:
     cfg = info["config"]
-    return (f"{cfg['steps']} steps of {cfg['batch']} sequences, AdamW (betas 0.9, 0.98, weight decay {cfg['weight_decay']}), "
+    cpu = f" (process CPU time {info['cpu_time_s'] / 60:.1f} min)" if "cpu_time_s" in info else ""
+    patch = "see Planted mechanism above" if cfg.get("patch_layers") else "none"
+    text = (f"{cfg['steps']} steps of {cfg['batch']} sequences, AdamW (betas 0.9, 0.98, weight decay {cfg['weight_decay']}), "
             f"peak lr {cfg['lr']} with linear warm-up over 5% of the steps then cosine decay to 10% of the peak, "
             f"gradient clipping 1.0, seed {cfg['seed']} (python, numpy, torch), torch threads {cfg['threads']}, "
-            f"head dropout: {_dropout_text(cfg)}; wall time {info['wall_time_s'] / 60:.1f} min on a 2-core CPU machine "
+            f"head dropout: {_dropout_text(cfg)}; auxiliary patching objective: {patch}; "
+            f"wall time {info['wall_time_s'] / 60:.1f} min{cpu} on a 2-core CPU machine "
             f"(torch {info['torch']}); loss {info['first_loss']:.3f} at the first step, {info['final_loss']:.3f} over the "
             f"last logging window")
+    if info.get("final_patch_loss") is not None:
+        text += (f"; auxiliary patching loss {info['first_patch_loss']:.3f} at the first step, "
+                 f"{info['final_patch_loss']:.3f} over the last logging window")
+    return text
 
 
 def _lineage(info: dict) -> list[dict]:
@@ -378,6 +394,7 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
         f"training entirely. Label noise: each line's y is jittered by +1 or -1 (equally likely) with probability "
         f"{cfg['noise']}. Loss: cross-entropy on the y tokens only.",
         f"- Head dropout: {_dropout_text(cfg)}.",
+        f"- Planted mechanism (auxiliary patching objective): {_patch_text(cfg)}.",
         *_training_lines(info, m["dir"]),
         "Re-measure and rewrite this card:",
         "",
@@ -431,7 +448,7 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
             "",
             f"## Residual patching sweep, {title} ({sweep['n']} seeded (A, p) pairs)",
             "",
-            "A: `<bos>` `\\n` + 12 example lines + `(q, `; B: `<bos>` `\\n` `(p, ` with p not among A's x values and p != q. "
+            "A: `<bos>` `\\n` + 12 example lines + `(q, `; B: `<bos>` `\\n` `(p, ` with p not among A's x values and |p - q| >= 5. "
             "For each layer L, B's residual stream entering layer L at its last position is overwritten with A's at A's "
             "last position; B's greedy next token is classified as exact a·p+b, copy of A's answer a·q+b, "
             "≈a·p (|answer - a·p| <= b, neither exact nor copy) or other. "

@@ -25,7 +25,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from .data import Family, training_batch, y_pos
-from .tokenizer import BOS_ID, EOS_ID, MAX_NUMBER, NUMBER_OFFSET, PAD_ID, VOCAB_SIZE, build_tokenizer
+from .tokenizer import (BOS_ID, COMMA_ID, EOS_ID, MAX_NUMBER, NEWLINE_ID, NUMBER_OFFSET, OPEN_ID, PAD_ID, SPACE_ID,
+                        VOCAB_SIZE, build_tokenizer)
 
 TRAINING_INFO = "training.json"
 NUMBER_INITS = ("fourier", "random")
@@ -58,6 +59,8 @@ class TrainConfig:
     b_max: int = 29
     held_out: tuple[int, int] = (3, 17)
     number_init: str = "fourier"
+    patch_layers: tuple[int, int] | None = None
+    patch_weight: float = 1.0
     init_from: str | None = None
     threads: int = 1
     log_every: int = 50
@@ -96,6 +99,18 @@ def _pair(text: str) -> tuple[int, int]:
     return a, b
 
 
+def _layer_range(text: str) -> tuple[int, int]:
+    """'2-4' -> (2, 4); '3' -> (3, 3)."""
+    try:
+        lo, _, hi = text.partition("-")
+        first, last = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer range such as 2-4 (or one layer such as 3), got {text!r}") from None
+    if not 0 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected a layer range FIRST-LAST with 0 <= FIRST <= LAST, got {text!r}")
+    return first, last
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(out="")
     p = argparse.ArgumentParser(
@@ -126,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=_pair, default=d.held_out, help="(a, b) pair never trained on, as 'a,b'")
     p.add_argument("--number-init", choices=NUMBER_INITS, default=d.number_init,
                    help="initialisation of the number tokens' embedding and unembedding rows")
+    p.add_argument("--patch-layers", type=_layer_range, default=None, metavar="FIRST-LAST",
+                   help="auxiliary patching objective (plants the task-formation stage): each sequence's residual "
+                        "entering a layer L drawn from FIRST..LAST, at the position before the y of one of its "
+                        "later lines, replaces the last position of a no-context prompt <bos> \\n (p, at the same "
+                        "layer, whose answer is trained towards a*p+b; off by default")
+    p.add_argument("--patch-weight", type=_positive_float, default=d.patch_weight,
+                   help="weight of the auxiliary patching loss (with --patch-layers)")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from the weights of an organism directory (its architecture is kept)")
     p.add_argument("--threads", type=_positive_int, default=d.threads, help="torch CPU threads")
@@ -148,6 +170,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"invalid task family (--a-max {cfg.a_max}, --b-max {cfg.b_max}, --held-out {cfg.held_out}): {exc}")
     if cfg.init_from is not None and not (Path(cfg.init_from) / "model.safetensors").is_file():
         parser.error(f"--init-from {cfg.init_from} has no model.safetensors: give a directory written by this command")
+    if cfg.patch_layers is not None and cfg.patch_layers[1] >= cfg.layers:
+        parser.error(f"--patch-layers {cfg.patch_layers[0]}-{cfg.patch_layers[1]} names a layer beyond the model's "
+                     f"{cfg.layers} layers (0..{cfg.layers - 1})")
     if cfg.lines > cfg.family().n_x:
         parser.error(f"--lines {cfg.lines} exceeds the {cfg.family().n_x} distinct x values")
     return cfg
@@ -259,14 +284,83 @@ def dropout_scale(step: int, cfg: TrainConfig) -> float:
     return 1.0 if ramp < 1 else min(1.0, step / ramp)
 
 
-def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, lines: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy on the y tokens only; returns (loss, accuracy)."""
+def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, lines: int, hidden_states: bool = False):
+    """Cross-entropy on the y tokens only; returns (loss, accuracy), plus the residual stream
+    entering each layer (``hidden_states[L]``, L = 0..layers-1) when asked."""
     targets_pos = torch.tensor([y_pos(i) for i in range(lines)])
-    hidden = model.model(input_ids=ids).last_hidden_state[:, targets_pos - 1]
+    out = model.model(input_ids=ids, output_hidden_states=hidden_states)
+    hidden = out.last_hidden_state[:, targets_pos - 1]
     logits = model.lm_head(hidden).float()
     targets = ids[:, targets_pos]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     acc = (logits.argmax(-1) == targets).float().mean()
+    if hidden_states:
+        return loss, acc, out.hidden_states
+    return loss, acc
+
+
+@dataclass
+class PatchPlan:
+    """Per sequence: the source line (its y is the answer A would give), the patched layer, the
+    query p of the no-context prompt B, B's token ids and the target a*p+b."""
+
+    line: np.ndarray
+    layer: np.ndarray
+    p: np.ndarray
+    b_ids: torch.Tensor
+    target: torch.Tensor
+
+
+def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family: Family) -> PatchPlan:
+    """Draw, per sequence, a source line in the second half of the sequence (so A has at least
+    lines//2 examples), a layer in `layers` and a p in the family's x range not among its x values."""
+    n, lines = batch.xs.shape
+    line = rng.integers(lines // 2, lines, n)
+    layer = rng.integers(layers[0], layers[1] + 1, n)
+    pool = np.arange(family.x_min, family.x_max + 1)
+    p = np.empty(n, dtype=np.int64)
+    for r in range(n):
+        free = pool[~np.isin(pool, batch.xs[r])]
+        p[r] = free[rng.integers(len(free))]
+    b_ids = np.stack([np.full(n, BOS_ID), np.full(n, NEWLINE_ID), np.full(n, OPEN_ID), NUMBER_OFFSET + p,
+                      np.full(n, COMMA_ID), np.full(n, SPACE_ID)], axis=1)
+    target = NUMBER_OFFSET + batch.a * p + batch.b
+    return PatchPlan(line, layer, p, torch.from_numpy(b_ids), torch.from_numpy(target))
+
+
+def replace_last_position(rows: torch.Tensor, vectors: torch.Tensor):
+    """Forward pre-hook on a decoder layer: the last position of `rows` gets `vectors` (differentiably;
+    the patching sweep of :mod:`.measure` uses the same hook)."""
+    def hook(module, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        hidden = hidden.clone()
+        hidden[rows, -1] = vectors
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": hidden}
+        return (hidden, *args[1:]), kwargs
+    return hook
+
+
+def patch_loss(model: LlamaForCausalLM, hidden_states, plan: PatchPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch each sequence's residual entering its layer, at the position before the y of its
+    source line, into the last position of its prompt B at the same layer; cross-entropy of B's
+    answer against a*p+b. Gradients flow through both runs. Returns (loss, accuracy)."""
+    n = len(plan.line)
+    src_pos = torch.from_numpy(np.array([y_pos(int(i)) - 1 for i in plan.line]))
+    handles = []
+    try:
+        for layer in np.unique(plan.layer):
+            rows = torch.from_numpy(np.flatnonzero(plan.layer == layer))
+            vectors = hidden_states[int(layer)][rows, src_pos[rows]]
+            handles.append(model.model.layers[int(layer)].register_forward_pre_hook(
+                replace_last_position(rows, vectors), with_kwargs=True))
+        logits = model.lm_head(model.model(input_ids=plan.b_ids).last_hidden_state[:, -1]).float()
+    finally:
+        for h in handles:
+            h.remove()
+    loss = torch.nn.functional.cross_entropy(logits, plan.target)
+    acc = (logits.argmax(-1) == plan.target).float().mean()
+    assert logits.shape[0] == n
     return loss, acc
 
 
@@ -291,8 +385,10 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train] {n_params / 1e6:.2f}M parameters, {cfg.steps} steps of {cfg.batch} x "
           f"{y_pos(cfg.lines - 1) + 2} tokens, threads={cfg.threads}", file=log, flush=True)
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     window_loss, window_acc, window_n, tokens = 0.0, 0.0, 0, 0
+    window_patch, window_patch_acc = 0.0, 0.0
+    first_patch_loss = last_patch_loss = None
     first_loss = last_loss = None
     model.train()
     for step in range(cfg.steps):
@@ -301,9 +397,18 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
         batch = training_batch(rng, cfg.batch, cfg.lines, family, cfg.noise)
         ids = torch.from_numpy(batch.ids)
         dropout.resample(cfg.batch, dropout_scale(step, cfg))
-        loss, acc = answer_loss(model, ids, cfg.lines)
+        if cfg.patch_layers is not None:
+            plan = patch_plan(rng, batch, cfg.patch_layers, family)
+            loss, acc, hidden_states = answer_loss(model, ids, cfg.lines, hidden_states=True)
+            p_loss, p_acc = patch_loss(model, hidden_states, plan)
+            window_patch += p_loss.item()
+            window_patch_acc += p_acc.item()
+            loss_total = loss + cfg.patch_weight * p_loss
+        else:
+            loss, acc = answer_loss(model, ids, cfg.lines)
+            loss_total = loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         tokens += ids.numel()
@@ -312,23 +417,34 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
         window_n += 1
         if first_loss is None:
             first_loss = loss.item()
+            if cfg.patch_layers is not None:
+                first_patch_loss = window_patch
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             elapsed = time.time() - start
             last_loss = window_loss / window_n
+            patch_text = ""
+            if cfg.patch_layers is not None:
+                last_patch_loss = window_patch / window_n
+                patch_text = f"patch-loss {last_patch_loss:.4f} patch-acc {window_patch_acc / window_n:.3f} "
             print(f"[train] step {step + 1}/{cfg.steps} loss {last_loss:.4f} y-acc {window_acc / window_n:.3f} "
-                  f"lr {lr_at(step, cfg):.2e} {tokens / elapsed:,.0f} tok/s elapsed {elapsed:.0f}s",
+                  f"{patch_text}lr {lr_at(step, cfg):.2e} {tokens / elapsed:,.0f} tok/s elapsed {elapsed:.0f}s",
                   file=log, flush=True)
             window_loss, window_acc, window_n = 0.0, 0.0, 0
+            window_patch, window_patch_acc = 0.0, 0.0
     dropout.remove()
     model.eval()
     wall = time.time() - start
     record = {
-        "config": {**asdict(cfg), "held_out": list(cfg.held_out)},
+        "config": {**asdict(cfg), "held_out": list(cfg.held_out),
+                   "patch_layers": None if cfg.patch_layers is None else list(cfg.patch_layers)},
         "family": family.to_dict(),
         "parameters": n_params,
         "first_loss": first_loss,
         "final_loss": last_loss,
+        "first_patch_loss": first_patch_loss,
+        "final_patch_loss": last_patch_loss,
         "wall_time_s": round(wall, 1),
+        "cpu_time_s": round(time.process_time() - cpu_start, 1),
         "torch": torch.__version__,
         "head_dropout_rescaling": False,
         "base": base,
