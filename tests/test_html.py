@@ -214,6 +214,37 @@ def test_write_run_writes_index_html_next_to_the_json(tmp_path):
     assert (tmp_path / "latest" / "index.html").is_file()
 
 
+def test_kept_plots_are_served_without_drawing_and_equal_fresh_ones(tmp_path, monkeypatch):
+    record = synthetic_record()
+    fresh = html_report.render(record)
+    cache = tmp_path / "plots"
+    assert html_report.render(record, cache) == fresh
+    kept = sorted(cache.iterdir())
+    assert kept and not [p for p in kept if p.name.startswith(".")]
+
+    def refuse(*args):
+        raise AssertionError("drew a plot that was kept")
+
+    monkeypatch.setattr(plots, "_DRAW", {kind: refuse for kind in plots.PLOT_KINDS})
+    assert html_report.render(record, cache) == fresh
+    kept[0].write_text("{not json")  # a damaged entry is drawn again, never shown
+    with pytest.raises(AssertionError, match="drew a plot that was kept"):
+        html_report.render(record, cache)
+    monkeypatch.undo()
+    assert html_report.render(record, cache) == fresh
+
+
+def test_a_changed_figure_is_drawn_anew(tmp_path):
+    record = synthetic_record()
+    cache = tmp_path / "plots"
+    html_report.render(record, cache)
+    before = {p.name for p in cache.iterdir()}
+    changed = json.loads(json.dumps(record))
+    changed["claims"][0]["figures"]["rates"]["none"]["rate"][0] = 0.5
+    assert html_report.render(changed, cache) == html_report.render(changed)
+    assert len({p.name for p in cache.iterdir()} - before) == 1
+
+
 def test_report_command_rerenders_html(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -432,7 +432,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus != pytest.ExitCode.INTERRUPTED:
         state.finished = utc_now()
     report_dir = Path(config.getoption("mechclaims_report_dir") or config.rootpath / "reports")
-    config.stash[report_path_key] = write_run(report_dir, new_run_id(), state.to_json())
+    # With the disk cache, the report's plots are kept beside the activations (a warm run redraws nothing).
+    plot_cache = state.activation_dir / "plots" if state.cache_mode == "disk" and state.activation_dir else None
+    config.stash[report_path_key] = write_run(report_dir, new_run_id(), state.to_json(), plot_cache)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -9,6 +9,7 @@ rather than given wrong roles.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,19 @@ class Roles:
     last: int
 
 
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+# Per tokenizer, the ids of each piece already encoded: a prompt set repeats the same few
+# dozen pieces (format tokens and numbers) thousands of times.
+_PIECES: "weakref.WeakKeyDictionary[Any, dict[str, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+
+
+def _ids(tokenizer: Any, text: str) -> tuple[int, ...]:
+    try:
+        pieces = _PIECES.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced or hashed: encode every time
+        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if text not in pieces:
+        pieces[text] = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return pieces[text]
 
 
 def roles(tokenizer: Any, prompt: Prompt) -> Roles:

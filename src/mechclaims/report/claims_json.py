@@ -38,25 +38,24 @@ def point_latest(report_dir: Path, run_dir: Path) -> Path:
     return latest
 
 
-def render_views(run_dir: Path, record: dict[str, Any]) -> list[Path]:
-    """(Re)write the views people read, ``claims.md`` and ``index.html``, from a run record."""
+def render_views(run_dir: Path, record: dict[str, Any], plot_cache: Path | None = None) -> list[Path]:
+    """(Re)write the views people read, ``claims.md`` and ``index.html``, from a run record
+    (plots kept in ``plot_cache`` are reused)."""
     from . import html, markdown
 
-    written = []
-    for name, render in (("claims.md", markdown.render), ("index.html", html.render)):
-        atomic_write_text(run_dir / name, render(record))
-        written.append(run_dir / name)
-    return written
+    atomic_write_text(run_dir / "claims.md", markdown.render(record))
+    atomic_write_text(run_dir / "index.html", html.render(record, plot_cache))
+    return [run_dir / "claims.md", run_dir / "index.html"]
 
 
-def write_run(report_dir: Path, run_id: str, record: dict[str, Any]) -> Path:
+def write_run(report_dir: Path, run_id: str, record: dict[str, Any], plot_cache: Path | None = None) -> Path:
     """Write ``claims.json``, ``claims.md`` and ``index.html`` for one run; repoint
     ``latest`` only at a complete run."""
     run_dir = report_dir / run_id
     path = run_dir / "claims.json"
     text = json.dumps(record, indent=2, allow_nan=False) + "\n"
     atomic_write_text(path, text)
-    render_views(run_dir, json.loads(text))  # the views show exactly what claims.json holds
+    render_views(run_dir, json.loads(text), plot_cache)  # the views show exactly what claims.json holds
     if record.get("run", {}).get("complete"):
         point_latest(report_dir, run_dir)
     return path

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from html import escape
+from pathlib import Path
 from typing import Any
 
 from ..results import ERRORED, NOT_APPLICABLE, REFUTED, SUPPORTED
@@ -252,9 +253,9 @@ def _summary(claims: list[dict[str, Any]], anchors: list[str]) -> str:
     )
 
 
-def _plots(figures: Any) -> str:
+def _plots(figures: Any, plot_cache: Path | None) -> str:
     items = []
-    for plot in plots_for(figures):
+    for plot in plots_for(figures, plot_cache):
         if isinstance(plot, Plot):
             items.append(
                 f'<figure><img src="{plot.uri}" alt="{escape(plot.title)}">'
@@ -278,7 +279,7 @@ def _other_figures(figures: Any) -> str:
     return f'<table class="figs"><thead><tr><th>figure</th><th>value</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _claim_article(claim: dict[str, Any], anchor: str) -> str:
+def _claim_article(claim: dict[str, Any], anchor: str, plot_cache: Path | None = None) -> str:
     stats = [
         ("statistic", _num(claim.get("statistic"))),
         (_level(claim), _ci(claim)),
@@ -305,13 +306,14 @@ def _claim_article(claim: dict[str, Any], anchor: str) -> str:
         f"{verdict_badge(claim.get('verdict'))} {expectation_badge(claim)}"
         '<a class="top" href="#summary">↑ summary</a></h3>'
         f'<div class="stats">{stat_html}</div>{message}'
-        f"{_plots(claim.get('figures'))}{_other_figures(claim.get('figures'))}"
+        f"{_plots(claim.get('figures'), plot_cache)}{_other_figures(claim.get('figures'))}"
         f'<div class="meta">{" · ".join(meta)}</div></article>'
     )
 
 
-def render(record: dict[str, Any]) -> str:
-    """The whole page for one run record (the content of ``claims.json``)."""
+def render(record: dict[str, Any], plot_cache: Path | None = None) -> str:
+    """The whole page for one run record (the content of ``claims.json``); plots
+    already drawn into ``plot_cache`` are reused (:func:`plots_for`)."""
     run = record.get("run") if isinstance(record.get("run"), dict) else {}
     claims = [c for c in record.get("claims", []) if isinstance(c, dict)]
     anchors = _anchors(claims)
@@ -323,7 +325,7 @@ def render(record: dict[str, Any]) -> str:
         section_id = "section-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", claim_id)
         sections.append(
             f'<section id="{section_id}"><h2>{escape(claim_id)}</h2>'
-            + "".join(_claim_article(c, a) for c, a in rows)
+            + "".join(_claim_article(c, a, plot_cache) for c, a in rows)
             + "</section>"
         )
     title = f"Claim report – {run.get('started') or ''}".strip(" –")

@@ -34,15 +34,23 @@ plot (the page lists scalars and effects in a table and ignores the rest).
 
 ``None`` in any number list (a non-finite value in JSON) is drawn as a gap. An
 entry that does not follow its schema is not drawn; the page says why.
+
+Drawing is a pure function of an entry, this module's source and matplotlib's
+version, so :func:`plots_for` can keep what it drew in a directory (``cache``) and
+serve the same entry from there next time (a run whose figures did not change).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import math
 import textwrap
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -293,10 +301,12 @@ _DRAW: dict[str, Callable[[Any], list[Plot | PlotError]]] = {
 }
 
 
-def plots_for(figures: Any) -> list[Plot | PlotError]:
+def plots_for(figures: Any, cache: Path | None = None) -> list[Plot | PlotError]:
     """Every plot that ``figures`` (one claim result's) asks for, in PLOT_KINDS order.
 
     Never raises on content: an entry off its schema becomes a :class:`PlotError`.
+    With ``cache`` (a directory), an entry drawn before is read from there, and one
+    drawn now without error is kept there.
     """
     if not isinstance(figures, dict):
         return []
@@ -304,10 +314,58 @@ def plots_for(figures: Any) -> list[Plot | PlotError]:
     for kind in PLOT_KINDS:
         if kind not in figures:
             continue
+        path = None if cache is None else _cache_path(cache, kind, figures[kind])
+        kept = _read_kept(path)
+        if kept is not None:
+            out.extend(kept)
+            continue
         try:
-            out.extend(_DRAW[kind](figures[kind]))
+            drawn = _DRAW[kind](figures[kind])
         except FigureSchemaError as exc:
-            out.append(PlotError(kind, str(exc)))
+            drawn = [PlotError(kind, str(exc))]
         except (ValueError, TypeError) as exc:  # matplotlib refusing odd data
-            out.append(PlotError(kind, f"{type(exc).__name__}: {exc}"))
+            drawn = [PlotError(kind, f"{type(exc).__name__}: {exc}")]
+        if path is not None and all(isinstance(p, Plot) for p in drawn):
+            _keep(path, drawn)
+        out.extend(drawn)
     return out
+
+
+# --------------------------------------------------------------------------- kept plots
+
+
+@lru_cache(maxsize=1)
+def _renderer() -> str:
+    """What else a drawing depends on: this module's source and matplotlib's version."""
+    import matplotlib
+
+    return hashlib.sha256(Path(__file__).read_bytes() + matplotlib.__version__.encode()).hexdigest()
+
+
+def _cache_path(cache: Path, kind: str, entry: Any) -> Path | None:
+    try:
+        text = json.dumps([kind, entry], sort_keys=True)
+    except (TypeError, ValueError):  # not JSON data: draw it, keep nothing
+        return None
+    return Path(cache) / f"{hashlib.sha256((_renderer() + text).encode()).hexdigest()}.json"
+
+
+def _read_kept(path: Path | None) -> list[Plot] | None:
+    """The plots kept at ``path``; None when there are none or the file is unreadable (drawn again)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+        return [Plot(str(title), str(uri)) for title, uri in kept["plots"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _keep(path: Path, plots: list[Plot | PlotError]) -> None:
+    from .claims_json import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"plots": [[p.title, p.uri] for p in plots if isinstance(p, Plot)]}))
+    except OSError:  # a read-only or full cache directory costs time, never the report
+        pass
