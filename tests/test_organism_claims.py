@@ -1,0 +1,47 @@
+"""Claim 1 on the shipped organisms: what one supports, its twin refutes.
+
+These are the real negative controls of the Claim 1 tests: the same claim code,
+the same pre-registration procedure, two trained models that differ in head
+dropout only. `organism` forms the task at layer 2 and survives the ablation of
+layers 0-1 with the task stage delayed; `organism-control` loses the task.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
+CHECKED = ("C0.in-context", "C1.onset", "C1.ablate-10-11", "C1.redundancy")
+
+
+@pytest.fixture(scope="module")
+def verdicts(tmp_path_factory) -> dict[tuple[str, str], str]:
+    """Verdicts of a claim run over Claims 0 and 1 on both organisms (confirmation split)."""
+    out = tmp_path_factory.mktemp("organism-claims")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(CLAIMS_DIR / "test_claim0.py"), str(CLAIMS_DIR / "test_claim1.py"),
+         "--mechclaims-target", "organism", "--mechclaims-target", "organism-control", "-q", "-p", "no:cacheprovider",
+         "--mechclaims-report-dir", str(out)],
+        cwd=CLAIMS_DIR.parent, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((out / "latest" / "claims.json").read_text())
+    return {(c["id"], c["target"]): c["verdict"] for c in record["claims"]}
+
+
+@pytest.mark.parametrize("claim_id, organism, control", [
+    ("C0.in-context", "supported", "supported"),
+    ("C1.onset", "supported", "refuted"),
+    ("C1.ablate-10-11", "supported", "refuted"),
+])
+def test_the_control_refutes_what_the_organism_supports(verdicts, claim_id, organism, control):
+    assert (verdicts[claim_id, "organism"], verdicts[claim_id, "organism-control"]) == (organism, control)
+
+
+def test_the_control_is_not_redundant(verdicts):
+    assert verdicts["C1.redundancy", "organism-control"] == "refuted"
