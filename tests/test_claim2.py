@@ -268,3 +268,21 @@ def test_readings_through_the_store_equal_direct_ones(tiny_model, tmp_path):
         for name in ("p_correct", "correct", "parity_ok", "x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey"):
             assert np.array_equal(getattr(got, name), getattr(direct, name), equal_nan=name == "p_correct"), name
         assert list(got.resid) == [1] and np.array_equal(got.resid[1], direct.resid[1])
+
+
+def test_a_reading_split_into_one_row_per_pass_is_the_same(tiny_model, monkeypatch):
+    """On CPU the rows per pass shrink to keep a pass under a memory budget; the reading does not change."""
+    from mechclaims import answers
+    from mechclaims.tasks import CANONICAL, make_prompts
+
+    prompts = make_prompts(CANONICAL, n_prompts=6, n_examples=5, seed=12)
+    whole = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
+    monkeypatch.setattr(answers, "CPU_PASS_BYTES", 1)
+    forwards = []
+    real = claim2.group_by_length
+    monkeypatch.setattr(claim2, "group_by_length", lambda *a: forwards.extend(real(*a).values()) or real(*a))
+    split = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
+    assert [len(rows) for rows in forwards] == [1] * len(prompts.prompts)
+    for name in ("p_correct", "correct", "parity_ok", "x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey"):
+        assert np.array_equal(getattr(split, name), getattr(whole, name), equal_nan=name == "p_correct"), name
+    assert np.array_equal(split.resid[1], whole.resid[1])

@@ -7,6 +7,7 @@ import pytest
 
 from mechclaims import ConfigError, Interval, load_target, proportion, settings
 from mechclaims.answers import encode, greedy_is, greedy_numbers, numbers_are_single_tokens
+from mechclaims.interventions import run_with
 from mechclaims.tasks import CANONICAL, AffineTask, make_prompts
 
 
@@ -67,6 +68,23 @@ def test_teacher_forced_check_agrees_with_greedy_decoding(as_organism):
     assert numbers_are_single_tokens(model.tokenizer)
     assert (greedy_is(model, prompts.texts, decoded) == (decoded >= 0)).all()
     assert (greedy_is(model, prompts.texts, prompts.answers) == (decoded == prompts.answers)).all()
+
+
+def test_the_teacher_forced_check_is_the_same_one_row_per_pass(as_organism, monkeypatch):
+    """On CPU the rows per pass shrink to keep full-vocabulary logits under a budget; answers do not change."""
+    from mechclaims import answers
+
+    model = load_target("organism").model
+    prompts = make_prompts(CANONICAL, n_prompts=12, n_examples=3, seed=1)
+    decoded = greedy_numbers(model, prompts.texts)
+    whole = greedy_is(model, prompts.texts, decoded)
+    assert 1 <= answers.rows_per_pass(model, 20) <= answers.MAX_ROWS
+    monkeypatch.setattr(answers, "CPU_PASS_BYTES", 1)
+    assert answers.rows_per_pass(model, 20) == 1
+    calls = []
+    monkeypatch.setattr(answers, "run_with", lambda m, tokens, *a, **k: calls.append(len(tokens)) or run_with(m, tokens, *a, **k))
+    assert (greedy_is(model, prompts.texts, decoded) == whole).all() and whole.all()
+    assert calls == [1] * len(prompts.texts)
 
 
 def test_encode_puts_one_bos_first(as_organism):

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -57,23 +57,45 @@ def _digit_token_ids(tokenizer: Any) -> frozenset[int]:
 MAX_ROWS = 128
 
 
-def group_by_length(encoded: Sequence[Sequence[int]], max_rows: int = MAX_ROWS) -> dict[tuple[int, int], list[int]]:
-    """Indices of equal-length sequences, in batches of at most ``max_rows``.
+def group_by_length(
+    encoded: Sequence[Sequence[int]], max_rows: int | Callable[[int], int] = MAX_ROWS
+) -> dict[tuple[int, int], list[int]]:
+    """Indices of equal-length sequences, in batches of at most ``max_rows``
+    (a number, or a function of the sequence length such as :func:`rows_per_pass`).
 
     The cap bounds one forward pass's memory: the model computes logits over the
     whole vocabulary at every position (for llama-3-8b, 128 rows of 80 tokens
     are 2.6 GB of bf16 logits).
     """
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    cap = max_rows if callable(max_rows) else (lambda length: max_rows)
     groups: dict[int, list[int]] = defaultdict(list)
     for i, ids in enumerate(encoded):
         groups[len(ids)].append(i)
-    return {
-        (length, start): rows[start : start + max_rows]
-        for length, rows in groups.items()
-        for start in range(0, len(rows), max_rows)
-    }
+    out = {}
+    for length, rows in groups.items():
+        step = cap(length)
+        if step < 1:
+            raise ValueError(f"max_rows must be >= 1, got {step}")
+        out.update({(length, start): rows[start : start + step] for start in range(0, len(rows), step)})
+    return out
+
+
+# Transient memory one CPU forward pass may take. Full-vocabulary logits dominate
+# (fp32: SmolLM2's 49,152-token vocabulary makes 13 prompts of 124 tokens 317 MB);
+# a pass stopped before the unembedding is bounded by its attention scores (about
+# three copies of n_heads x length per token, measured) and MLP activations.
+# GPU passes keep MAX_ROWS rows.
+CPU_PASS_BYTES = 64 * 2**20
+
+
+def rows_per_pass(model: Any, length: int, *, logits: bool = True) -> int:
+    """Rows of ``length`` tokens per forward pass: MAX_ROWS, fewer on CPU where one
+    pass would take more than CPU_PASS_BYTES (``logits``: the pass computes them)."""
+    if _device(model).type != "cpu":
+        return MAX_ROWS
+    cfg = model.cfg
+    per_token = max(cfg.d_vocab if logits else 0, 3 * cfg.n_heads * length, 4 * cfg.d_mlp)
+    return max(1, min(MAX_ROWS, CPU_PASS_BYTES // (length * per_token * 4)))
 
 
 def _device(model: Any) -> torch.device:
@@ -131,7 +153,15 @@ def greedy_is(
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (p, e) in enumerate(zip(prompts, expected)):
         groups[len(p), len(e)].append(i)  # same prompt end, so interventions align
-    for rows in groups.values():
+    # Interventions that carry per-row values (a residual patch) need the whole group in one pass.
+    per_row_values = any(hasattr(iv, "values") for iv in interventions)
+    chunks = [
+        rows[start : start + step]
+        for rows in groups.values()
+        for step in [len(rows) if per_row_values else rows_per_pass(model, len(full[rows[0]]))]
+        for start in range(0, len(rows), step)
+    ]
+    for rows in chunks:
         tokens = torch.tensor([full[i] for i in rows], device=_device(model))
         held = [_at_prompt_end(iv, len(prompts[rows[0]])) for iv in interventions]
         predicted = run_with(model, tokens, held, logits="argmax").cpu()

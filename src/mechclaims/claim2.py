@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .answers import group_by_length, numbers_are_single_tokens
+from .answers import group_by_length, numbers_are_single_tokens, rows_per_pass
 from .claim0 import MIN_ACCURACY
 from .fits import (
     MIN_R2, SATURATION, fit_range, growth, logit, mean_ci, mean_difference, role_mass, role_weights,
@@ -216,7 +216,8 @@ def _read_sequences(
     else:
         raise ValueError("read_sequences was asked to read nothing")
     iv_hooks = [hook for iv in interventions for hook in iv.hooks()]
-    for rows in group_by_length([r.tokens for r in rs]).values():
+    per_pass = lambda length: rows_per_pass(model, length, logits=False)  # noqa: E731
+    for rows in group_by_length([r.tokens for r in rs], per_pass).values():
         length = len(rs[rows[0]].tokens)
         tokens = torch.tensor([rs[i].tokens for i in rows], device=device)
         weights = []
