@@ -30,6 +30,11 @@ class C1Run:
     applicable: bool
     reason: str
 
+    def require(self, claim) -> None:
+        """Skip ``claim`` as not applicable when the precondition failed."""
+        if not self.applicable:
+            claim.not_applicable(self.reason, self.accuracy)
+
 
 @pytest.fixture(scope="session")
 def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
@@ -71,6 +76,16 @@ class SequenceRun:
     ablated: np.ndarray | None = None  # confirmation correctness with the MLPs mean-ablated
     control: np.ndarray | None = None  # ... with as many MLPs outside the band mean-ablated
     control_layers: tuple[int, ...] = ()
+
+    def require(self, claim) -> None:
+        """Skip ``claim`` as not applicable when the precondition failed."""
+        if not self.applicable:
+            claim.not_applicable(self.reason, self.accuracy)
+
+    @property
+    def notes(self) -> dict:
+        """Figures every Claim 2/3 result carries: the task and the precondition's accuracy."""
+        return {"task": self.task.name, "precondition_accuracy": self.accuracy}
 
 
 @pytest.fixture(scope="session")

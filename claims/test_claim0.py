@@ -24,6 +24,8 @@ def test_target_learns_the_task_in_context(target, claim, mechclaims_settings, b
         greedy_is(target.model, no_context.texts, no_context.answers),
         CANONICAL.name,
     )
-    claim.record(finding.effect, threshold=finding.threshold, message=finding.message, **finding.figures)
-    claim.note(blog_prompt_answer=int(greedy_numbers(target.model, [blog_prompt.text])[0]), blog_prompt_expected=blog_prompt.answer)
-    assert finding.supported, claim.evidence()
+    claim.judge(
+        finding,
+        blog_prompt_answer=int(greedy_numbers(target.model, [blog_prompt.text])[0]),
+        blog_prompt_expected=blog_prompt.answer,
+    )

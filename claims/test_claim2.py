@@ -14,33 +14,22 @@ from mechclaims import claim2
 SOURCE = "claims-spec §3 (blog Claim 2)"
 
 
-def _require(c23, claim):
-    if not c23.applicable:
-        claim.not_applicable(c23.reason, c23.accuracy)
-
-
-def _judge(claim, c23, finding):
-    claim.record(finding.effect, threshold=finding.threshold, message=finding.message, **finding.figures)
-    claim.note(task=c23.task.name, precondition_accuracy=c23.accuracy)
-    assert finding.supported, claim.evidence()
-
-
 @pytest.mark.claim(id="C2.log-additive", source=SOURCE)
 def test_log_odds_of_the_correct_answer_grow_linearly_in_the_examples(c23, claim):
-    _require(c23, claim)
-    _judge(claim, c23, claim2.log_additive(c23.reading, c23.c2, c23.span))
+    c23.require(claim)
+    claim.judge(claim2.log_additive(c23.reading, c23.c2, c23.span), **c23.notes)
 
 
 @pytest.mark.claim(id="C2.parity-by-n", source="claims-spec §2 (parity by number of examples), §3")
 def test_the_right_parity_is_in_place_after_a_few_examples(c23, claim):
-    _require(c23, claim)
-    _judge(claim, c23, claim2.parity_by_n(c23.reading, c23.c2))
+    c23.require(claim)
+    claim.judge(claim2.parity_by_n(c23.reading, c23.c2), **c23.notes)
 
 
 @pytest.mark.claim(id="C2.feature-linear", source=SOURCE)
 def test_the_task_feature_grows_linearly_in_the_examples(c23, claim):
-    _require(c23, claim)
-    _judge(
-        claim, c23,
+    c23.require(claim)
+    claim.judge(
         claim2.feature_linear(c23.reading, c23.direction, c23.c2.feature_layer, c23.c2, c23.span),
+        **c23.notes,
     )

@@ -14,34 +14,23 @@ from mechclaims import claim3
 SOURCE = "claims-spec §4 (blog Claim 3)"
 
 
-def _require(c23, claim):
-    if not c23.applicable:
-        claim.not_applicable(c23.reason, c23.accuracy)
-
-
-def _judge(claim, c23, finding):
-    claim.record(finding.effect, threshold=finding.threshold, message=finding.message, **finding.figures)
-    claim.note(task=c23.task.name, precondition_accuracy=c23.accuracy)
-    assert finding.supported, claim.evidence()
-
-
 @pytest.mark.claim(id="C3.x-to-y", source=SOURCE)
 def test_some_heads_attend_from_y_to_its_own_x(c23, claim):
-    _require(c23, claim)
-    _judge(claim, c23, claim3.x_to_y(c23.reading, c23.c3))
+    c23.require(claim)
+    claim.judge(claim3.x_to_y(c23.reading, c23.c3), **c23.notes)
 
 
 @pytest.mark.claim(id="C3.y-to-prey", source=SOURCE)
 def test_the_most_causal_heads_attend_from_before_y_to_earlier_ys(c23, claim):
-    _require(c23, claim)
-    _judge(claim, c23, claim3.y_to_prey(c23.reading, c23.heads, c23.dla, c23.c3))
+    c23.require(claim)
+    claim.judge(claim3.y_to_prey(c23.reading, c23.heads, c23.dla, c23.c3), **c23.notes)
 
 
 @pytest.mark.claim(id="C3.mlp", source=SOURCE)
 def test_the_mlps_between_the_head_stages_are_needed(c23, claim):
-    _require(c23, claim)
+    c23.require(claim)
     clean = c23.reading.correct[:, c23.example]
-    _judge(
-        claim, c23,
+    claim.judge(
         claim3.mlp_needed(clean, c23.ablated, c23.c3, control=c23.control, control_layers=c23.control_layers),
+        **c23.notes,
     )

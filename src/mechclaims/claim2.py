@@ -144,10 +144,11 @@ def read_sequences(
     unless ``probes`` are given or an intervention has no ``key()``.
     """
     items = list(prompts.prompts if isinstance(prompts, PromptSet) else prompts)
+    rs = [roles(model.tokenizer, p) for p in items]
     args = dict(resid_layers=resid_layers, attention=attention, examples=examples, interventions=interventions)
     if probes or not all(hasattr(iv, "key") for iv in interventions):
-        return _read_sequences(model, items, probes=probes, **args)
-    tokens = [roles(model.tokenizer, p).tokens for p in items]
+        return _read_sequences(model, items, rs, probes=probes, **args)
+    tokens = [r.tokens for r in rs]
     key = json.dumps({
         "tokens": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
         "resid_layers": sorted(int(layer) for layer in resid_layers),
@@ -158,7 +159,7 @@ def read_sequences(
     }, sort_keys=True)
     arrays = derived(
         model, "claim2.read_sequences", key, sum(len(t) for t in tokens),
-        lambda: _reading_arrays(_read_sequences(model, items, **args)),
+        lambda: _reading_arrays(_read_sequences(model, items, rs, **args)),
     )
     return _reading_from(arrays)
 
@@ -180,19 +181,11 @@ def _reading_from(arrays: dict[str, np.ndarray]) -> Reading:
 
 @torch.no_grad()
 def _read_sequences(
-    model: Any,
-    prompts: PromptSet | Sequence[Prompt],
-    *,
-    resid_layers: Sequence[int] = (),
-    attention: bool = False,
-    examples: Sequence[int] | None = None,
-    interventions: Sequence[Any] = (),
-    probes: Sequence[Any] = (),
+    model: Any, items: list[Prompt], rs: list[Roles], *, resid_layers: Sequence[int], attention: bool,
+    examples: Sequence[int] | None, interventions: Sequence[Any], probes: Sequence[Any] = (),
 ) -> Reading:
-    """:func:`read_sequences` without the store."""
-    items = list(prompts.prompts if isinstance(prompts, PromptSet) else prompts)
+    """:func:`read_sequences` without the store, on prompts ``items`` with token roles ``rs``."""
     tokenizer = model.tokenizer
-    rs = [roles(tokenizer, p) for p in items]
     n_seq, k = len(items), len(items[0].examples)
     if any(len(p.examples) != k for p in items):
         raise ValueError("read_sequences needs prompts with the same number of examples")

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from .results import Effect
+from .results import Effect, Finding
 
 
 @dataclass
@@ -36,6 +36,12 @@ class ClaimRecorder:
         self.message = message
         self.figures.update(figures)
         return effect
+
+    def judge(self, finding: Finding, **notes: Any) -> None:
+        """Record ``finding`` (effect, threshold, message, figures, plus ``notes``) and
+        assert it: a refuted finding fails the test with the evidence."""
+        self.record(finding.effect, threshold=finding.threshold, message=finding.message, **finding.figures, **notes)
+        assert finding.supported, self.evidence()
 
     def note(self, **figures: Any) -> None:
         """Add supporting figures without changing the main statistic."""
