@@ -95,6 +95,7 @@ def _bench(benchmark, tmp_path, env, baseline_rss, *, cache: str, warm: bool, ta
         tokens_processed=stats["tokens_processed"],
         tokens_needed=stats["tokens_needed"],
         disk_hits=stats["disk_hits"],
+        boot_seconds=record["run"]["targets"][target]["boot_seconds"],
         verdicts={c["id"]: c["verdict"] for c in record["claims"]},
     )
     return info
@@ -116,6 +117,7 @@ def test_claim_run_cold_disk_cache(benchmark, tmp_path, env, baseline_rss):
 def test_claim_run_warm_disk_cache(benchmark, tmp_path, env, baseline_rss):
     info = _bench(benchmark, tmp_path, env, baseline_rss, cache="disk", warm=True)
     assert info["tokens_processed"] == 0 and info["disk_hits"] > 0
+    assert info["boot_seconds"] is None  # every pass and score from the cache: the weights never loaded
 
 
 @pytest.mark.benchmark(group="claim-run-largest")

@@ -147,3 +147,23 @@ def test_direct_logit_attribution_of_all_components_is_the_logit(model):
     total = torch.tensor(scores.dla.sum(axis=(1, 2))) + rest_logit
     assert torch.allclose(total.float(), logits[torch.arange(3), -1, answer_ids], atol=1e-4)
     assert scores.dot.shape == (3, model.cfg.n_layers, model.cfg.n_heads)
+
+
+def test_head_scores_through_the_store_equal_direct_ones_and_need_no_weights_from_disk(model, tmp_path):
+    """Scores depend on weights too; memoised by the digest of the activations, a run
+    served from the disk cache reads them back bitwise equal without computing."""
+    from mechclaims.scores import head_scores
+    from mechclaims.store import ActivationStore, attach
+
+    prompts = make_prompts(CANONICAL, n_prompts=3, n_examples=4, seed=12)
+    direct = head_scores(model, prompts.texts, prompts.answers, read_layer=1)
+    attach(model, ActivationStore(model_key="m", mode="disk", directory=tmp_path, version="t"))
+    try:
+        head_scores(model, prompts.texts, prompts.answers, read_layer=1)
+        fresh = ActivationStore(model_key="m", mode="disk", directory=tmp_path, version="t")
+        attach(model, fresh)
+        from_disk = head_scores(model, prompts.texts, prompts.answers, read_layer=1)
+    finally:
+        attach(model, None)
+    assert fresh.stats.computed == 0 and fresh.stats.disk_hits >= 2  # the capture and the scores
+    assert np.array_equal(from_disk.dla, direct.dla) and np.array_equal(from_disk.dot, direct.dot)

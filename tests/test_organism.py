@@ -119,6 +119,54 @@ def test_short_training_lowers_loss(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_grouped_dropout_zeroes_whole_layers_inside_the_named_range():
+    cfg = train.parse_config(["--out", "unused", "--d-model", "32", "--layers", "6", "--heads", "2", "--kv-heads", "1",
+                              "--mlp", "64", "--group-dropout", "0.5", "--group-layers", "1-4", "--group-max", "3"])
+    model = train.build_model(cfg)
+    dropout = train.HeadDropout(model, 0.0, 0.0, torch.Generator().manual_seed(0),
+                                cfg.group_dropout, cfg.group_layers, cfg.group_max)
+    try:
+        dropout.resample(2000)
+        dropped = dropout.masks[:, :, 0, :, 0] == 0  # [layers, batch, heads]
+        assert (dropped.all(-1) == dropped.any(-1)).all()  # a layer loses all its heads or none
+        per_row = dropped.all(-1)
+        assert not per_row[[0, 5]].any()  # only layers 1..4
+        counts = per_row.sum(0)
+        assert counts.max() == 3 and abs((counts > 0).float().mean().item() - 0.5) < 0.05
+    finally:
+        dropout.remove()
+    assert all(not layer.self_attn.o_proj._forward_pre_hooks for layer in model.model.layers)
+
+
+def test_grouped_dropout_at_query_positions_leaves_every_other_position_and_prompt_b_alone():
+    cfg = train.parse_config(["--out", "unused", "--d-model", "32", "--layers", "3", "--heads", "2", "--kv-heads", "1",
+                              "--mlp", "64", "--group-dropout", "0.99", "--group-max", "3", "--group-positions", "query"])
+    model = train.build_model(cfg)
+    query = torch.tensor([2, 5])
+    dropout = train.HeadDropout(model, 0.0, 0.0, torch.Generator().manual_seed(0), cfg.group_dropout,
+                                cfg.group_layers, cfg.group_max, cfg.group_positions, (7, query))
+    seen = []
+    hook = model.model.layers[0].self_attn.o_proj.register_forward_hook(
+        lambda module, args, out: seen.append(args[0].detach().clone()))
+    a_ids, b_ids = torch.randint(0, 50, (64, 7)), torch.randint(0, 50, (64, 4))
+    try:
+        with torch.no_grad():
+            model(a_ids), model(b_ids)  # no masks drawn yet: clean
+            dropout.resample(64)
+            model(a_ids), model(b_ids)
+        dropped = dropout.query_masks[0, :, 0, :, 0] == 0  # layer 0: [batch, heads]
+        assert dropped.any() and (dropped.all(-1) == dropped.any(-1)).all()
+        rows = dropped.all(-1)
+        clean, masked = seen[0].view(64, 7, 2, -1), seen[2].view(64, 7, 2, -1)
+        assert (masked[rows][:, query] == 0).all() and (clean[rows][:, query] != 0).any()
+        other = [0, 1, 3, 4, 6]
+        assert torch.equal(masked[:, other], clean[:, other]) and torch.equal(masked[~rows], clean[~rows])
+        assert torch.equal(seen[3], seen[1])  # the shorter prompt B is left alone
+    finally:
+        hook.remove()
+        dropout.remove()
+
+
 @pytest.mark.parametrize("argv, bad", [
     (["--steps", "-5"], "-5"),
     (["--steps", "ten"], "ten"),
@@ -132,6 +180,10 @@ def test_short_training_lowers_loss(tmp_path):
     (["--patch-layers", "2-8"], "2-8"),
     (["--patch-weight", "-1"], "-1"),
     (["--patch-weight", "0"], "0"),
+    (["--group-layers", "0-9"], "0-9"),
+    (["--group-dropout", "0.5", "--group-layers", "0-2", "--group-max", "4"], "--group-max 4"),
+    (["--group-max", "0"], "0"),
+    (["--group-positions", "middle"], "middle"),
 ])
 def test_invalid_arguments_exit_2_with_message(argv, bad, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:

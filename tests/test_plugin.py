@@ -290,6 +290,8 @@ def test_an_interrupted_run_writes_a_partial_report_and_keeps_latest_complete(py
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "test_slow.py", "--mechclaims-target", "organism", "-p", "no:cacheprovider"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
+        # a shell's background job inherits SIGINT ignored; the run under test must see it as a user would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (pytester.path / "started").exists():

@@ -122,3 +122,6 @@ def test_two_xdist_workers_run_the_claim_suite_on_one_cache_like_one_process(pyt
     again, record = run("again", "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache))
     stats = record["run"]["activation_cache"]["stats"]["organism"]
     assert again == single and stats["corrupt_entries"] == 0 and stats["computed"] == 0
+    # served entirely from the cache, the model was never booted (no weights loaded, no forward)
+    organism = record["run"]["targets"]["organism"]
+    assert organism["boot_seconds"] is None and record["run"]["forwards"]["organism"] == {"calls": 0, "tokens": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -11,7 +12,7 @@ from transformers import LlamaForCausalLM
 from mechclaims import TARGETS, TargetError, load_target
 from mechclaims.answers import encode, greedy_is
 from mechclaims.tasks import AffineTask, make_prompts
-from mechclaims.targets import _smollm2_gguf, default_cache_dir
+from mechclaims.targets import _smollm2_gguf, attached_hooks, default_cache_dir, read_shape
 
 
 def test_llama3_loader_on_a_tiny_checkpoint_matches_hf(tiny_llama, monkeypatch, tmp_path):
@@ -27,6 +28,32 @@ def test_llama3_loader_on_a_tiny_checkpoint_matches_hf(tiny_llama, monkeypatch, 
     assert loaded.info.device == "cpu" and loaded.info.dtype == "float32"
     assert loaded.info.sha256_or_revision.startswith("sha256:")
     assert loaded.info.n_layers == 2
+
+
+def test_the_model_boots_on_first_use_and_agrees_with_what_was_known_before(tiny_llama, monkeypatch):
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+    loaded = load_target("organism")
+    model = loaded.model
+    early = {name: getattr(model.cfg, name) for name in ("n_layers", "n_heads", "d_model", "d_mlp", "d_vocab", "dtype")}
+    ids = encode(loaded.tokenizer, "\n(3, 9)\n(4, ")
+    assert not model.booted and attached_hooks(loaded) == [] and loaded.boot_seconds is None
+    assert not model.booted  # neither the sizes, the tokenizer nor the hook check booted it
+    logits = model(torch.tensor([ids]))
+    assert model.booted and loaded.boot_seconds is not None and logits.shape[-1] == early["d_vocab"]
+    assert early == {name: getattr(model.bridge.cfg, name) for name in early}
+    assert model.bridge.tokenizer(" 17", add_special_tokens=False) == loaded.tokenizer(" 17", add_special_tokens=False)
+    assert loaded.forwards.calls == 1  # the warm-up forward of the boot is not counted
+    assert model.cfg.d_head == model.bridge.cfg.d_head  # any other field is the bridge's
+
+
+def test_config_without_the_sizes_names_the_missing_field(tiny_llama, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama, broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["intermediate_size"]
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TargetError, match="lacks 'intermediate_size'; mechclaims loads Llama-family HF configs"):
+        read_shape(broken)
 
 
 def test_llama3_defaults_to_bf16_on_cuda():

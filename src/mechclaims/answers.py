@@ -99,7 +99,7 @@ def rows_per_pass(model: Any, length: int, *, logits: bool = True) -> int:
 
 
 def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    return torch.device(model.cfg.device)
 
 
 def decode_numbers(model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = ()) -> np.ndarray:

@@ -191,7 +191,7 @@ def _read_sequences(
         raise ValueError("read_sequences needs prompts with the same number of examples")
     read = list(range(k)) if examples is None else sorted(set(int(j) for j in examples))
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    device = next(model.parameters()).device
+    device = torch.device(model.cfg.device)
     p_correct = np.full((n_seq, k), np.nan)
     correct = np.zeros((n_seq, k), dtype=bool)
     parity_ok = np.zeros((n_seq, k), dtype=bool)

@@ -133,7 +133,7 @@ def explore(
 
     arrays = derived(model, "claim3.explore", key, sum(len(t) for t in tokens), compute)
     reading = _reading_from({name[len("reading."):]: a for name, a in arrays.items() if name.startswith("reading.")})
-    dtype = next(model.parameters()).dtype
+    dtype = model.cfg.dtype
     means = {layer: torch.from_numpy(row).to(dtype) for layer, row in enumerate(arrays["mlp_means"])}
     return Exploration(reading, arrays["dla"], means, dla_example)
 
@@ -176,7 +176,7 @@ def _explore(
         return [(n, at(n)) for n in names] + [(mlp_out(layer), mean_of(layer)) for layer in range(n_layers)]
 
     reading = read_sequences(model, items, resid_layers=resid_layers, attention=attention, probes=[probe])
-    dtype = next(model.parameters()).dtype
+    dtype = model.cfg.dtype
     means = {layer: (sums[layer] / count[0]).to(dtype) for layer in range(n_layers)}
     return Exploration(reading, dla.mean(0), means, dla_example)
 

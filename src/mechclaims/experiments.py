@@ -85,8 +85,8 @@ def measure(
     single = numbers_are_single_tokens(tokenizer)
     names = list(dict.fromkeys([resid_pre(layer) for layer in range(n_layers)] + score_hooks(n_layers, read_layer)))
     encoded = [encode(tokenizer, t) for t in pairs.a_texts]
-    device = next(model.parameters()).device
-    source = torch.empty(len(pairs), n_layers, model.cfg.d_model, dtype=next(model.parameters()).dtype)
+    device = torch.device(model.cfg.device)
+    source = torch.empty(len(pairs), n_layers, model.cfg.d_model, dtype=model.cfg.dtype)
     dla = np.zeros((len(pairs), n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
     correct = np.zeros(len(pairs), dtype=bool)

@@ -40,7 +40,7 @@ class Sweep:
 
 
 def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    return torch.device(model.cfg.device)
 
 
 def last_resid(
@@ -48,7 +48,7 @@ def last_resid(
 ) -> torch.Tensor:
     """``resid_pre`` at each prompt's last position: ``[n_prompts, len(layers), d_model]``."""
     encoded = [encode(model.tokenizer, t) for t in texts]
-    out = torch.empty(len(texts), len(layers), model.cfg.d_model, dtype=next(model.parameters()).dtype)
+    out = torch.empty(len(texts), len(layers), model.cfg.d_model, dtype=model.cfg.dtype)
     names = [resid_pre(layer) for layer in layers]
     for rows in group_by_length(encoded).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=_device(model))

@@ -15,6 +15,7 @@ projection; Llama has no output bias).  Two scores are reported:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -23,6 +24,7 @@ import torch
 
 from .answers import encode, group_by_length
 from .interventions import Intervention, capture, head_z, resid_pre
+from .store import derived, tensor_digest
 
 FINAL_SCALE = "ln_final.hook_scale"
 
@@ -64,9 +66,23 @@ def answer_token_ids(tokenizer: Any, answers: Sequence[int]) -> list[int]:
     return [tokenizer(str(int(a)), add_special_tokens=False)["input_ids"][0] for a in answers]
 
 
-@torch.no_grad()
 def scores_from(model: Any, acts: dict[str, torch.Tensor], first: Sequence[int], read_layer: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(dla, dot)``, each ``[batch, n_layers, n_heads]``, from captured :func:`score_hooks`."""
+    """``(dla, dot)``, each ``[batch, n_layers, n_heads]``, from captured :func:`score_hooks`.
+
+    They depend on the weights (``W_O``, ``W_U``, the final norm) as well as on
+    the activations, so they are memoised in the model's activation store by the
+    digest of those activations: a run served from the disk cache needs no
+    weights.  No forward pass is involved (``tokens`` 0): the capture counted it.
+    """
+    names = score_hooks(model.cfg.n_layers, read_layer)
+    key = json.dumps({"acts": {n: tensor_digest(acts[n]) for n in names}, "first": [int(f) for f in first],
+                      "read_layer": int(read_layer)}, sort_keys=True)
+    arrays = derived(model, "scores", key, 0, lambda: dict(zip(("dla", "dot"), _scores(model, acts, first, read_layer))))
+    return arrays["dla"], arrays["dot"]
+
+
+@torch.no_grad()
+def _scores(model: Any, acts: dict[str, torch.Tensor], first: Sequence[int], read_layer: int) -> tuple[np.ndarray, np.ndarray]:
     out = head_outputs(model, acts) / acts[FINAL_SCALE][:, None, None, :]
     unembed = model.W_U[:, torch.tensor(list(first), device=out.device)].T  # [b, d_model]
     dla = torch.einsum("blhm,bm->blh", out * final_norm_weight(model), unembed)
@@ -89,7 +105,7 @@ def head_scores(
     first = answer_token_ids(model.tokenizer, answers)
     dla = np.zeros((len(texts), model.cfg.n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
-    device = next(model.parameters()).device
+    device = torch.device(model.cfg.device)
     for rows in group_by_length(encoded).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=device)
         _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")

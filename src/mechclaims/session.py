@@ -119,6 +119,7 @@ class ClaimSession:
             "targets": {
                 name: {
                     **t.info.to_json(),
+                    "boot_seconds": t.boot_seconds,
                     "load_count": self.load_counts[name],
                     "forwards": {"calls": t.forwards.calls, "tokens": t.forwards.tokens},
                     "store": self.stores[name].stats.to_json() if name in self.stores else StoreStats().to_json(),

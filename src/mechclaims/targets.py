@@ -82,7 +82,7 @@ class TargetInfo:
     device: str
     n_layers: int
     n_heads: int
-    load_seconds: float
+    load_seconds: float  # resolving the weights, reading the tokenizer and config.json (the boot is timed apart)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -101,11 +101,12 @@ class LoadedTarget:
     """A loaded model with its tokenizer and provenance."""
 
     name: str
-    model: Any  # transformer_lens.model_bridge.TransformerBridge
+    model: Any  # DeferredBridge of a transformer_lens.model_bridge.TransformerBridge
     tokenizer: Any
     info: TargetInfo
     torch_hook_baseline: int = 0
     forwards: ForwardCount = field(default_factory=ForwardCount)
+    boot_seconds: float | None = None  # None while the model is not booted
 
 
 def default_cache_dir() -> Path:
@@ -341,24 +342,158 @@ def load_target(
     if dtype not in DTYPES:
         raise TargetError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
     resolved = resolve(name, device=device, cache_dir=cache_dir, fixtures_dir=fixtures_dir)
-    import torch
-
     started = time.perf_counter()
-    model = boot(resolved.path, device=device, dtype=getattr(torch, dtype))
-    info = TargetInfo(
+    tokenizer = load_tokenizer(resolved.path)
+    shape = read_shape(resolved.path)
+    loaded = LoadedTarget(name, None, tokenizer, None)  # type: ignore[arg-type]  # filled below
+
+    def boot_now() -> Any:
+        import torch
+
+        booted = time.perf_counter()
+        model = boot(resolved.path, device=device, dtype=getattr(torch, dtype), tokenizer=tokenizer)
+        loaded.forwards = _count_forwards(model)
+        loaded.torch_hook_baseline = _settled_hook_count(model)
+        loaded.forwards.calls = loaded.forwards.tokens = 0  # the warm-up forward is not the claims' work
+        loaded.boot_seconds = round(time.perf_counter() - booted, 3)
+        return model
+
+    loaded.model = DeferredBridge(boot_now, tokenizer, shape, device=device, dtype=dtype)
+    loaded.info = TargetInfo(
         name=name,
         source=resolved.source,
         sha256_or_revision=resolved.sha256_or_revision,
         dtype=dtype,
         device=device,
-        n_layers=int(model.cfg.n_layers),
-        n_heads=int(model.cfg.n_heads),
+        n_layers=shape.n_layers,
+        n_heads=shape.n_heads,
         load_seconds=round(time.perf_counter() - started, 3),
     )
-    forwards = _count_forwards(model)
-    baseline = _settled_hook_count(model)
-    forwards.calls = forwards.tokens = 0  # the warm-up forward is not the claims' work
-    return LoadedTarget(name, model, model.tokenizer, info, baseline, forwards)
+    return loaded
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A model's sizes, read from its ``config.json`` before any weight is loaded."""
+
+    n_layers: int
+    n_heads: int
+    n_key_value_heads: int
+    d_model: int
+    d_mlp: int
+    d_vocab: int
+
+
+def read_shape(path: Path) -> ModelShape:
+    """The sizes of the HF model in ``path`` (a Llama-family ``config.json``)."""
+    config = json.loads((path / "config.json").read_text())
+    try:
+        return ModelShape(
+            n_layers=int(config["num_hidden_layers"]),
+            n_heads=int(config["num_attention_heads"]),
+            n_key_value_heads=int(config.get("num_key_value_heads", config["num_attention_heads"])),
+            d_model=int(config["hidden_size"]),
+            d_mlp=int(config["intermediate_size"]),
+            d_vocab=int(config["vocab_size"]),
+        )
+    except KeyError as exc:
+        raise TargetError(
+            f"{path / 'config.json'} lacks {exc.args[0]!r}; mechclaims loads Llama-family HF configs "
+            "(num_hidden_layers, num_attention_heads, hidden_size, intermediate_size, vocab_size)"
+        ) from None
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer of the HF directory ``path``, as the bridge uses it (BOS prepended)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), add_bos_token=True)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TargetError(f"cannot load the tokenizer of {path}: {first}") from None
+
+
+class DeferredConfig:
+    """``cfg`` of a :class:`DeferredBridge`: the sizes, ``device`` and ``dtype`` are
+    answered from ``config.json`` without booting (checked equal to the bridge's
+    own at boot); any other field is the booted bridge's ``cfg``."""
+
+    def __init__(self, owner: "DeferredBridge", shape: ModelShape, device: str, dtype: str):
+        self._owner = owner
+        self.__dict__.update(shape.__dict__)
+        self.device, self.dtype = device, dtype
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_owner":
+            raise AttributeError(name)
+        return getattr(self._owner.bridge.cfg, name)
+
+
+class DeferredBridge:
+    """A target's TransformerBridge, booted on first use.
+
+    The tokenizer and ``cfg``'s sizes, device and dtype are known at once;
+    TransformerLens is imported and the weights loaded only when anything else
+    is asked of the model (a forward pass, a hook, its parameters).  A claim
+    run whose every forward pass is served from the activation cache therefore
+    never boots the model.  Every other attribute is the bridge's.
+    """
+
+    def __init__(self, boot: Callable[[], Any], tokenizer: Any, shape: ModelShape, *, device: str, dtype: str):
+        import torch
+
+        self.tokenizer = tokenizer
+        self.shape = shape
+        self.cfg = DeferredConfig(self, shape, device, getattr(torch, dtype))
+        self._boot = boot
+        self._bridge: Any = None
+
+    @property
+    def booted(self) -> bool:
+        return self._bridge is not None
+
+    @property
+    def bridge(self) -> Any:
+        """The TransformerBridge (booted now if it was not)."""
+        if self._bridge is None:
+            bridge = self._boot()
+            _check_same_model(self, bridge)
+            self._bridge = bridge
+        return self._bridge
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_boot", "_bridge"):
+            raise AttributeError(name)
+        return getattr(self.bridge, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bridge(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"DeferredBridge({'booted' if self.booted else 'not booted'}, {self.shape})"
+
+
+def _check_same_model(deferred: DeferredBridge, bridge: Any) -> None:
+    """What a DeferredBridge answered before booting must be what the bridge says."""
+    import torch
+
+    early = {**deferred.shape.__dict__, "dtype": deferred.cfg.dtype, "device": torch.device(deferred.cfg.device).type}
+    booted = {name: getattr(bridge.cfg, name, None) for name in deferred.shape.__dict__}
+    booted |= {"dtype": bridge.cfg.dtype, "device": torch.device(bridge.cfg.device).type}
+    if booted != early:
+        raise TargetError(
+            f"the booted bridge's config {booted} differs from what config.json gave {early}: mechclaims reads "
+            "sizes from config.json before booting, so this model directory is not supported"
+        )
+    probe = "(12, 27)\n(3, "
+    ours, theirs = deferred.tokenizer, bridge.tokenizer
+    if (ours(probe, add_special_tokens=False)["input_ids"] != theirs(probe, add_special_tokens=False)["input_ids"]
+            or ours.bos_token_id != theirs.bos_token_id):
+        raise TargetError(
+            "the booted bridge's tokenizer encodes differently from AutoTokenizer.from_pretrained(path, "
+            "add_bos_token=True), which encoded the prompts before booting: this model directory is not supported"
+        )
 
 
 def _count_forwards(model: Any) -> ForwardCount:
@@ -386,14 +521,15 @@ def _settled_hook_count(model: Any) -> int:
     return count_torch_hooks(model)
 
 
-def boot(path: Path, *, device: str, dtype: Any) -> Any:
-    """``TransformerBridge.boot_transformers`` on a local, validated HF directory."""
+def boot(path: Path, *, device: str, dtype: Any, tokenizer: Any = None) -> Any:
+    """``TransformerBridge.boot_transformers`` on a local, validated HF directory
+    (with ``tokenizer``, that tokenizer is the bridge's; else it loads the directory's)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     _check_hf_dir(path)
     safetensors_files(path)
     try:
-        model = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype)
+        model = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype, tokenizer=tokenizer)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TargetError(f"cannot load model from {path}: {first}") from None
@@ -407,7 +543,10 @@ def count_torch_hooks(model: Any) -> int:
 
 
 def attached_hooks(loaded: LoadedTarget) -> list[str]:
-    """Names of hooks left on a loaded model beyond those it had after loading."""
+    """Names of hooks left on a loaded model beyond those it had after loading
+    (none while it is not booted: nothing can have been attached)."""
+    if not loaded.model.booted:
+        return []
     names = [f"{name} ({len(handles)})" for name, handles in loaded.model.list_hooks().items()]
     extra = count_torch_hooks(loaded.model) - loaded.torch_hook_baseline
     if extra > 0 and not names:

@@ -242,6 +242,11 @@ def train_command(cfg: dict, out: str) -> str:
     if cfg.get("patch_layers"):
         first, last = cfg["patch_layers"]
         parts.append(f"--patch-layers {first}-{last} --patch-weight {cfg['patch_weight']}")
+    if cfg.get("group_dropout", 0) > 0:
+        parts.append(f"--group-dropout {cfg['group_dropout']} --group-max {cfg['group_max']} "
+                     f"--group-positions {cfg.get('group_positions', 'all')}")
+        if cfg.get("group_layers"):
+            parts.append("--group-layers {}-{}".format(*cfg["group_layers"]))
     return " ".join(parts)
 
 
@@ -268,12 +273,22 @@ def _check(ok: bool) -> str:
     return "holds" if ok else "does NOT hold"
 
 
+def _has_dropout(cfg: dict) -> bool:
+    return cfg["head_dropout"] > 0 or cfg["layer_dropout"] > 0 or cfg.get("group_dropout", 0) > 0
+
+
 def _dropout_text(cfg: dict) -> str:
-    if not (cfg["head_dropout"] > 0 or cfg["layer_dropout"] > 0):
+    if not _has_dropout(cfg):
         return "none"
     ramp = cfg.get("dropout_ramp", 0.0)
     text = (f"each head's output is zeroed per (sequence, layer, head) with probability {cfg['head_dropout']}, and all "
             f"heads of a layer together per (sequence, layer) with probability {cfg['layer_dropout']}")
+    if cfg.get("group_dropout", 0) > 0:
+        first, last = cfg.get("group_layers") or (0, cfg["layers"] - 1)
+        text += (f"; with probability {cfg['group_dropout']} per sequence, all heads of k layers drawn from "
+                 f"{first}..{last} together (k uniform in 1..{cfg['group_max']}), "
+                 + ("at every position" if cfg.get("group_positions", "all") == "all"
+                    else "only at the positions before each y (where the claims ablate A's heads)"))
     if ramp > 0:
         text += f"; both probabilities rise linearly from 0 over the first {ramp:.0%} of the steps"
     return text + ("; the mask multiplies the per-head outputs at the input of `self_attn.o_proj`, with no rescaling "
@@ -354,7 +369,7 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
     worst = int(np.argmax(drops))
     stages = sweep_stages(m["sweep"])
     h_stages = sweep_stages(m["held_out_sweep"])
-    dropout = cfg["head_dropout"] > 0 or cfg["layer_dropout"] > 0
+    dropout = _has_dropout(cfg)
     L = [f"# {name}", ""]
     L += [
         "A small `LlamaForCausalLM` trained from scratch on the in-context linear-function task of mechclaims "

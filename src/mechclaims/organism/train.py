@@ -53,6 +53,10 @@ class TrainConfig:
     mlp: int = 256
     head_dropout: float = 0.0
     layer_dropout: float = 0.0
+    group_dropout: float = 0.0
+    group_layers: tuple[int, int] | None = None
+    group_max: int = 4
+    group_positions: str = "all"
     dropout_ramp: float = 0.0
     noise: float = 0.1
     a_max: int = 5
@@ -133,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability of zeroing each head's output per (sequence, layer, head)")
     p.add_argument("--layer-dropout", type=_probability, default=d.layer_dropout,
                    help="probability of zeroing all heads of a layer per (sequence, layer)")
+    p.add_argument("--group-dropout", type=_probability, default=d.group_dropout,
+                   help="probability per sequence of zeroing all heads of k layers together, k drawn uniformly "
+                        "from 1..--group-max and the layers from --group-layers (trains redundancy against "
+                        "cumulative ablation of several layers)")
+    p.add_argument("--group-layers", type=_layer_range, default=None, metavar="FIRST-LAST",
+                   help="layers the grouped dropout draws from (default: all)")
+    p.add_argument("--group-max", type=_positive_int, default=d.group_max,
+                   help="largest number of layers the grouped dropout zeroes together")
+    p.add_argument("--group-positions", choices=GROUP_POSITIONS, default=d.group_positions,
+                   help="where the grouped dropout zeroes the heads: at every position, or only at the query "
+                        "positions (the one before each y; as the claims ablate heads at A's last position)")
     p.add_argument("--dropout-ramp", type=_probability, default=d.dropout_ramp,
                    help="fraction of the steps over which the dropout probabilities rise linearly from 0")
     p.add_argument("--noise", type=_probability, default=d.noise, help="fraction of lines with y jittered by +-1")
@@ -173,6 +188,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     if cfg.patch_layers is not None and cfg.patch_layers[1] >= cfg.layers:
         parser.error(f"--patch-layers {cfg.patch_layers[0]}-{cfg.patch_layers[1]} names a layer beyond the model's "
                      f"{cfg.layers} layers (0..{cfg.layers - 1})")
+    if cfg.group_layers is not None and cfg.group_layers[1] >= cfg.layers:
+        parser.error(f"--group-layers {cfg.group_layers[0]}-{cfg.group_layers[1]} names a layer beyond the model's "
+                     f"{cfg.layers} layers (0..{cfg.layers - 1})")
+    first, last = cfg.group_layers if cfg.group_layers is not None else (0, cfg.layers - 1)
+    if cfg.group_dropout > 0 and cfg.group_max > last - first + 1:
+        parser.error(f"--group-max {cfg.group_max} exceeds the {last - first + 1} layers of --group-layers "
+                     f"{first}-{last}: pick at most {last - first + 1}")
     if cfg.lines > cfg.family().n_x:
         parser.error(f"--lines {cfg.lines} exceeds the {cfg.family().n_x} distinct x values")
     return cfg
@@ -216,22 +238,40 @@ def init_number_rows(model: LlamaForCausalLM, scale: float = 0.05) -> None:
         weight[rows, :width] = feats[:, :width]
 
 
+GROUP_POSITIONS = ("all", "query")
+
+
 class HeadDropout:
     """Zero per-head attention outputs (the input of o_proj) without rescaling.
 
     Each step draws a mask per (sequence, layer, head): a head is dropped with probability
-    `head_p`, and all heads of a layer are dropped together with probability `layer_p`.
+    `head_p`, all heads of a layer are dropped together with probability `layer_p`, and with
+    probability `group_p` a sequence loses all heads of k layers at once (k uniform in
+    1..`group_max`, the layers drawn without replacement from `group_layers`), at every
+    position or, with `group_positions` "query", only at the `query_positions` of a
+    training sequence (a shorter input, such as the patching prompt B, is left alone).
     """
 
-    def __init__(self, model: LlamaForCausalLM, head_p: float, layer_p: float, generator: torch.Generator):
+    def __init__(self, model: LlamaForCausalLM, head_p: float, layer_p: float, generator: torch.Generator,
+                 group_p: float = 0.0, group_layers: tuple[int, int] | None = None, group_max: int = 1,
+                 group_positions: str = "all", query_positions: tuple[int, int] | None = None):
         self.head_p, self.layer_p, self.gen = head_p, layer_p, generator
+        self.group_p, self.group_max = group_p, group_max
+        if group_positions not in GROUP_POSITIONS:
+            raise ValueError(f"group_positions {group_positions!r} is not one of {GROUP_POSITIONS}")
+        if group_positions == "query" and query_positions is None:
+            raise ValueError("group_positions 'query' needs query_positions (sequence length, positions)")
+        self.query = query_positions if group_positions == "query" else None
+        self.query_masks: torch.Tensor | None = None  # [layers, batch, 1, heads, 1], at the query positions only
+        first, last = group_layers if group_layers is not None else (0, model.config.num_hidden_layers - 1)
+        self.group_layers = torch.arange(first, last + 1)
         self.n_heads = model.config.num_attention_heads
         self.n_layers = model.config.num_hidden_layers
         self.masks: torch.Tensor | None = None  # [layers, batch, 1, heads, 1]
         self.handles = [
             layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
             for i, layer in enumerate(model.model.layers)
-        ] if (head_p > 0 or layer_p > 0) else []
+        ] if (head_p > 0 or layer_p > 0 or group_p > 0) else []
 
     def _hook(self, layer: int):
         def hook(module, args):
@@ -240,7 +280,11 @@ class HeadDropout:
             (x,) = args
             shape = x.shape
             x = x.view(shape[0], shape[1], self.n_heads, -1) * self.masks[layer]
-            return (x.view(shape),)
+            if self.query_masks is not None and shape[1] == self.query[0]:
+                positions = self.query[1]
+                x = x.clone()
+                x[:, positions] = x[:, positions] * self.query_masks[layer]
+            return (x.reshape(shape),)
         return hook
 
     def resample(self, batch: int, scale: float = 1.0) -> None:
@@ -249,15 +293,26 @@ class HeadDropout:
             return
         keep = torch.rand(self.n_layers, batch, self.n_heads, generator=self.gen) >= self.head_p * scale
         keep &= torch.rand(self.n_layers, batch, 1, generator=self.gen) >= self.layer_p * scale
-        self.masks = keep.float()[:, :, None, :, None]
+        grouped = torch.ones_like(keep)
+        if self.group_p > 0:
+            hit = torch.rand(batch, generator=self.gen) < self.group_p * scale
+            sizes = torch.randint(1, self.group_max + 1, (batch,), generator=self.gen)
+            for row in hit.nonzero().flatten().tolist():
+                order = torch.randperm(len(self.group_layers), generator=self.gen)[: int(sizes[row])]
+                grouped[self.group_layers[order], row] = False
+        if self.query is None:
+            self.masks = (keep & grouped).float()[:, :, None, :, None]
+        else:
+            self.masks = keep.float()[:, :, None, :, None]
+            self.query_masks = grouped.float()[:, :, None, :, None]
 
     def disable(self) -> None:
-        self.masks = None
+        self.masks = self.query_masks = None
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-        self.handles, self.masks = [], None
+        self.handles, self.masks, self.query_masks = [], None, None
 
 
 # ---------------------------------------------------------------- training loop
@@ -380,7 +435,9 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
         base = json.loads(info.read_text()) if info.is_file() else None
     else:
         model = build_model(cfg)
-    dropout = HeadDropout(model, cfg.head_dropout, cfg.layer_dropout, gen)
+    query = (y_pos(cfg.lines - 1) + 2, torch.tensor([y_pos(i) - 1 for i in range(cfg.lines)]))
+    dropout = HeadDropout(model, cfg.head_dropout, cfg.layer_dropout, gen, cfg.group_dropout, cfg.group_layers,
+                          cfg.group_max, cfg.group_positions, query)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train] {n_params / 1e6:.2f}M parameters, {cfg.steps} steps of {cfg.batch} x "
@@ -436,7 +493,8 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
     wall = time.time() - start
     record = {
         "config": {**asdict(cfg), "held_out": list(cfg.held_out),
-                   "patch_layers": None if cfg.patch_layers is None else list(cfg.patch_layers)},
+                   "patch_layers": None if cfg.patch_layers is None else list(cfg.patch_layers),
+                   "group_layers": None if cfg.group_layers is None else list(cfg.group_layers)},
         "family": family.to_dict(),
         "parameters": n_params,
         "first_loss": first_loss,

@@ -84,6 +84,13 @@ table.figs td:first-child { white-space:nowrap; color:var(--muted); }
 """
 
 
+def _boot(target: dict) -> str:
+    """Seconds the weights took to boot, or why there is no figure."""
+    if "boot_seconds" not in target:
+        return "–"
+    return "not booted (all from cache)" if target["boot_seconds"] is None else _num(target["boot_seconds"])
+
+
 def _num(value: Any) -> str:
     if value is None:
         return "–"
@@ -206,13 +213,14 @@ def _run_section(run: dict[str, Any], claims: list[dict[str, Any]]) -> str:
             f"<td><code>{escape(_num(t.get('sha256_or_revision')))}</code></td>"
             f"<td>{escape(_num(t.get('dtype')))}</td><td>{escape(_num(t.get('device')))}</td>"
             f"<td class=num>{escape(shape)}</td><td class=num>{escape(_num(t.get('load_seconds')))}</td>"
+            f"<td class=num>{escape(_boot(t))}</td>"
             f"<td class=num>{escape(_num(fw.get('calls')))} / {escape(_num(fw.get('tokens')))}</td></tr>"
         )
     target_table = ""
     if target_rows:
         target_table = (
             "<h3>Models</h3><table><thead><tr><th>target</th><th>source</th><th>weights (hash or revision)</th>"
-            "<th>dtype</th><th>device</th><th>layers × heads</th><th>load s</th><th>forwards / tokens</th>"
+            "<th>dtype</th><th>device</th><th>layers × heads</th><th>load s</th><th>boot s</th><th>forwards / tokens</th>"
             f"</tr></thead><tbody>{''.join(target_rows)}</tbody></table>"
         )
     return (
