@@ -2,8 +2,10 @@
 
 These are the real negative controls of the Claim 1 tests: the same claim code,
 the same pre-registration procedure, two trained models that differ in head
-dropout only. `organism` forms the task at layer 2 and survives the ablation of
-layers 0-1 with the task stage delayed; `organism-control` loses the task.
+dropout only. `organism` forms the task at layer 2 and survives the cumulative
+ablation of the heads of layers 0-1, then 2, then 3, each delaying the task stage
+until it is gone while the answer stays (C1.redundancy, the post's chain);
+`organism-control` loses the task at the first stage.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pathlib import Path
 import pytest
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
-CHECKED = ("C0.in-context", "C1.onset", "C1.ablate-10-11", "C1.redundancy")
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,15 @@ def verdicts(tmp_path_factory) -> dict[tuple[str, str], str]:
     ("C0.in-context", "supported", "supported"),
     ("C1.onset", "supported", "refuted"),
     ("C1.ablate-10-11", "supported", "refuted"),
+    ("C1.ablate-13", "supported", "refuted"),
+    ("C1.ablate-15", "supported", "refuted"),
+    ("C1.redundancy", "supported", "refuted"),
 ])
 def test_the_control_refutes_what_the_organism_supports(verdicts, claim_id, organism, control):
     assert (verdicts[claim_id, "organism"], verdicts[claim_id, "organism-control"]) == (organism, control)
 
 
-def test_the_control_is_not_redundant(verdicts):
-    assert verdicts["C1.redundancy", "organism-control"] == "refuted"
+def test_every_claim_1_verdict_on_both_organisms_is_recorded(verdicts):
+    claims = {claim for claim, _ in verdicts}
+    assert {"C1.onset", "C1.backup-13", "C1.backup-15", "C1.parity-late", "C1.redundancy"} <= claims
+    assert all((claim, target) in verdicts for claim in claims for target in ("organism", "organism-control"))
