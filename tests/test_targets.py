@@ -156,3 +156,16 @@ def test_corrupt_smollm2_cache_entry_is_rebuilt(smollm2, tmp_path, monkeypatch, 
         reloaded = load_target("smollm2-135m", cache_dir=cache)
     assert "fails its checksum" in caplog.text
     assert reloaded.info.sha256_or_revision == smollm2.info.sha256_or_revision
+
+
+def test_a_released_model_frees_its_bridge_and_boots_again_when_needed(tiny_llama, monkeypatch):
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+    loaded = load_target("organism")
+    ids = torch.tensor([encode(loaded.tokenizer, "\n(3, 9)\n(4, ")])
+    with torch.no_grad():
+        first = loaded.model(ids)
+        loaded.model.release()
+        assert not loaded.model.booted and attached_hooks(loaded) == []
+        again = loaded.model(ids)
+    assert loaded.boots == 2 and torch.equal(first, again)
+    assert (loaded.forwards.calls, loaded.forwards.tokens) == (2, 2 * ids.shape[1])  # counted over both boots

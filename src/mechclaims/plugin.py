@@ -246,7 +246,14 @@ def mechclaims_progress(request: pytest.FixtureRequest):
 
 @pytest.fixture(scope="session")
 def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession, mechclaims_progress):
-    """A loaded model target (parametrised over the selected targets), loaded once per session."""
+    """A loaded model target (parametrised over the selected targets), loaded once per session.
+
+    Pytest runs the items of one target together and tears this fixture down when it
+    moves on to the next target; the model's weights are released then, so one
+    model's weights are in memory at a time.  Its tokenizer, activation store and
+    counts stay for the report (a target needed again would boot again, counted in
+    ``boots``).
+    """
     name = getattr(request, "param", None)
     if name is None:
         raise pytest.UsageError("the `target` fixture is parametrised by mechclaims; do not request it directly")
@@ -256,7 +263,8 @@ def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession, mec
         loaded = mechclaims_session.target(name)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
-    return loaded
+    yield loaded
+    loaded.model.release()
 
 
 @pytest.fixture

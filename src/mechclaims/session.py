@@ -22,7 +22,7 @@ from .targets import LoadedTarget, load_target
 
 VERSIONED_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens", "numpy", "scipy")
 # Counters summed over processes (pytest-xdist workers), not provenance.
-_COUNTED = ("name", "load_count", "forwards", "store")
+_COUNTED = ("name", "load_count", "boots", "forwards", "store")
 # The versions a cached forward pass depends on.
 _NUMERIC_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens")
 
@@ -120,6 +120,7 @@ class ClaimSession:
                 name: {
                     **t.info.to_json(),
                     "boot_seconds": t.boot_seconds,
+                    "boots": t.boots,
                     "load_count": self.load_counts[name],
                     "forwards": {"calls": t.forwards.calls, "tokens": t.forwards.tokens},
                     "store": self.stores[name].stats.to_json() if name in self.stores else StoreStats().to_json(),
@@ -140,9 +141,11 @@ class ClaimSession:
         for (_, name), rec in sorted(self.target_records.items()):
             info = {k: v for k, v in rec.items() if k not in _COUNTED}
             entry = merged.setdefault(
-                name, {**info, "load_count": 0, "forwards": {"calls": 0, "tokens": 0}, "store": StoreStats().to_json()}
+                name, {**info, "load_count": 0, "boots": 0, "forwards": {"calls": 0, "tokens": 0},
+                       "store": StoreStats().to_json()}
             )
             entry["load_count"] += rec["load_count"]
+            entry["boots"] += rec.get("boots", 0)
             entry["forwards"]["calls"] += rec["forwards"]["calls"]
             entry["forwards"]["tokens"] += rec["forwards"]["tokens"]
             for key, value in rec.get("store", {}).items():
@@ -180,6 +183,7 @@ class ClaimSession:
                     for name, t in targets.items()
                 },
                 "load_counts": {name: t["load_count"] for name, t in targets.items()},
+                "boots": {name: t["boots"] for name, t in targets.items()},
                 "forwards": {name: t["forwards"] for name, t in targets.items()},
                 "activation_cache": {
                     "mode": self.cache_mode,

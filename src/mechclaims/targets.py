@@ -21,6 +21,7 @@ environment already says otherwise, and ``trust_remote_code`` is never enabled.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -106,7 +107,8 @@ class LoadedTarget:
     info: TargetInfo
     torch_hook_baseline: int = 0
     forwards: ForwardCount = field(default_factory=ForwardCount)
-    boot_seconds: float | None = None  # None while the model is not booted
+    boot_seconds: float | None = None  # None while the model was never booted; summed over boots
+    boots: int = 0  # more than 1 when the model was released and needed again
 
 
 def default_cache_dir() -> Path:
@@ -352,10 +354,12 @@ def load_target(
 
         booted = time.perf_counter()
         model = boot(resolved.path, device=device, dtype=getattr(torch, dtype), tokenizer=tokenizer)
-        loaded.forwards = _count_forwards(model)
+        before = (loaded.forwards.calls, loaded.forwards.tokens)
+        _count_forwards(model, loaded.forwards)
         loaded.torch_hook_baseline = _settled_hook_count(model)
-        loaded.forwards.calls = loaded.forwards.tokens = 0  # the warm-up forward is not the claims' work
-        loaded.boot_seconds = round(time.perf_counter() - booted, 3)
+        loaded.forwards.calls, loaded.forwards.tokens = before  # the warm-up forward is not the claims' work
+        loaded.boot_seconds = round((loaded.boot_seconds or 0.0) + time.perf_counter() - booted, 3)
+        loaded.boots += 1
         return model
 
     loaded.model = DeferredBridge(boot_now, tokenizer, shape, device=device, dtype=dtype)
@@ -403,12 +407,23 @@ def read_shape(path: Path) -> ModelShape:
         ) from None
 
 
-def load_tokenizer(path: Path) -> Any:
-    """The tokenizer of the HF directory ``path``, as the bridge uses it (BOS prepended)."""
-    from transformers import AutoTokenizer
+FAST_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")  # one class in transformers 5
 
+
+def load_tokenizer(path: Path) -> Any:
+    """The tokenizer of the HF directory ``path``, as the bridge loads it (BOS prepended).
+
+    A directory whose ``tokenizer_config.json`` names the generic fast tokenizer is
+    loaded by that class directly: what ``AutoTokenizer`` returns, without
+    resolving the model's config class first (about 1 s of imports).
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = path / "tokenizer_config.json"
+    named = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    loader = PreTrainedTokenizerFast if named in FAST_TOKENIZER_CLASSES and (path / "tokenizer.json").is_file() else AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(path), add_bos_token=True)
+        return loader.from_pretrained(str(path), add_bos_token=True)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TargetError(f"cannot load the tokenizer of {path}: {first}") from None
@@ -453,6 +468,14 @@ class DeferredBridge:
     def booted(self) -> bool:
         return self._bridge is not None
 
+    def release(self) -> None:
+        """Drop the booted bridge and free its weights; the next use boots it again.
+        The tokenizer, ``cfg`` and anything attached to this object (its activation
+        store) stay."""
+        if self._bridge is not None:
+            self._bridge = None
+            gc.collect()  # the bridge's modules and hooks reference each other
+
     @property
     def bridge(self) -> Any:
         """The TransformerBridge (booted now if it was not)."""
@@ -496,9 +519,8 @@ def _check_same_model(deferred: DeferredBridge, bridge: Any) -> None:
         )
 
 
-def _count_forwards(model: Any) -> ForwardCount:
-    """Count every top-level forward and its tokens (a permanent, read-only pre-hook)."""
-    count = ForwardCount()
+def _count_forwards(model: Any, count: ForwardCount) -> ForwardCount:
+    """Add every top-level forward and its tokens to ``count`` (a permanent, read-only pre-hook)."""
 
     def tally(module: Any, args: tuple, kwargs: dict) -> None:
         tokens = args[0] if args else kwargs.get("input")
