@@ -17,6 +17,8 @@ Any target's directory can be overridden with ``MECHCLAIMS_<NAME>_DIR`` (name
 upper-cased, dashes as underscores), e.g. ``MECHCLAIMS_ORGANISM_DIR``.
 Loading never touches the network: ``HF_HUB_OFFLINE`` is set unless the
 environment already says otherwise, and ``trust_remote_code`` is never enabled.
+The model a loaded target holds is a :class:`DeferredBridge`: the weights are
+booted on first real use and can be released (and booted again) later.
 """
 
 from __future__ import annotations
