@@ -91,14 +91,15 @@ CPU_PASS_BYTES = 64 * 2**20
 def rows_per_pass(model: Any, length: int, *, logits: bool = True) -> int:
     """Rows of ``length`` tokens per forward pass: MAX_ROWS, fewer on CPU where one
     pass would take more than CPU_PASS_BYTES (``logits``: the pass computes them)."""
-    if _device(model).type != "cpu":
+    if device_of(model).type != "cpu":
         return MAX_ROWS
     cfg = model.cfg
     per_token = max(cfg.d_vocab if logits else 0, 3 * cfg.n_heads * length, 4 * cfg.d_mlp)
     return max(1, min(MAX_ROWS, CPU_PASS_BYTES // (length * per_token * 4)))
 
 
-def _device(model: Any) -> torch.device:
+def device_of(model: Any) -> torch.device:
+    """Where ``model``'s weights live, from its ``cfg`` (a DeferredBridge knows before booting)."""
     return torch.device(model.cfg.device)
 
 
@@ -128,7 +129,7 @@ def greedy_numbers(model: Any, texts: Sequence[str]) -> np.ndarray:
     encoded = [encode(model.tokenizer, t) for t in texts]
     out = np.full(len(texts), NO_NUMBER, dtype=np.int64)
     for rows in group_by_length(encoded).values():
-        tokens = torch.tensor([encoded[i] for i in rows], device=_device(model))
+        tokens = torch.tensor([encoded[i] for i in rows], device=device_of(model))
         out[rows] = decode_numbers(model, tokens)
     return out
 
@@ -162,7 +163,7 @@ def greedy_is(
         for start in range(0, len(rows), step)
     ]
     for rows in chunks:
-        tokens = torch.tensor([full[i] for i in rows], device=_device(model))
+        tokens = torch.tensor([full[i] for i in rows], device=device_of(model))
         held = [_at_prompt_end(iv, len(prompts[rows[0]])) for iv in interventions]
         predicted = run_with(model, tokens, held, logits="argmax").cpu()
         for j, i in enumerate(rows):

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .answers import group_by_length, numbers_are_single_tokens, rows_per_pass
+from .answers import device_of, group_by_length, numbers_are_single_tokens, rows_per_pass
 from .claim0 import MIN_ACCURACY
 from .fits import (
     MIN_R2, SATURATION, fit_range, growth, logit, mean_ci, mean_difference, role_mass, role_weights,
@@ -191,7 +191,7 @@ def _read_sequences(
         raise ValueError("read_sequences needs prompts with the same number of examples")
     read = list(range(k)) if examples is None else sorted(set(int(j) for j in examples))
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    device = torch.device(model.cfg.device)
+    device = device_of(model)
     p_correct = np.full((n_seq, k), np.nan)
     correct = np.zeros((n_seq, k), dtype=bool)
     parity_ok = np.zeros((n_seq, k), dtype=bool)

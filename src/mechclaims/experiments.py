@@ -15,7 +15,7 @@ import numpy as np
 
 import torch
 
-from .answers import encode, greedy_is, group_by_length, numbers_are_single_tokens
+from .answers import device_of, encode, greedy_is, group_by_length, numbers_are_single_tokens
 from .interventions import AblateHeads, capture, resid_pre
 from .patching import Sweep, patch_sweep
 from .scores import HeadScores, answer_token_ids, score_hooks, scores_from
@@ -85,7 +85,7 @@ def measure(
     single = numbers_are_single_tokens(tokenizer)
     names = list(dict.fromkeys([resid_pre(layer) for layer in range(n_layers)] + score_hooks(n_layers, read_layer)))
     encoded = [encode(tokenizer, t) for t in pairs.a_texts]
-    device = torch.device(model.cfg.device)
+    device = device_of(model)
     source = torch.empty(len(pairs), n_layers, model.cfg.d_model, dtype=model.cfg.dtype)
     dla = np.zeros((len(pairs), n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)

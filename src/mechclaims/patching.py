@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .answers import OUTCOMES, classify, decode_numbers, encode, group_by_length
+from .answers import OUTCOMES, classify, decode_numbers, device_of, encode, group_by_length
 from .interventions import Intervention, SetResidual, capture, resid_pre
 from .results import Effect
 from .stats import proportion_of
@@ -39,10 +39,6 @@ class Sweep:
         return {name: self.rate(name) for name in OUTCOMES}
 
 
-def _device(model: Any) -> torch.device:
-    return torch.device(model.cfg.device)
-
-
 def last_resid(
     model: Any, texts: Sequence[str], layers: Sequence[int], interventions: Sequence[Intervention] = ()
 ) -> torch.Tensor:
@@ -51,7 +47,7 @@ def last_resid(
     out = torch.empty(len(texts), len(layers), model.cfg.d_model, dtype=model.cfg.dtype)
     names = [resid_pre(layer) for layer in layers]
     for rows in group_by_length(encoded).values():
-        tokens = torch.tensor([encoded[i] for i in rows], device=_device(model))
+        tokens = torch.tensor([encoded[i] for i in rows], device=device_of(model))
         _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
         out[rows] = torch.stack([acts[n].cpu() for n in names], dim=1)
     return out
@@ -80,7 +76,7 @@ def patch_sweep(
     answers = np.full((len(layers), len(pairs)), -1, dtype=np.int64)
     for rows in group_by_length(encoded).values():
         n = len(rows)
-        base = torch.tensor([encoded[i] for i in rows], device=_device(model))
+        base = torch.tensor([encoded[i] for i in rows], device=device_of(model))
         last = base.shape[1] - 1
         per_chunk = max(1, max_rows // n)
         for start in range(0, len(layers), per_chunk):
@@ -101,7 +97,7 @@ def patch_sweep_loop(model: Any, pairs: PatchSet, *, layers: Sequence[int] | Non
     answers = np.full((len(layers), len(pairs)), -1, dtype=np.int64)
     for i, pair in enumerate(pairs.pairs):
         source = last_resid(model, [pair.a.text], layers, a_interventions)[0]
-        tokens = torch.tensor([encode(model.tokenizer, pair.b_text)], device=_device(model))
+        tokens = torch.tensor([encode(model.tokenizer, pair.b_text)], device=device_of(model))
         for li, layer in enumerate(layers):
             patch = SetResidual(layer, tokens.shape[1] - 1, source[li : li + 1].to(tokens.device))
             answers[li, i] = decode_numbers(model, tokens, [patch])[0]

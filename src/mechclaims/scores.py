@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .answers import encode, group_by_length
+from .answers import device_of, encode, group_by_length
 from .interventions import Intervention, capture, head_z, resid_pre
 from .store import derived, tensor_digest
 
@@ -105,7 +105,7 @@ def head_scores(
     first = answer_token_ids(model.tokenizer, answers)
     dla = np.zeros((len(texts), model.cfg.n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
-    device = torch.device(model.cfg.device)
+    device = device_of(model)
     for rows in group_by_length(encoded).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=device)
         _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")

@@ -427,8 +427,7 @@ def load_tokenizer(path: Path) -> Any:
     try:
         return loader.from_pretrained(str(path), add_bos_token=True)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TargetError(f"cannot load the tokenizer of {path}: {first}") from None
+        raise TargetError(f"cannot load the tokenizer of {path}: {_first_line(exc)}") from None
 
 
 class DeferredConfig:
@@ -555,10 +554,14 @@ def boot(path: Path, *, device: str, dtype: Any, tokenizer: Any = None) -> Any:
     try:
         model = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype, tokenizer=tokenizer)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TargetError(f"cannot load model from {path}: {first}") from None
+        raise TargetError(f"cannot load model from {path}: {_first_line(exc)}") from None
     model.eval()
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def count_torch_hooks(model: Any) -> int:

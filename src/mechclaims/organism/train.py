@@ -254,7 +254,7 @@ class HeadDropout:
 
     def __init__(self, model: LlamaForCausalLM, head_p: float, layer_p: float, generator: torch.Generator,
                  group_p: float = 0.0, group_layers: tuple[int, int] | None = None, group_max: int = 1,
-                 group_positions: str = "all", query_positions: tuple[int, int] | None = None):
+                 group_positions: str = "all", query_positions: tuple[int, torch.Tensor] | None = None):
         self.head_p, self.layer_p, self.gen = head_p, layer_p, generator
         self.group_p, self.group_max = group_p, group_max
         if group_positions not in GROUP_POSITIONS:
@@ -281,8 +281,7 @@ class HeadDropout:
             shape = x.shape
             x = x.view(shape[0], shape[1], self.n_heads, -1) * self.masks[layer]
             if self.query_masks is not None and shape[1] == self.query[0]:
-                positions = self.query[1]
-                x = x.clone()
+                positions = self.query[1]  # x is the masked product, a fresh tensor: update it in place
                 x[:, positions] = x[:, positions] * self.query_masks[layer]
             return (x.reshape(shape),)
         return hook
