@@ -17,13 +17,14 @@ from mechclaims.claim3 import C3Params
 from mechclaims.experiments import AblationStudy, ablation_study
 from mechclaims.expectations import load, path_for
 from mechclaims.results import Effect
-from mechclaims.tasks import CANONICAL, AffineTask, make_patch_pairs, make_prompts, split_seed
+from mechclaims.tasks import AffineTask, make_patch_pairs, make_prompts, split_seed
 
 CLAIMS_DIR = Path(__file__).parent
 
 
 @dataclass(frozen=True)
 class C1Run:
+    task: AffineTask
     params: C1Params | None
     study: AblationStudy | None
     accuracy: Effect
@@ -35,26 +36,38 @@ class C1Run:
         if not self.applicable:
             claim.not_applicable(self.reason, self.accuracy)
 
+    @property
+    def notes(self) -> dict:
+        """Figures every Claim 1 result carries: the task and A's clean accuracy."""
+        return {"task": self.task.name, "precondition_accuracy": self.accuracy}
+
 
 @pytest.fixture(scope="session")
 def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
-    """The Claim 1 ablation study of a target on the confirmation split."""
+    """The Claim 1 ablation study of a target on the confirmation split, on the
+    target's task (``[task]`` of its expectations; y = 2x + 3 unless it says otherwise)."""
     s = mechclaims_settings
+    try:
+        exp = load(path_for(CLAIMS_DIR, target.name), target.name)
+        task = exp.task()
+    except MechclaimsError as exc:
+        pytest.fail(str(exc), pytrace=False)
     pairs = make_patch_pairs(
-        CANONICAL, n_pairs=s.n_prompts, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
+        task, n_pairs=s.n_prompts, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
     )
     ok, accuracy = precondition(greedy_is(target.model, pairs.a_texts, [p.a.answer for p in pairs.pairs]))
     if not ok:
-        return C1Run(None, None, accuracy, False, f"clean accuracy {accuracy} is below {MIN_ACCURACY} (lower bound)")
+        reason = f"task {task.name}: clean accuracy {accuracy} is below {MIN_ACCURACY} (lower bound)"
+        return C1Run(task, None, None, accuracy, False, reason)
     try:
-        params = params_from(load(path_for(CLAIMS_DIR, target.name), target.name), target.info.n_layers)
+        params = params_from(exp, target.info.n_layers)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
     study = ablation_study(
         target.model, pairs, params.stages, read_layer=params.read_layer,
-        progress=lambda message: mechclaims_progress(f"{target.name} C1 study: {message}"),
+        progress=lambda message: mechclaims_progress(f"{target.name} C1 study ({task.name}): {message}"),
     )
-    return C1Run(params, study, accuracy, True, "")
+    return C1Run(task, params, study, accuracy, True, "")
 
 
 @dataclass(frozen=True)

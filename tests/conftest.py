@@ -14,7 +14,7 @@ import mechclaims.claim1  # noqa: F401,E402  (patched by tests; must stay one mo
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import write_tiny_llama  # noqa: E402
+from tiny import write_tiny_digit_llama, write_tiny_llama  # noqa: E402
 
 pytest_plugins = ["pytester"]
 
@@ -39,4 +39,15 @@ def tiny_model(tiny_llama: Path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+        return load_target("organism").model
+
+
+@pytest.fixture(scope="session")
+def digit_model(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random Llama that spells numbers digit by digit (as SmolLM2 does), as the `organism` target."""
+    from mechclaims import load_target
+
+    path = write_tiny_digit_llama(tmp_path_factory.mktemp("digits") / "llama")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHCLAIMS_ORGANISM_DIR", str(path))
         return load_target("organism").model

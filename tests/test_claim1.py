@@ -163,3 +163,32 @@ def test_one_a_forward_per_condition_gives_the_same_measurements(tiny, tiny_llam
     assert np.array_equal(got.sweep.answers, patch_sweep(tiny, pairs, a_interventions=ivs).answers)
     separate = head_scores(tiny, pairs.a_texts, answers, read_layer=1, interventions=ivs)
     assert np.allclose(got.scores.dla, separate.dla) and np.allclose(got.scores.dot, separate.dot)
+
+
+def test_one_teacher_forced_pass_of_a_reads_what_separate_passes_read(digit_model):
+    """Digit-by-digit answers: A's correctness and last-position residual come from
+    one forward over prompt + answer, equal to greedy checking and a prompt-only pass."""
+    from mechclaims.answers import MAX_NUMBER_TOKENS, greedy_is, greedy_numbers
+    from mechclaims.experiments import measure
+    from mechclaims.interventions import AblateHeads
+    from mechclaims.patching import patch_sweep
+
+    pairs = make_patch_pairs(CANONICAL, n_pairs=8, n_examples=4, seed=2)
+    answers = [p.a.answer for p in pairs.pairs]
+    for ablated in ((), (1,)):
+        ivs = [AblateHeads.layers(ablated, digit_model.cfg.n_heads)] if ablated else []
+        got = measure(digit_model, pairs, ablated, read_layer=digit_model.cfg.n_layers - 1)
+        assert np.array_equal(got.correct, greedy_is(digit_model, pairs.a_texts, answers, interventions=ivs))
+        assert np.array_equal(got.sweep.answers, patch_sweep(digit_model, pairs, a_interventions=ivs).answers)
+    # the teacher-forced check agrees with decoding, answer by answer
+    # (where the decoded number ended within MAX_NUMBER_TOKENS, as real answers do)
+    decoded = greedy_numbers(digit_model, pairs.a_texts)
+    ended = decoded < 10 ** (MAX_NUMBER_TOKENS - 1)
+    texts = [t for t, keep in zip(pairs.a_texts, ended) if keep]
+    decoded = decoded[ended]
+    assert greedy_is(digit_model, texts, decoded).all()
+    assert not greedy_is(digit_model, texts, decoded + 1).any()
+    multi = decoded >= 10
+    assert multi.any()
+    prefixes = [t for t, m in zip(texts, multi) if m]
+    assert not greedy_is(digit_model, prefixes, decoded[multi] // 10).any()  # a prefix of the answer is not the answer

@@ -167,3 +167,36 @@ def test_head_scores_through_the_store_equal_direct_ones_and_need_no_weights_fro
         attach(model, None)
     assert fresh.stats.computed == 0 and fresh.stats.disk_hits >= 2  # the capture and the scores
     assert np.array_equal(from_disk.dla, direct.dla) and np.array_equal(from_disk.dot, direct.dot)
+
+
+def test_cached_decoding_of_multi_token_answers_equals_full_forwards(digit_model):
+    pairs = make_patch_pairs(CANONICAL, n_pairs=6, n_examples=4, seed=0)
+    batched = patch_sweep(digit_model, pairs)
+    assert (batched.answers >= 100).any()  # answers of three and more tokens were decoded
+    assert np.array_equal(batched.answers, patch_sweep_loop(digit_model, pairs).answers)
+    assert digit_model.list_hooks() == {}
+
+
+def test_a_small_key_value_budget_splits_pairs_and_layers_alike(model, monkeypatch):
+    import mechclaims.patching as patching
+
+    pairs = make_patch_pairs(CANONICAL, n_pairs=6, n_examples=5, seed=0)
+    whole = patch_sweep(model, pairs)
+    calls = []
+    decode = patching._decode_block
+    monkeypatch.setattr(patching, "_decode_block", lambda *a: calls.append(a[5]) or decode(*a))
+    # less than one row's keys and values: one (pair, layer) row per step
+    monkeypatch.setitem(patching.KV_BLOCK_BYTES, "cpu", patching.kv_bytes_per_token(model))
+    assert np.array_equal(patch_sweep(model, pairs).answers, whole.answers)
+    assert len(calls) == len(pairs) * model.cfg.n_layers and all(len(chunk) == 1 for chunk in calls)
+
+
+def test_an_empty_key_value_cache_is_refused_with_the_versions_to_install():
+    from mechclaims.patching import _prefill
+
+    class NoCache:
+        def __call__(self, tokens, return_type):
+            return None, None
+
+    with pytest.raises(ConfigError, match=r"holds 0 positions after a prefill of 5.*transformers < 5.24"):
+        _prefill(NoCache(), torch.zeros(2, 5, dtype=torch.long))

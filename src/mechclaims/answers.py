@@ -9,8 +9,9 @@ a non-digit token for digit-by-digit tokenisers (SmolLM2).
 * :func:`greedy_numbers` does so for prompts of any length (grouped by length).
 * :func:`greedy_is` checks whether the answer equals a given number with ONE
   teacher-forced forward: the expected tokens are appended and every position
-  must predict the next one, the last predicting a non-digit.  Same result as
-  decoding and comparing, at a fraction of the cost.
+  must predict the next one, the last predicting a non-digit
+  (:func:`predicts_answer`).  Same result as decoding and comparing, at a
+  fraction of the cost.
 * :func:`classify` sorts patched answers into none / approx / exact / copy.
 
 Prompts are grouped by token length and each group runs as one batch, so no
@@ -103,25 +104,41 @@ def device_of(model: Any) -> torch.device:
     return torch.device(model.cfg.device)
 
 
+class NumberReader:
+    """Greedy answers of a batch, one generated token at a time: each row's number
+    is its digit tokens up to the first non-digit (leading spaces dropped)."""
+
+    def __init__(self, tokenizer: Any, n_rows: int):
+        self._tokenizer = tokenizer
+        self._text = [""] * n_rows
+        self._alive = np.ones(n_rows, dtype=bool)
+
+    def add(self, tokens: Sequence[int]) -> bool:
+        """Read one generated token per row; False once every row's number has ended."""
+        for j, token in enumerate(tokens):
+            piece = self._tokenizer.decode([token])
+            piece = piece if self._text[j] else piece.strip()
+            if self._alive[j] and piece.isdigit():
+                self._text[j] += piece
+            else:
+                self._alive[j] = False
+        return bool(self._alive.any())
+
+    def numbers(self) -> np.ndarray:
+        return np.array([int(t) if t else NO_NUMBER for t in self._text], dtype=np.int64)
+
+
 def decode_numbers(model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = ()) -> np.ndarray:
-    """Greedy number of each row of an equal-length batch (``-1`` where none)."""
-    tokenizer = model.tokenizer
-    steps = 1 if numbers_are_single_tokens(tokenizer) else MAX_NUMBER_TOKENS
-    text = [""] * tokens.shape[0]
-    alive = np.ones(tokens.shape[0], dtype=bool)
+    """Greedy number of each row of an equal-length batch (``-1`` where none),
+    one full forward per generated token with ``interventions`` held."""
+    steps = 1 if numbers_are_single_tokens(model.tokenizer) else MAX_NUMBER_TOKENS
+    reader = NumberReader(model.tokenizer, tokens.shape[0])
     for _ in range(steps):
         nxt = run_with(model, tokens, interventions, logits="argmax")[:, -1]
-        for j, token in enumerate(nxt.tolist()):
-            piece = tokenizer.decode([token])
-            piece = piece if text[j] else piece.strip()
-            if alive[j] and piece.isdigit():
-                text[j] += piece
-            else:
-                alive[j] = False
-        if not alive.any():
+        if not reader.add(nxt.tolist()):
             break
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-    return np.array([int(t) if t else NO_NUMBER for t in text], dtype=np.int64)
+    return reader.numbers()
 
 
 def greedy_numbers(model: Any, texts: Sequence[str]) -> np.ndarray:
@@ -134,6 +151,21 @@ def greedy_numbers(model: Any, texts: Sequence[str]) -> np.ndarray:
     return out
 
 
+def answer_tokens(tokenizer: Any, numbers: Sequence[int]) -> list[list[int]]:
+    """The tokens each number is written with (one for the number tokenizers, its digits for others)."""
+    return [tokenizer(str(int(n)), add_special_tokens=False)["input_ids"] for n in numbers]
+
+
+def predicts_answer(tokenizer: Any, predicted: Sequence[int], start: int, want: Sequence[int]) -> bool:
+    """Whether a teacher-forced row of argmax ids predicts ``want`` from position
+    ``start`` on (the last prompt position), then a non-digit for digit-by-digit tokenisers."""
+    if list(predicted[start : start + len(want)]) != list(want):
+        return False
+    if numbers_are_single_tokens(tokenizer):
+        return True
+    return int(predicted[start + len(want)]) not in _digit_token_ids(tokenizer)
+
+
 def greedy_is(
     model: Any, texts: Sequence[str], numbers: Sequence[int], *, interventions: Sequence[Intervention] = ()
 ) -> np.ndarray:
@@ -143,39 +175,41 @@ def greedy_is(
     to the prompt's last position, before the appended answer tokens.
     """
     tokenizer = model.tokenizer
-    single = numbers_are_single_tokens(tokenizer)
-    digits = None if single else _digit_token_ids(tokenizer)
     prompts = [encode(tokenizer, t) for t in texts]
-    expected = [tokenizer(str(int(n)), add_special_tokens=False)["input_ids"] for n in numbers]
+    expected = answer_tokens(tokenizer, numbers)
     if len(prompts) != len(expected):
         raise ValueError(f"{len(prompts)} prompts but {len(expected)} numbers; pass one number per prompt")
-    full = [p + e for p, e in zip(prompts, expected)]
-    out = np.zeros(len(full), dtype=bool)
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, (p, e) in enumerate(zip(prompts, expected)):
-        groups[len(p), len(e)].append(i)  # same prompt end, so interventions align
     # Interventions that carry per-row values (a residual patch) need the whole group in one pass.
     per_row_values = any(hasattr(iv, "values") for iv in interventions)
-    chunks = [
-        rows[start : start + step]
-        for rows in groups.values()
-        for step in [len(rows) if per_row_values else rows_per_pass(model, len(full[rows[0]]))]
-        for start in range(0, len(rows), step)
-    ]
-    for rows in chunks:
-        tokens = torch.tensor([full[i] for i in rows], device=device_of(model))
-        held = [_at_prompt_end(iv, len(prompts[rows[0]])) for iv in interventions]
+    out = np.zeros(len(prompts), dtype=bool)
+    for rows in with_answers(model, prompts, expected, whole_groups=per_row_values):
+        start = len(prompts[rows[0]]) - 1
+        tokens = torch.tensor([prompts[i] + expected[i] for i in rows], device=device_of(model))
+        held = [at_prompt_end(iv, start + 1) for iv in interventions]
         predicted = run_with(model, tokens, held, logits="argmax").cpu()
         for j, i in enumerate(rows):
-            start, want = len(prompts[i]) - 1, expected[i]
-            ok = predicted[j, start : start + len(want)].tolist() == want
-            if ok and not single:
-                ok = int(predicted[j, start + len(want)]) not in digits
-            out[i] = ok
+            out[i] = predicts_answer(tokenizer, predicted[j].tolist(), start, expected[i])
     return out
 
 
-def _at_prompt_end(iv: Intervention, prompt_len: int) -> Intervention:
+def with_answers(
+    model: Any, prompts: Sequence[Sequence[int]], expected: Sequence[Sequence[int]], *, whole_groups: bool = False
+) -> list[list[int]]:
+    """Batches of prompt indices for teacher-forced passes over prompt + answer:
+    equal prompt and answer lengths (so the prompt ends, where interventions sit,
+    align), at most :func:`rows_per_pass` rows each unless ``whole_groups``."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, (p, e) in enumerate(zip(prompts, expected)):
+        groups[len(p), len(e)].append(i)
+    return [
+        rows[start : start + step]
+        for (n_prompt, n_answer), rows in groups.items()
+        for step in [len(rows) if whole_groups else rows_per_pass(model, n_prompt + n_answer)]
+        for start in range(0, len(rows), step)
+    ]
+
+
+def at_prompt_end(iv: Intervention, prompt_len: int) -> Intervention:
     """``iv`` with a last-position (-1) target pinned to the prompt's last token."""
     position = getattr(iv, "position", None)
     if position == -1:

@@ -14,9 +14,10 @@ Procedure, following the post's own reasoning:
 4. every Claim 1 finding is evaluated on this exploration study; its verdict is
    written as the expected verdict.
 
-Claims 2 and 3 (:func:`discover_sequences`) run on the target's task (``--task``;
-default: the ``[task]`` of its existing file, else y = 2x + 3), with sequences of
-16 examples read in one teacher-forced forward each:
+Claim 1 runs on the target's task (``--task``; default: the ``[task]`` of its
+existing file, else y = 2x + 3; C0 is always y = 2x + 3).  Claims 2 and 3
+(:func:`discover_sequences`) run on the same task, with sequences of 16
+examples read in one teacher-forced forward each:
 5. the fit range ends at the first n whose mean P(correct) reaches 0.9 (at least
    4 points; the whole range when never);
 6. the feature layer has the largest held-out separation between task and
@@ -67,23 +68,34 @@ def backup_layer(before: Condition, after: Condition, excluded: set[int]) -> int
     return int(np.argmax(gain))
 
 
-def discover(model: Any, *, n_pairs: int, seed: int, threshold: float, margin: float, log=print) -> dict:
-    """Run the procedure; returns the expectations as a dict (see :func:`to_toml`)."""
+def discover(
+    model: Any, *, n_pairs: int, seed: int, threshold: float, margin: float, task: AffineTask = CANONICAL, log=print,
+) -> dict:
+    """Run the procedure; returns the expectations as a dict (see :func:`to_toml`).
+
+    C0 is always the post's y = 2x + 3; Claim 1 runs on ``task``."""
     n_layers = model.cfg.n_layers
     read_layer = n_layers - 1
     explore = split_seed(seed, "exploration")
     no_context = make_prompts(CANONICAL, n_prompts=n_pairs, n_examples=0, seed=explore)
-    pairs = make_patch_pairs(CANONICAL, n_pairs=n_pairs, n_examples=12, seed=explore)
-    correct = greedy_is(model, pairs.a_texts, [p.a.answer for p in pairs.pairs])
+    canonical = make_patch_pairs(CANONICAL, n_pairs=n_pairs, n_examples=12, seed=explore)
+    correct = greedy_is(model, canonical.a_texts, [p.a.answer for p in canonical.pairs])
     c0 = claim0.in_context(correct, greedy_is(model, no_context.texts, no_context.answers), CANONICAL.name)
     log(f"C0.in-context: {c0.message}")
     c0_verdict = {"C0.in-context": SUPPORTED if c0.supported else REFUTED}
+    figures = {"C0.in-context": c0.message}
+    pairs = canonical
+    if task != CANONICAL:
+        figures["C1 on 2x+3"] = f"not run: Claim 1 runs on {task.name}; clean accuracy on 2x+3 {claim1.precondition(correct)[1]}"
+        pairs = make_patch_pairs(task, n_pairs=n_pairs, n_examples=12, seed=explore)
+        correct = greedy_is(model, pairs.a_texts, [p.a.answer for p in pairs.pairs])
     ok, accuracy = claim1.precondition(correct)
+    log(f"C1 on {task.name}: clean accuracy {accuracy}")
     if not ok:
         return {
             "verdicts": {**c0_verdict, **{cid: NOT_APPLICABLE for cid in C1_IDS}},
             "c1": {},
-            "figures": {"C0.in-context": c0.message, "C1": f"not applicable: clean accuracy {accuracy}"},
+            "figures": {**figures, "C1": f"not applicable: task {task.name}, clean accuracy {accuracy}"},
         }
     clean = measure(model, pairs, (), read_layer=read_layer)
     onset0 = onset_layer(clean.task_flags(), threshold)
@@ -125,7 +137,8 @@ def discover(model: Any, *, n_pairs: int, seed: int, threshold: float, margin: f
             "backup_layers": backups, "read_layer": read_layer, "threshold": threshold, "margin": margin,
             "backup_share": params.backup_share,
         },
-        "figures": {"C0.in-context": c0.message, **{cid: f.message for cid, f in findings.items()}},
+        "figures": {**figures, "C1": f"task {task.name}, clean accuracy {accuracy}",
+                    **{cid: f.message for cid, f in findings.items()}},
     }
 
 
@@ -254,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin", type=_fraction, default=0.1, help="equivalence margin on accuracy (default 0.1)")
     parser.add_argument("--out", type=Path, default=None, help="file to write (default claims/expectations/<target>.toml)")
     parser.add_argument("--task", type=_task, default=None,
-                        help="Claim 2/3 task as A,B for y = A*x + B (default: the existing file's [task], else 2,3)")
+                        help="Claim 1-3 task as A,B for y = A*x + B (default: the existing file's [task], else 2,3)")
     parser.add_argument("--n-sequences", type=_positive, default=None,
                         help="exploration sequences for Claims 2 and 3, also their cap on confirmation "
                         "(default: the existing file's [c2] max_prompts, else 100)")
@@ -271,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         n_sequences = args.n_sequences or (previous.get("c2", "max_prompts", int, default=MAX_PROMPTS_DEFAULT) if previous else MAX_PROMPTS_DEFAULT)
         model = load_target(args.target, device=args.device).model
         found = discover(
-            model, n_pairs=args.n_pairs, seed=args.seed, threshold=args.threshold, margin=args.margin, log=log,
+            model, n_pairs=args.n_pairs, seed=args.seed, threshold=args.threshold, margin=args.margin, task=task,
+            log=log,
         )
         more = discover_sequences(model, task, n_prompts=n_sequences, seed=args.seed, log=log)
         found = {

@@ -15,7 +15,9 @@ import numpy as np
 
 import torch
 
-from .answers import device_of, encode, greedy_is, group_by_length, numbers_are_single_tokens
+from .answers import (
+    answer_tokens, at_prompt_end, device_of, encode, numbers_are_single_tokens, predicts_answer, with_answers,
+)
 from .interventions import AblateHeads, capture, resid_pre
 from .patching import Sweep, patch_sweep
 from .scores import HeadScores, answer_token_ids, score_hooks, scores_from
@@ -72,33 +74,34 @@ def measure(
 ) -> Condition:
     """One condition: every head of ``layers`` ablated (none: clean).
 
-    A runs ONCE per length group: that forward gives the residual the sweep
-    patches, the activations of both head scores and, with one-token numbers,
-    A's answer.  Digit-by-digit tokenizers check the answer by one more
-    teacher-forced forward.
+    A runs ONCE per batch: that forward gives the residual the sweep patches,
+    the activations of both head scores and A's answer.  For digit-by-digit
+    tokenisers the answer's tokens are appended (teacher forcing) and the
+    activations are read at the prompt's last position, where the ablation sits.
     """
     layers = tuple(layers)
     ivs = [AblateHeads.layers(layers, model.cfg.n_heads, mode=mode, position=position, means=means)] if layers else []
     n_layers, tokenizer = model.cfg.n_layers, model.tokenizer
     answers = [pair.a.answer for pair in pairs.pairs]
+    expected = answer_tokens(tokenizer, answers)
     first = answer_token_ids(tokenizer, answers)
-    single = numbers_are_single_tokens(tokenizer)
+    forced = [[] for _ in expected] if numbers_are_single_tokens(tokenizer) else expected
     names = list(dict.fromkeys([resid_pre(layer) for layer in range(n_layers)] + score_hooks(n_layers, read_layer)))
-    encoded = [encode(tokenizer, t) for t in pairs.a_texts]
+    prompts = [encode(tokenizer, t) for t in pairs.a_texts]
     device = device_of(model)
     source = torch.empty(len(pairs), n_layers, model.cfg.d_model, dtype=model.cfg.dtype)
     dla = np.zeros((len(pairs), n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
     correct = np.zeros(len(pairs), dtype=bool)
-    for rows in group_by_length(encoded).values():
-        tokens = torch.tensor([encoded[i] for i in rows], device=device)
-        logits, acts = capture(model, tokens, names, position=-1, interventions=ivs, logits="last")
+    for rows in with_answers(model, prompts, forced):
+        end = len(prompts[rows[0]]) - 1
+        tokens = torch.tensor([prompts[i] + forced[i] for i in rows], device=device)
+        held = [at_prompt_end(iv, end + 1) for iv in ivs]
+        predicted, acts = capture(model, tokens, names, position=end, interventions=held, logits="argmax")
         source[rows] = torch.stack([acts[resid_pre(layer)].cpu() for layer in range(n_layers)], dim=1)
         dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
-        if single:
-            correct[rows] = (logits.argmax(-1).cpu().numpy() == np.array([first[i] for i in rows]))
-    if not single:
-        correct = greedy_is(model, pairs.a_texts, answers, interventions=ivs)
+        predicted = predicted.cpu()
+        correct[rows] = [predicts_answer(tokenizer, predicted[j].tolist(), end, expected[i]) for j, i in enumerate(rows)]
     return Condition(
         name="clean" if not layers else "ablate " + "+".join(str(layer) for layer in layers),
         layers=layers,
