@@ -103,6 +103,16 @@ def test_no_backup_without_a_real_increase():
     assert not claim1.backup(flat, 0, PARAMS).supported
 
 
+def test_the_backup_head_is_the_largest_significant_increase_not_the_first_smallest_p():
+    clean, after = _condition(2, seed=1), _condition(4, backup=3, seed=1)
+    dla = after.scores.dla.copy()
+    dla[:, 3, 0] = clean.scores.dla[:, 3, 0] + 0.01  # head 0 rises on every prompt, but by little
+    small_first = Condition(after.name, (), after.correct, after.sweep, HeadScores(dla, dla, 7))
+    found = claim1.backup(_study(clean, small_first), 0, PARAMS)
+    assert "L3H1" in found.message and found.effect.statistic > 0.5
+    assert found.supported
+
+
 def test_no_backup_when_the_increase_is_negligible():
     clean, after = _condition(2, seed=1), _condition(4, backup=3, seed=1)
     dla = clean.scores.dla.copy()

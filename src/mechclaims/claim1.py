@@ -128,6 +128,9 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
     "Takes over" means a significant paired increase of the head's direct logit
     attribution (Wilcoxon, Holm over the layer's heads) that amounts to at least
     ``backup_share`` of the attribution the newly ablated heads carried before.
+    The head reported is the one with the largest increase among the significant
+    ones (the smallest p when none is): with many prompts several heads reach the
+    smallest p a signed-rank test can give, so p alone does not pick a head.
     """
     layer = p.backup_layers[stage]
     before = study.clean if stage == 0 else study.after(stage - 1)
@@ -135,7 +138,11 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
     n_heads = before.scores.dla.shape[2]
     tests = [paired_increase(before.scores.dla[:, layer, h], after.scores.dla[:, layer, h]) for h in range(n_heads)]
     adjusted = holm(np.array([t.pvalue for t in tests]))
-    best = int(np.argmin(adjusted))
+    significant = np.flatnonzero(adjusted < ALPHA)
+    if significant.size:
+        best = int(significant[np.argmax([tests[h].statistic for h in significant])])
+    else:
+        best = int(np.argmin(adjusted))
     effect = Effect(tests[best].statistic, tests[best].ci, tests[best].n, float(adjusted[best]))
     removed = float(before.scores.dla[:, list(p.stages[stage])].sum(axis=(1, 2)).mean())
     needed = p.backup_share * abs(removed)
