@@ -195,7 +195,7 @@ def test_an_empty_key_value_cache_is_refused_with_the_versions_to_install():
     from mechclaims.patching import _prefill
 
     class NoCache:
-        def __call__(self, tokens, return_type):
+        def __call__(self, tokens, return_type, logits_to_keep):
             return None, None
 
     with pytest.raises(ConfigError, match=r"holds 0 positions after a prefill of 5.*transformers < 5.24"):

@@ -282,3 +282,25 @@ def test_derived_results_are_memoised_in_memory_and_on_disk(model, tmp_path):
     assert np.array_equal(three["a"], np.arange(6.0).reshape(2, 3)) and three["b"].dtype == bool
     derived(model, "reading", "k2", 10, compute)
     assert len(calls) == 2 and later.stats.tokens_needed == 20 and later.stats.tokens_processed == 10
+
+
+def test_logits_of_the_last_positions_only_are_computed_and_served_by_wider_entries(model):
+    tokens = _tokens(model)
+    everything = run_with(model, tokens, logits="all")
+    tail = run_with(model, tokens, logits="all", tail=3)  # no store: computed with logits_to_keep=3
+    assert tail.shape == (tokens.shape[0], 3, everything.shape[-1])
+    assert torch.allclose(tail, everything[:, -3:], atol=1e-5)
+    store = _store()
+    attach(model, store)
+    narrow = forward(model, tokens, logits="argmax", tail=2)
+    wider = forward(model, tokens, logits="argmax", tail=3)  # an entry of 2 positions cannot serve 3
+    assert store.stats.computed == 2
+    again = forward(model, tokens, logits="argmax", tail=1)
+    assert store.stats.memory_hits == 1 and torch.equal(again.logits, narrow.logits[:, -1:])
+    assert torch.equal(wider.logits[:, -2:], narrow.logits)
+
+
+def test_a_tail_beyond_the_batch_is_refused(model):
+    tokens = _tokens(model)
+    with pytest.raises(ConfigError, match=r"tail=0 must be between 1 and the \d+ positions"):
+        run_with(model, tokens, logits="argmax", tail=0)

@@ -81,22 +81,26 @@ def group_by_length(
     return out
 
 
-# Transient memory one CPU forward pass may take. Full-vocabulary logits dominate
-# (fp32: SmolLM2's 49,152-token vocabulary makes 13 prompts of 124 tokens 317 MB);
-# a pass stopped before the unembedding is bounded by its attention scores (about
-# three copies of n_heads x length per token, measured) and MLP activations.
+# Transient memory one CPU forward pass may take. Full-vocabulary logits would
+# dominate (fp32: SmolLM2's 49,152-token vocabulary makes 13 prompts of 124 tokens
+# 317 MB), so passes compute them only at the positions they keep (see
+# mechclaims.interventions.forward); the rest is bounded by the attention scores
+# (about three copies of n_heads x length per token, measured) and MLP activations.
 # GPU passes keep MAX_ROWS rows.
 CPU_PASS_BYTES = 64 * 2**20
 
 
-def rows_per_pass(model: Any, length: int, *, logits: bool = True) -> int:
+def rows_per_pass(model: Any, length: int, *, logits: int | None = None) -> int:
     """Rows of ``length`` tokens per forward pass: MAX_ROWS, fewer on CPU where one
-    pass would take more than CPU_PASS_BYTES (``logits``: the pass computes them)."""
+    pass would take more than CPU_PASS_BYTES (``logits``: the positions whose
+    logits the pass computes; None: all of them)."""
     if device_of(model).type != "cpu":
         return MAX_ROWS
     cfg = model.cfg
-    per_token = max(cfg.d_vocab if logits else 0, 3 * cfg.n_heads * length, 4 * cfg.d_mlp)
-    return max(1, min(MAX_ROWS, CPU_PASS_BYTES // (length * per_token * 4)))
+    per_token = max(3 * cfg.n_heads * length, 4 * cfg.d_mlp)
+    kept = length if logits is None else min(logits, length)
+    per_row = 4 * (length * per_token + kept * cfg.d_vocab)
+    return max(1, min(MAX_ROWS, CPU_PASS_BYTES // per_row))
 
 
 def device_of(model: Any) -> torch.device:
@@ -134,7 +138,7 @@ def decode_numbers(model: Any, tokens: torch.Tensor, interventions: Sequence[Int
     steps = 1 if numbers_are_single_tokens(model.tokenizer) else MAX_NUMBER_TOKENS
     reader = NumberReader(model.tokenizer, tokens.shape[0])
     for _ in range(steps):
-        nxt = run_with(model, tokens, interventions, logits="argmax")[:, -1]
+        nxt = run_with(model, tokens, interventions, logits="last").argmax(-1)
         if not reader.add(nxt.tolist()):
             break
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
@@ -156,14 +160,14 @@ def answer_tokens(tokenizer: Any, numbers: Sequence[int]) -> list[list[int]]:
     return [tokenizer(str(int(n)), add_special_tokens=False)["input_ids"] for n in numbers]
 
 
-def predicts_answer(tokenizer: Any, predicted: Sequence[int], start: int, want: Sequence[int]) -> bool:
-    """Whether a teacher-forced row of argmax ids predicts ``want`` from position
-    ``start`` on (the last prompt position), then a non-digit for digit-by-digit tokenisers."""
-    if list(predicted[start : start + len(want)]) != list(want):
+def predicts_answer(tokenizer: Any, predicted: Sequence[int], want: Sequence[int]) -> bool:
+    """Whether the argmax ids of a teacher-forced pass, from the prompt's last
+    position on, predict ``want``, then a non-digit for digit-by-digit tokenisers."""
+    if list(predicted[: len(want)]) != list(want):
         return False
     if numbers_are_single_tokens(tokenizer):
         return True
-    return int(predicted[start + len(want)]) not in _digit_token_ids(tokenizer)
+    return int(predicted[len(want)]) not in _digit_token_ids(tokenizer)
 
 
 def greedy_is(
@@ -183,12 +187,12 @@ def greedy_is(
     per_row_values = any(hasattr(iv, "values") for iv in interventions)
     out = np.zeros(len(prompts), dtype=bool)
     for rows in with_answers(model, prompts, expected, whole_groups=per_row_values):
-        start = len(prompts[rows[0]]) - 1
+        n_prompt, n_answer = len(prompts[rows[0]]), len(expected[rows[0]])
         tokens = torch.tensor([prompts[i] + expected[i] for i in rows], device=device_of(model))
-        held = [at_prompt_end(iv, start + 1) for iv in interventions]
-        predicted = run_with(model, tokens, held, logits="argmax").cpu()
+        held = [at_prompt_end(iv, n_prompt) for iv in interventions]
+        predicted = run_with(model, tokens, held, logits="argmax", tail=n_answer + 1).cpu()
         for j, i in enumerate(rows):
-            out[i] = predicts_answer(tokenizer, predicted[j].tolist(), start, expected[i])
+            out[i] = predicts_answer(tokenizer, predicted[j].tolist(), expected[i])
     return out
 
 
@@ -204,7 +208,7 @@ def with_answers(
     return [
         rows[start : start + step]
         for (n_prompt, n_answer), rows in groups.items()
-        for step in [len(rows) if whole_groups else rows_per_pass(model, n_prompt + n_answer)]
+        for step in [len(rows) if whole_groups else rows_per_pass(model, n_prompt + n_answer, logits=n_answer + 1)]
         for start in range(0, len(rows), step)
     ]
 

@@ -209,7 +209,7 @@ def _read_sequences(
     else:
         raise ValueError("read_sequences was asked to read nothing")
     iv_hooks = [hook for iv in interventions for hook in iv.hooks()]
-    per_pass = lambda length: rows_per_pass(model, length, logits=False)  # noqa: E731
+    per_pass = lambda length: rows_per_pass(model, length, logits=0)  # noqa: E731  (stopped before the unembedding)
     for rows in group_by_length([r.tokens for r in rs], per_pass).values():
         length = len(rs[rows[0]].tokens)
         tokens = torch.tensor([rs[i].tokens for i in rows], device=device)

@@ -97,11 +97,12 @@ def measure(
         end = len(prompts[rows[0]]) - 1
         tokens = torch.tensor([prompts[i] + forced[i] for i in rows], device=device)
         held = [at_prompt_end(iv, end + 1) for iv in ivs]
-        predicted, acts = capture(model, tokens, names, position=end, interventions=held, logits="argmax")
+        tail = len(forced[rows[0]]) + 1  # the predictions from the prompt's last position on
+        predicted, acts = capture(model, tokens, names, position=end, interventions=held, logits="argmax", tail=tail)
         source[rows] = torch.stack([acts[resid_pre(layer)].cpu() for layer in range(n_layers)], dim=1)
         dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
         predicted = predicted.cpu()
-        correct[rows] = [predicts_answer(tokenizer, predicted[j].tolist(), end, expected[i]) for j, i in enumerate(rows)]
+        correct[rows] = [predicts_answer(tokenizer, predicted[j].tolist(), expected[i]) for j, i in enumerate(rows)]
     return Condition(
         name="clean" if not layers else "ablate " + "+".join(str(layer) for layer in layers),
         layers=layers,

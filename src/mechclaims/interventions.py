@@ -132,18 +132,22 @@ def forward(
     position: int | None = -1,
     interventions: Sequence[Intervention] = (),
     logits: str = "all",
+    tail: int | None = None,
 ) -> Forward:
     """ONE forward pass with ``interventions``, keeping ``logits`` and the activations at ``names``.
 
     ``logits``: ``"all"`` ``[batch, pos, vocab]``, ``"last"`` ``[batch, vocab]``,
-    ``"argmax"`` ``[batch, pos]`` token ids, or ``"none"``.  Activations keep only
+    ``"argmax"`` ``[batch, pos]`` token ids, or ``"none"``; ``tail`` limits
+    ``"all"`` and ``"argmax"`` to the last ``tail`` positions.  The pass computes
+    logits only where they are kept (HF ``logits_to_keep``): a full-vocabulary
+    unembedding of every position is most of a long pass's memory.  Activations keep only
     ``position`` (``None``: every position), so a residual sweep of a long
     prompt stores ``[batch, d_model]`` per layer rather than the whole sequence.
     When the model has an activation store attached (:func:`mechclaims.store.attach`),
     a pass already computed is served from it; interventions without a ``key()``
     are never cached.  Hooks are always removed after the pass.
     """
-    request = Request(tokens, tuple(dict.fromkeys(names)), position, tuple(interventions), logits)
+    request = Request(tokens, tuple(dict.fromkeys(names)), position, tuple(interventions), logits, tail)
     store = store_of(model)
     compute = lambda: _compute(model, request)  # noqa: E731
     if store is None or not all(hasattr(iv, "key") for iv in interventions):
@@ -165,7 +169,7 @@ def _compute(model: Any, request: Request) -> Forward:
     hooks = [hook for iv in request.interventions for hook in iv.hooks()]
     hooks += [(name, keeper(name)) for name in request.names]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        out = model(request.tokens)
+        out = model(request.tokens, logits_to_keep=request.logits_to_keep())
     missing = [n for n in request.names if n not in stored]
     if missing:
         raise ConfigError(f"hooks never fired: {missing}; use TransformerLens hook names such as {resid_pre(0)!r}")
@@ -174,10 +178,11 @@ def _compute(model: Any, request: Request) -> Forward:
 
 
 def run_with(
-    model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = (), *, logits: str = "all"
+    model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = (), *, logits: str = "all",
+    tail: int | None = None,
 ) -> torch.Tensor:
     """Logits of one forward pass with ``interventions`` applied (see :func:`forward`)."""
-    return forward(model, tokens, interventions=interventions, logits=logits).logits
+    return forward(model, tokens, interventions=interventions, logits=logits, tail=tail).logits
 
 
 def capture(
@@ -188,9 +193,12 @@ def capture(
     position: int | None = -1,
     interventions: Sequence[Intervention] = (),
     logits: str = "all",
+    tail: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits and the activations at ``names`` (only ``position``; ``None`` keeps all)."""
-    out = forward(model, tokens, names=names, position=position, interventions=interventions, logits=logits)
+    out = forward(
+        model, tokens, names=names, position=position, interventions=interventions, logits=logits, tail=tail
+    )
     return out.logits, out.acts
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .answers import (
     MAX_NUMBER_TOKENS, OUTCOMES, NumberReader, classify, decode_numbers, device_of, encode, group_by_length,
-    numbers_are_single_tokens,
+    numbers_are_single_tokens, rows_per_pass,
 )
 from .errors import ConfigError
 from .interventions import Intervention, SetResidual, capture, resid_pre
@@ -57,7 +57,7 @@ def last_resid(
     encoded = [encode(model.tokenizer, t) for t in texts]
     out = torch.empty(len(texts), len(layers), model.cfg.d_model, dtype=model.cfg.dtype)
     names = [resid_pre(layer) for layer in layers]
-    for rows in group_by_length(encoded).values():
+    for rows in group_by_length(encoded, lambda length: rows_per_pass(model, length, logits=1)).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=device_of(model))
         _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
         out[rows] = torch.stack([acts[n].cpu() for n in names], dim=1)
@@ -67,7 +67,7 @@ def last_resid(
 # Keys and values one decode block may hold (the prefix's cache repeated once per
 # patched layer): on CPU this bounds the sweep's transient memory, on a GPU it
 # leaves room beside llama-3-8b's 16 GB of bf16 weights.
-KV_BLOCK_BYTES = {"cpu": 256 * 2**20}
+KV_BLOCK_BYTES = {"cpu": 64 * 2**20}
 KV_BLOCK_BYTES_ACCELERATOR = 8 * 2**30
 
 
@@ -155,7 +155,7 @@ def _decode_patched(model: Any, base: torch.Tensor, values: torch.Tensor, layers
 def _prefill(model: Any, tokens: torch.Tensor) -> Any:
     """The key-value cache of ``tokens`` (B's prompt without its last token)."""
     with torch.no_grad():
-        _, cache = model(tokens, return_type="logits_and_cache")
+        _, cache = model(tokens, return_type="logits_and_cache", logits_to_keep=1)
     seen = 0 if cache is None else cache.get_seq_length()
     if seen != tokens.shape[1]:
         from importlib.metadata import version
@@ -186,7 +186,7 @@ def _decode_block(
         for step in range(steps):
             hooks = [hook for patch in patches for hook in patch.hooks()] if step == 0 else []
             with model.hooks(fwd_hooks=hooks):
-                logits, cache = model(current, past_key_values=cache, return_type="logits_and_cache")
+                logits, cache = model(current, past_key_values=cache, return_type="logits_and_cache", logits_to_keep=1)
             nxt = logits[:, -1].argmax(-1)
             if not reader.add(nxt.tolist()):
                 break

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .answers import device_of, encode, group_by_length
+from .answers import device_of, encode, group_by_length, rows_per_pass
 from .interventions import Intervention, capture, head_z, resid_pre
 from .store import derived, tensor_digest
 
@@ -106,7 +106,7 @@ def head_scores(
     dla = np.zeros((len(texts), model.cfg.n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
     device = device_of(model)
-    for rows in group_by_length(encoded).values():
+    for rows in group_by_length(encoded, lambda length: rows_per_pass(model, length, logits=1)).values():
         tokens = torch.tensor([encoded[i] for i in rows], device=device)
         _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
         dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)

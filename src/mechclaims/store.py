@@ -70,10 +70,22 @@ class Request:
     position: int | None = -1
     interventions: tuple[Any, ...] = ()
     logits: str = "all"
+    tail: int | None = None  # "all"/"argmax": only the last `tail` positions (None: every position)
 
     def __post_init__(self) -> None:
         if self.logits not in LOGITS:
             raise ConfigError(f"logits={self.logits!r} is not one of {', '.join(LOGITS)}")
+        if self.tail is not None and not 1 <= self.tail <= self.tokens.shape[-1]:
+            raise ConfigError(
+                f"tail={self.tail} must be between 1 and the {self.tokens.shape[-1]} positions of the batch "
+                "(None keeps every position)"
+            )
+
+    def logits_to_keep(self) -> int:
+        """Positions whose logits the pass computes (0: all), from the end."""
+        if self.logits in ("last", "none"):
+            return 1
+        return self.tail or 0
 
     def base_key(self) -> str:
         """Identity of the computation: tokens and interventions (not what is kept)."""
@@ -99,8 +111,11 @@ class Forward:
             logits = None
         elif request.logits == "last" and logits.dim() == 3:
             logits = logits[:, -1]
-        elif request.logits == "argmax" and logits.is_floating_point():
-            logits = logits.argmax(-1)
+        else:
+            if request.logits == "argmax" and logits.is_floating_point():
+                logits = logits.argmax(-1)
+            if request.tail is not None:
+                logits = logits[:, -request.tail :]
         return Forward(
             None if logits is None else logits.clone(),
             {name: self.acts[name].clone() for name in request.names},
@@ -130,6 +145,7 @@ class _Entry:
     names: frozenset[str]
     position: int | None
     logits: str
+    tail: int | None
     value: Forward
 
 
@@ -184,7 +200,7 @@ class ActivationStore:
         if value.nbytes() <= self.max_entry_bytes:
             self.stats.bytes_in_memory += value.nbytes()
             self._entries.setdefault(base, []).append(
-                _Entry(frozenset(request.names), request.position, request.logits, value)
+                _Entry(frozenset(request.names), request.position, request.logits, request.tail, value)
             )
         return value.served_as(request)
 
@@ -196,7 +212,14 @@ class ActivationStore:
     @staticmethod
     def _covers(entry: _Entry, request: Request) -> bool:
         same_position = entry.position == request.position or not request.names
-        return same_position and entry.names >= set(request.names) and entry.logits in _SERVES[request.logits]
+        positions = (
+            request.logits in ("last", "none") or entry.tail is None
+            or (request.tail is not None and request.tail <= entry.tail)
+        )
+        return (
+            same_position and positions and entry.names >= set(request.names)
+            and entry.logits in _SERVES[request.logits]
+        )
 
     # ------------------------------------------------------------------ derived results
 
@@ -242,6 +265,7 @@ class ActivationStore:
                 "names": sorted(request.names),
                 "position": request.position,
                 "logits": request.logits,
+                "tail": request.tail,
             },
             sort_keys=True,
         )
