@@ -405,3 +405,21 @@ def test_an_expectation_for_an_unknown_claim_id_is_a_usage_error(pytester, as_or
     result = pytester.runpytest("--mechclaims-target", "organism")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] names unknown claim ids T.contrl; claims defined in *: T.control"])
+
+
+def test_minus_k_selects_claims_by_their_id(pytester, as_organism):
+    pytester.makepyfile(test_ids="""
+import pytest
+
+@pytest.mark.claim(id="Q7.alpha")
+def test_one(target, claim):
+    pass
+
+@pytest.mark.claim(id="Q8.beta")
+def test_two(target, claim):
+    pass
+""")
+    for expression in ("Q7", "alpha", "Q7 and not beta"):
+        result = pytester.runpytest("-k", expression, "--collect-only", "-q")
+        out = result.stdout.str()
+        assert "test_one" in out and "test_two" not in out, (expression, out)

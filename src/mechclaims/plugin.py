@@ -138,6 +138,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(
                 f"{item.nodeid}: @pytest.mark.claim needs id=..., e.g. @pytest.mark.claim(id='C1.onset')"
             )
+        if marker is not None:
+            item.extra_keyword_matches.add(marker.kwargs["id"])  # `-k C1`, `-k redundancy` select by claim id
         if marker is not None and _target_name(item) is not None:
             _apply_expectation(item, marker.kwargs["id"])
     explicit_gpu = any(TARGETS[n].gpu for n in config.getoption("mechclaims_target"))
