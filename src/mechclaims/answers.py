@@ -81,12 +81,14 @@ def group_by_length(
     return out
 
 
-# Transient memory one CPU forward pass may take. Full-vocabulary logits would
-# dominate (fp32: SmolLM2's 49,152-token vocabulary makes 13 prompts of 124 tokens
-# 317 MB), so passes compute them only at the positions they keep (see
-# mechclaims.interventions.forward); the rest is bounded by the attention scores
-# (about three copies of n_heads x length per token, measured) and MLP activations.
-# GPU passes keep MAX_ROWS rows.
+# Transient memory one CPU forward pass may take. Passes compute logits only at
+# the positions they keep (full-vocabulary logits would dominate: SmolLM2's 49,152
+# tokens are 192 KiB per position) and build no key-value cache (see
+# mechclaims.interventions.forward). The rest is one layer's working set per
+# token: the attention scores and their copies (about five of n_heads x length),
+# the gated MLP's four d_mlp activations and about eight d_model vectors
+# (residual, norms, q/k/v and rotary copies); measured on SmolLM2-135M and the
+# organism within a factor of 1.3. GPU passes keep MAX_ROWS rows.
 CPU_PASS_BYTES = 64 * 2**20
 
 
@@ -97,7 +99,7 @@ def rows_per_pass(model: Any, length: int, *, logits: int | None = None) -> int:
     if device_of(model).type != "cpu":
         return MAX_ROWS
     cfg = model.cfg
-    per_token = max(3 * cfg.n_heads * length, 4 * cfg.d_mlp)
+    per_token = 5 * cfg.n_heads * length + 4 * cfg.d_mlp + 8 * cfg.d_model
     kept = length if logits is None else min(logits, length)
     per_row = 4 * (length * per_token + kept * cfg.d_vocab)
     return max(1, min(MAX_ROWS, CPU_PASS_BYTES // per_row))

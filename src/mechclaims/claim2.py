@@ -255,7 +255,7 @@ def _read_sequences(
         hooks.append((stop_at, stop))
         try:
             with model.hooks(fwd_hooks=iv_hooks + hooks):
-                model(tokens)
+                model(tokens, use_cache=False)
         except _Stop:
             pass
         else:
