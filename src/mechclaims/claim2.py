@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import memory
 from .answers import device_of, group_by_length, numbers_are_single_tokens, rows_per_pass
 from .claim0 import MIN_ACCURACY
 from .fits import (
@@ -260,6 +261,8 @@ def _read_sequences(
             pass
         else:
             raise RuntimeError(f"hook {stop_at} never fired")
+        finally:
+            memory.release()
         if not read:
             continue
         for b, i in enumerate(rows):

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from . import memory
 from .errors import ConfigError
 from .store import Forward, Request, store_of, tensor_digest
 
@@ -168,10 +169,13 @@ def _compute(model: Any, request: Request) -> Forward:
 
     hooks = [hook for iv in request.interventions for hook in iv.hooks()]
     hooks += [(name, keeper(name)) for name in request.names]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        # no key-value cache: a pass that is not decoded further would only build one (all layers' keys
-        # and values, alive until the pass ends)
-        out = model(request.tokens, logits_to_keep=request.logits_to_keep(), use_cache=False)
+    try:
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            # no key-value cache: a pass that is not decoded further would only build one (all layers'
+            # keys and values, alive until the pass ends)
+            out = model(request.tokens, logits_to_keep=request.logits_to_keep(), use_cache=False)
+    finally:
+        memory.release()
     missing = [n for n in request.names if n not in stored]
     if missing:
         raise ConfigError(f"hooks never fired: {missing}; use TransformerLens hook names such as {resid_pre(0)!r}")

@@ -25,6 +25,7 @@ from .answers import (
     MAX_NUMBER_TOKENS, OUTCOMES, NumberReader, classify, decode_numbers, device_of, encode, group_by_length,
     numbers_are_single_tokens, rows_per_pass,
 )
+from . import memory
 from .errors import ConfigError
 from .interventions import Intervention, SetResidual, capture, resid_pre
 from .results import Effect
@@ -149,6 +150,7 @@ def _decode_patched(model: Any, base: torch.Tensor, values: torch.Tensor, layers
         for l0 in range(0, k_all, per_pair):
             chunk = range(l0, min(l0 + per_pair, k_all))
             out[l0 : chunk.stop, block] = _decode_block(model, prefix, base[block, -1:], values[block], layers, chunk, steps)
+            memory.release()
     return out
 
 
