@@ -17,7 +17,7 @@ from mechclaims.claim3 import C3Params
 from mechclaims.experiments import AblationStudy, ablation_study
 from mechclaims.expectations import load, path_for
 from mechclaims.results import Effect
-from mechclaims.tasks import AffineTask, make_patch_pairs, make_prompts, split_seed
+from mechclaims.tasks import CANONICAL, AffineTask, make_patch_pairs, make_prompts, split_seed
 
 CLAIMS_DIR = Path(__file__).parent
 
@@ -30,16 +30,18 @@ class C1Run:
     accuracy: Effect
     applicable: bool
     reason: str
+    canonical: dict | None = None  # the post's 2x+3 on a target whose [task] differs
 
     def require(self, claim) -> None:
         """Skip ``claim`` as not applicable when the precondition failed."""
         if not self.applicable:
-            claim.not_applicable(self.reason, self.accuracy)
+            claim.not_applicable(self.reason, self.accuracy, **self.notes)
 
     @property
     def notes(self) -> dict:
-        """Figures every Claim 1 result carries: the task and A's clean accuracy."""
-        return {"task": self.task.name, "precondition_accuracy": self.accuracy}
+        """Figures every Claim 1 result carries: the task and A's clean accuracy
+        (and, where the target's task is not the post's, the post's task's verdict)."""
+        return {"task": self.task.name, "precondition_accuracy": self.accuracy, **(self.canonical or {})}
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +57,21 @@ def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
     pairs = make_patch_pairs(
         task, n_pairs=s.n_prompts, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
     )
+    canonical = None
+    if task != CANONICAL:  # the post's task as well: the report says why Claim 1 runs on another
+        post = make_patch_pairs(
+            CANONICAL, n_pairs=s.n_prompts, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
+        )
+        post_ok, post_accuracy = precondition(greedy_is(target.model, post.a_texts, [p.a.answer for p in post.pairs]))
+        canonical = {
+            "canonical_task": CANONICAL.name,
+            "canonical_precondition_accuracy": post_accuracy,
+            "canonical_verdict": f"not run: the claims run on {task.name}" if post_ok else "not-applicable",
+        }
     ok, accuracy = precondition(greedy_is(target.model, pairs.a_texts, [p.a.answer for p in pairs.pairs]))
     if not ok:
         reason = f"task {task.name}: clean accuracy {accuracy} is below {MIN_ACCURACY} (lower bound)"
-        return C1Run(task, None, None, accuracy, False, reason)
+        return C1Run(task, None, None, accuracy, False, reason, canonical)
     try:
         params = params_from(exp, target.info.n_layers)
     except MechclaimsError as exc:
@@ -67,7 +80,7 @@ def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
         target.model, pairs, params.stages, read_layer=params.read_layer,
         progress=lambda message: mechclaims_progress(f"{target.name} C1 study ({task.name}): {message}"),
     )
-    return C1Run(task, params, study, accuracy, True, "")
+    return C1Run(task, params, study, accuracy, True, "", canonical)
 
 
 @dataclass(frozen=True)
