@@ -110,6 +110,12 @@ def device_of(model: Any) -> torch.device:
     return torch.device(model.cfg.device)
 
 
+def answer_steps(tokenizer: Any) -> int:
+    """Generated tokens that can make up one answer: 1 for the number tokenizers,
+    MAX_NUMBER_TOKENS digits (the last showing whether the number ended) for others."""
+    return 1 if numbers_are_single_tokens(tokenizer) else MAX_NUMBER_TOKENS
+
+
 class NumberReader:
     """Greedy answers of a batch, one generated token at a time: each row's number
     is its digit tokens up to the first non-digit (leading spaces dropped)."""
@@ -137,7 +143,7 @@ class NumberReader:
 def decode_numbers(model: Any, tokens: torch.Tensor, interventions: Sequence[Intervention] = ()) -> np.ndarray:
     """Greedy number of each row of an equal-length batch (``-1`` where none),
     one full forward per generated token with ``interventions`` held."""
-    steps = 1 if numbers_are_single_tokens(model.tokenizer) else MAX_NUMBER_TOKENS
+    steps = answer_steps(model.tokenizer)
     reader = NumberReader(model.tokenizer, tokens.shape[0])
     for _ in range(steps):
         nxt = run_with(model, tokens, interventions, logits="last").argmax(-1)

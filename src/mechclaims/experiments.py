@@ -20,7 +20,7 @@ from .answers import (
 )
 from .interventions import AblateHeads, capture, resid_pre
 from .patching import Sweep, patch_sweep
-from .scores import HeadScores, answer_token_ids, score_hooks, scores_from
+from .scores import HeadScores, score_hooks, scores_from
 from .tasks import PatchSet
 
 APPROX_OR_EXACT = ("approx", "exact")
@@ -84,7 +84,7 @@ def measure(
     n_layers, tokenizer = model.cfg.n_layers, model.tokenizer
     answers = [pair.a.answer for pair in pairs.pairs]
     expected = answer_tokens(tokenizer, answers)
-    first = answer_token_ids(tokenizer, answers)
+    first = [ids[0] for ids in expected]  # the token direct logit attribution reads
     forced = [[] for _ in expected] if numbers_are_single_tokens(tokenizer) else expected
     names = list(dict.fromkeys([resid_pre(layer) for layer in range(n_layers)] + score_hooks(n_layers, read_layer)))
     prompts = [encode(tokenizer, t) for t in pairs.a_texts]

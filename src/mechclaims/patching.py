@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 from .answers import (
-    MAX_NUMBER_TOKENS, OUTCOMES, NumberReader, classify, decode_numbers, device_of, encode, group_by_length,
-    numbers_are_single_tokens, rows_per_pass,
+    OUTCOMES, NumberReader, answer_steps, classify, decode_numbers, device_of, encode, group_by_length, rows_per_pass,
 )
 from . import memory
 from .errors import ConfigError
@@ -136,7 +135,7 @@ def decode_patched(
 def _decode_patched(model: Any, base: torch.Tensor, values: torch.Tensor, layers: tuple[int, ...], max_rows: int) -> np.ndarray:
     device = device_of(model)
     budget = KV_BLOCK_BYTES.get(device.type, KV_BLOCK_BYTES_ACCELERATOR)
-    steps = 1 if numbers_are_single_tokens(model.tokenizer) else MAX_NUMBER_TOKENS
+    steps = answer_steps(model.tokenizer)
     per_row = kv_bytes_per_token(model) * (base.shape[1] + steps)
     rows_cap = max(1, min(max_rows, budget // per_row))
     n, k_all = base.shape[0], len(layers)

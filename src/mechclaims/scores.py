@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .answers import device_of, encode, group_by_length, rows_per_pass
+from .answers import answer_tokens, device_of, encode, group_by_length, rows_per_pass
 from .interventions import Intervention, capture, head_z, resid_pre
 from .store import derived, tensor_digest
 
@@ -63,7 +63,7 @@ def score_hooks(n_layers: int, read_layer: int) -> list[str]:
 
 def answer_token_ids(tokenizer: Any, answers: Sequence[int]) -> list[int]:
     """Each answer's first token (the one direct logit attribution reads)."""
-    return [tokenizer(str(int(a)), add_special_tokens=False)["input_ids"][0] for a in answers]
+    return [ids[0] for ids in answer_tokens(tokenizer, answers)]
 
 
 def scores_from(model: Any, acts: dict[str, torch.Tensor], first: Sequence[int], read_layer: int) -> tuple[np.ndarray, np.ndarray]:
