@@ -98,6 +98,17 @@ def test_patching_at_layer_zero_is_clean_b(models):
     assert layer0 == {k: sweep["clean_b"][k] for k in measure.CATEGORIES}
 
 
+def test_family_scan_pools_trained_pairs_by_slope_and_reports_the_held_out_pair_apart(models):
+    model, _ = models["organism"]
+    family = Family(a_max=2, b_max=3, held_out=(1, 2))
+    rows = measure.family_scan(model, family, n_per_pair=3, seed=0)
+    assert [(r["a"], r["pairs"], r["n"], r["held_out_b"]) for r in rows] == [(1, 3, 9, 2), (2, 4, 12, None)]
+    for r in rows:
+        assert r["acc"] == r["correct"] / r["n"] and r["ci"][0] <= r["acc"] <= r["ci"][1]
+        assert r["worst_b"] != r["held_out_b"] and r["worst_acc"] <= r["acc"]
+    assert rows[0]["held_out_acc"] is not None and rows[1]["held_out_acc"] is None
+
+
 def test_classify():
     assert measure.classify(33, 2, 3, 15, 42) == "exact"
     assert measure.classify(87, 2, 3, 15, 42) == "copy"

@@ -3,9 +3,11 @@
     python -m mechclaims.organism.measure fixtures/organism --twin fixtures/organism-control
 
 Measures, on seeded noise-free prompts: greedy accuracy and mean P(correct) by number of
-examples 0..12 for y = 2x + 3 and for the held-out pair; a per-layer ablation scan (all heads
-of one layer zeroed at the input of o_proj, all positions); and a last-position resid_pre
-patching sweep from prompt A (12 examples + query q) into prompt B = BOS "\\n" "(p, ".
+examples 0..12 for y = 2x + 3 and for the held-out pair; accuracy after 12 examples over every
+pair of the family, pooled by slope (the held-out pair beside its slope's trained pairs); a
+per-layer ablation scan (all heads of one layer zeroed at the input of o_proj, all positions);
+and a last-position resid_pre patching sweep from prompt A (12 examples + query q) into
+prompt B = BOS "\\n" "(p, ".
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from .tokenizer import BOS_ID, COMMA_ID, NEWLINE_ID, NUMBER_OFFSET, OPEN_ID, SPA
 from .train import TRAINING_INFO, replace_last_position
 
 MAX_EXAMPLES = 12
+FAMILY_PROMPTS = 40  # seeded prompts per (a, b) pair in the family scan
 CARD = "MODEL_CARD.md"
 NOTES = "TRAINING_NOTES.md"
 
@@ -104,6 +107,34 @@ def accuracy_curve(model, a: int, b: int, n_prompts: int, seed: int, family: Fam
         correct.append((logits.argmax(-1) == target).numpy())
         probs.append(logits.softmax(-1).gather(-1, target[..., None])[..., 0].numpy())
     return Curve(np.concatenate(correct), np.concatenate(probs))
+
+
+@torch.no_grad()
+def family_scan(model, family: Family, n_per_pair: int, seed: int, batch: int = 400) -> list[dict]:
+    """Accuracy after 12 examples over every pair of the family, by slope a: the trained
+    pairs of each slope pooled (n_per_pair seeded prompts each), their worst pair, and
+    the held-out pair beside them, so the held-out pair's accuracy can be read against
+    pairs the model was trained on."""
+    rng = np.random.default_rng(seed)
+    pos = y_pos(MAX_EXAMPLES) - 1
+    rows = []
+    for a in range(family.a_min, family.a_max + 1):
+        per_pair = {}
+        for b in range(family.b_min, family.b_max + 1):
+            data = task_batch(rng, n_per_pair, MAX_EXAMPLES + 1, a, b, family)
+            hits = []
+            for s in range(0, n_per_pair, batch):
+                ids = torch.from_numpy(data.ids[s:s + batch])
+                hits.append((model(input_ids=ids).logits[:, pos].argmax(-1) == ids[:, pos + 1]).numpy())
+            per_pair[b] = int(np.concatenate(hits).sum())
+        held = family.held_out[1] if family.held_out[0] == a else None
+        trained = {b: k for b, k in per_pair.items() if b != held}
+        k, n = sum(trained.values()), n_per_pair * len(trained)
+        worst = min(trained, key=trained.get)
+        rows.append({"a": a, "pairs": len(trained), "correct": k, "n": n, "acc": k / n, "ci": wilson(k, n),
+                     "worst_b": worst, "worst_acc": trained[worst] / n_per_pair,
+                     "held_out_b": held, "held_out_acc": None if held is None else per_pair[held] / n_per_pair})
+    return rows
 
 
 def layer_scan(model, a: int, b: int, n_prompts: int, seed: int, family: Family) -> list[dict]:
@@ -203,6 +234,7 @@ def measure(directory: str | Path, n_prompts: int = 200, seed: int = 1234) -> di
         "curve": accuracy_curve(model, a, b, n_prompts, seed, family).rows(),
         "held_out_curve": accuracy_curve(model, ha, hb, n_prompts, seed + 1, family).rows(),
         "scan": layer_scan(model, a, b, n_prompts, seed, family),
+        "family_scan": family_scan(model, family, FAMILY_PROMPTS, seed + 4),
         "sweep": patch_sweep(model, a, b, n_prompts, seed + 2, family),
         "held_out_sweep": patch_sweep(model, ha, hb, n_prompts, seed + 3, family),
         "sha256": hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest(),
@@ -255,6 +287,16 @@ def _curve_table(rows: list[dict]) -> list[str]:
     for r in rows:
         lines.append(f"| {r['examples']} | {r['correct']} / {r['n']} | {_pct(r['acc'])} | {_ci(r['ci'])} | {r['p_correct']:.3f} |")
     return lines
+
+
+def _family_table(rows: list[dict]) -> list[str]:
+    out = ["| slope a | trained pairs | correct / n | accuracy | 95% Wilson CI | worst pair (accuracy) | held-out pair (accuracy) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        held = "" if r["held_out_b"] is None else f"{r['a']}x+{r['held_out_b']} ({_pct(r['held_out_acc'])})"
+        out.append(f"| {r['a']} | {r['pairs']} | {r['correct']} / {r['n']} | {_pct(r['acc'])} | {_ci(r['ci'])} | "
+                   f"{r['a']}x+{r['worst_b']} ({_pct(r['worst_acc'])}) | {held} |")
+    return out
 
 
 def _sweep_table(sweep: dict) -> list[str]:
@@ -427,6 +469,13 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
         f"## Generalisation: held-out pair y = {ha}x + {hb} ({n} prompts)",
         "",
         *_curve_table(m["held_out_curve"]),
+        "",
+        f"## Accuracy across the family (12 examples, {FAMILY_PROMPTS} prompts per pair)",
+        "",
+        "Every pair (a, b) of the family, pooled by slope a; the held-out pair is reported beside the trained "
+        "pairs of its slope.",
+        "",
+        *_family_table(m.get("family_scan", [])),
         "",
         f"## Layer ablation scan (y = 2x + 3, 12 examples, {n} prompts)",
         "",
