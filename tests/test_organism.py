@@ -1,7 +1,10 @@
 """Tests of the model organisms: tokenizer, training command, shipped fixtures."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -130,6 +133,25 @@ def test_short_training_lowers_loss(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_training_gives_the_same_weights_at_one_and_two_threads(tmp_path):
+    """The shipped architecture, batch, dropouts and patching objective, two steps at one and
+    at two torch threads: bit-identical weights, so a retrain may use both cores (organism-control's
+    three phases at two threads reproduced its shipped weights' SHA-256; TRAINING_NOTES.md)."""
+    digests, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            out = tmp_path / f"t{threads}"
+            cfg = train.parse_config(["--out", str(out), "--steps", "2", "--batch", "32", "--threads", str(threads),
+                                      "--head-dropout", "0.1", "--layer-dropout", "0.2", "--group-dropout", "0.6",
+                                      "--group-layers", "0-4", "--group-max", "4", "--group-positions", "query",
+                                      "--patch-layers", "2-4", "--patch-weight", "0.5", "--log-every", "1"])
+            train.train(cfg, log=sys.stderr)
+            digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
+    finally:
+        torch.set_num_threads(before)
+    assert digests[0] == digests[1]
+
+
 def test_grouped_dropout_zeroes_whole_layers_inside_the_named_range():
     cfg = train.parse_config(["--out", "unused", "--d-model", "32", "--layers", "6", "--heads", "2", "--kv-heads", "1",
                               "--mlp", "64", "--group-dropout", "0.5", "--group-layers", "1-4", "--group-max", "3"])
@@ -178,6 +200,20 @@ def test_grouped_dropout_at_query_positions_leaves_every_other_position_and_prom
         dropout.remove()
 
 
+def test_fourier_periods_set_the_number_rows_and_reach_the_retrain_command(tmp_path):
+    cfg = train.parse_config(["--out", str(tmp_path / "m"), "--d-model", "16", "--heads", "2", "--kv-heads", "1",
+                              "--fourier-periods", "4,10/3"])
+    assert cfg.fourier_periods == (4.0, 10 / 3)
+    model = train.build_model(cfg)
+    row = model.model.embed_tokens.weight[train.NUMBER_OFFSET + 5, :4]  # the number 5
+    angles = 2 * torch.pi * 5 / torch.tensor([4.0, 10 / 3])
+    assert torch.allclose(row, 0.05 * torch.cat([angles.cos(), angles.sin()]), atol=1e-6)
+    command = measure.train_command({**dataclasses.asdict(cfg), "held_out": [3, 17]}, "OUT")
+    assert train.parse_config(shlex.split(command)[3:]).fourier_periods == cfg.fourier_periods
+    assert "--fourier-periods" not in measure.train_command({**dataclasses.asdict(train.TrainConfig(out="x")),
+                                                            "held_out": [3, 17]}, "OUT")
+
+
 @pytest.mark.parametrize("argv, bad", [
     (["--steps", "-5"], "-5"),
     (["--steps", "ten"], "ten"),
@@ -195,6 +231,10 @@ def test_grouped_dropout_at_query_positions_leaves_every_other_position_and_prom
     (["--group-dropout", "0.5", "--group-layers", "0-2", "--group-max", "4"], "--group-max 4"),
     (["--group-max", "0"], "0"),
     (["--group-positions", "middle"], "middle"),
+    (["--fourier-periods", "2,0,3"], "'0'"),
+    (["--fourier-periods", "2,a/3"], "'a/3'"),
+    (["--fourier-periods", "2,3/0"], "'3/0'"),
+    (["--d-model", "8", "--heads", "2", "--kv-heads", "1", "--fourier-periods", "2,3,4,5,6"], "at most 4 periods"),
 ])
 def test_invalid_arguments_exit_2_with_message(argv, bad, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:

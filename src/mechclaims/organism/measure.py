@@ -27,7 +27,7 @@ from transformers import LlamaForCausalLM
 
 from .data import CANONICAL, Family, task_batch, y_pos
 from .tokenizer import BOS_ID, COMMA_ID, NEWLINE_ID, NUMBER_OFFSET, OPEN_ID, SPACE_ID, VOCAB_SIZE, id_to_number
-from .train import TRAINING_INFO, replace_last_position
+from .train import FOURIER_PERIODS, TRAINING_INFO, replace_last_position
 
 MAX_EXAMPLES = 12
 FAMILY_PROMPTS = 40  # seeded prompts per (a, b) pair in the family scan
@@ -271,6 +271,9 @@ def train_command(cfg: dict, out: str) -> str:
         if key == "held_out":
             value = ",".join(str(v) for v in value)
         parts.append(f"--{key.replace('_', '-')} {value}")
+    periods = cfg.get("fourier_periods")
+    if periods is not None and tuple(periods) != FOURIER_PERIODS:
+        parts.append("--fourier-periods " + ",".join(repr(float(v)) for v in periods))
     if cfg.get("patch_layers"):
         first, last = cfg["patch_layers"]
         parts.append(f"--patch-layers {first}-{last} --patch-weight {cfg['patch_weight']}")
@@ -280,6 +283,21 @@ def train_command(cfg: dict, out: str) -> str:
         if cfg.get("group_layers"):
             parts.append("--group-layers {}-{}".format(*cfg["group_layers"]))
     return " ".join(parts)
+
+
+def _first_config(info: dict) -> dict:
+    """The configuration of the first training phase (the one that initialised the weights)."""
+    while info.get("base"):
+        info = info["base"]
+    return info["config"]
+
+
+def _number_init_text(cfg: dict) -> str:
+    if cfg.get("number_init") != "fourier":
+        return "at random"
+    periods = [float(v) for v in cfg.get("fourier_periods", FOURIER_PERIODS)]
+    return (f"with cos/sin features of the value ({len(periods)} periods, {min(periods):g} to {max(periods):g}) in their "
+            f"first {2 * len(periods)} dimensions, the rest random")
 
 
 def _curve_table(rows: list[dict]) -> list[str]:
@@ -444,7 +462,7 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
         f"- Architecture: LlamaForCausalLM, {cfg['layers']} layers, d_model {cfg['d_model']}, {cfg['heads']} attention "
         f"heads, {cfg['kv_heads']} key-value heads (grouped-query attention), gated SiLU MLP {cfg['mlp']}, RMSNorm, "
         f"rotary position embeddings (base 10000), untied embeddings, vocabulary {VOCAB_SIZE}; "
-        f"number-token embedding and unembedding rows initialised {'with cos/sin features of the value (periods 2 to 2000) in their first 64 dimensions, the rest random' if (info.get('base') or info)['config'].get('number_init') == 'fourier' else 'at random'}; "
+        f"number-token embedding and unembedding rows initialised {_number_init_text(_first_config(info))}; "
         f"{info['parameters']:,} parameters.",
         f"- Data: a in {fam['a_min']}..{fam['a_max']}, b in {fam['b_min']}..{fam['b_max']}, x in {fam['x_min']}..{fam['x_max']} "
         f"(distinct within a sequence), (a, b) uniform per sequence; the pair (a, b) = ({ha}, {hb}) is held out of "

@@ -63,6 +63,7 @@ class TrainConfig:
     b_max: int = 29
     held_out: tuple[int, int] = (3, 17)
     number_init: str = "fourier"
+    fourier_periods: tuple[float, ...] = FOURIER_PERIODS
     patch_layers: tuple[int, int] | None = None
     patch_weight: float = 1.0
     init_from: str | None = None
@@ -101,6 +102,22 @@ def _pair(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a pair 'a,b' of integers such as 3,17, got {text!r}") from None
     return a, b
+
+
+def _periods(text: str) -> tuple[float, ...]:
+    """'2,2.5,10/3' -> (2.0, 2.5, 3.333...): positive numbers or fractions p/q."""
+    values = []
+    for item in text.split(","):
+        num, _, den = item.strip().partition("/")
+        try:
+            value = float(num) / float(den or 1)
+        except (ValueError, ZeroDivisionError):
+            value = float("nan")
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of positive periods such as 2,2.5,10/3, got {item.strip()!r} in {text!r}")
+        values.append(value)
+    return tuple(values)
 
 
 def _layer_range(text: str) -> tuple[int, int]:
@@ -156,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=_pair, default=d.held_out, help="(a, b) pair never trained on, as 'a,b'")
     p.add_argument("--number-init", choices=NUMBER_INITS, default=d.number_init,
                    help="initialisation of the number tokens' embedding and unembedding rows")
+    p.add_argument("--fourier-periods", type=_periods, default=d.fourier_periods, metavar="P1,P2,...",
+                   help="periods of the cos/sin features of --number-init fourier (numbers or fractions p/q; "
+                        "two dimensions each, at most d_model/2 periods; default: 32 periods from 2 to 2000)")
     p.add_argument("--patch-layers", type=_layer_range, default=None, metavar="FIRST-LAST",
                    help="auxiliary patching objective (plants the task-formation stage): each sequence's residual "
                         "entering a layer L drawn from FIRST..LAST, at the position before the y of one of its "
@@ -195,6 +215,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     if cfg.group_dropout > 0 and cfg.group_max > last - first + 1:
         parser.error(f"--group-max {cfg.group_max} exceeds the {last - first + 1} layers of --group-layers "
                      f"{first}-{last}: pick at most {last - first + 1}")
+    if 2 * len(cfg.fourier_periods) > cfg.d_model:
+        parser.error(f"--fourier-periods gives {len(cfg.fourier_periods)} periods, {2 * len(cfg.fourier_periods)} "
+                     f"dimensions, more than --d-model {cfg.d_model}: give at most {cfg.d_model // 2} periods")
     if cfg.lines > cfg.family().n_x:
         parser.error(f"--lines {cfg.lines} exceeds the {cfg.family().n_x} distinct x values")
     return cfg
@@ -221,16 +244,16 @@ def build_model(cfg: TrainConfig) -> LlamaForCausalLM:
     )
     model = LlamaForCausalLM(config)
     if cfg.number_init == "fourier":
-        init_number_rows(model)
+        init_number_rows(model, cfg.fourier_periods)
     return model
 
 
 @torch.no_grad()
-def init_number_rows(model: LlamaForCausalLM, scale: float = 0.05) -> None:
+def init_number_rows(model: LlamaForCausalLM, periods: tuple[float, ...] = FOURIER_PERIODS, scale: float = 0.05) -> None:
     """Put cos/sin features of each number's value into the first dimensions of its
     embedding and unembedding rows (the remaining dimensions keep their random init)."""
     n = torch.arange(MAX_NUMBER + 1, dtype=torch.float64)[:, None]
-    omega = 2 * math.pi / torch.tensor(FOURIER_PERIODS, dtype=torch.float64)[None]
+    omega = 2 * math.pi / torch.tensor(periods, dtype=torch.float64)[None]
     feats = torch.cat([torch.cos(n * omega), torch.sin(n * omega)], dim=1).float() * scale
     width = min(feats.shape[1], model.config.hidden_size)
     rows = slice(NUMBER_OFFSET, NUMBER_OFFSET + MAX_NUMBER + 1)
