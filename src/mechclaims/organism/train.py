@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initialisation of the number tokens' embedding and unembedding rows")
     p.add_argument("--fourier-periods", type=_periods, default=d.fourier_periods, metavar="P1,P2,...",
                    help="periods of the cos/sin features of --number-init fourier (numbers or fractions p/q; "
-                        "two dimensions each, at most d_model/2 periods; default: 32 periods from 2 to 2000)")
+                        "two dimensions each, at most d_model/2 periods; default: 32 periods from 2 to 2000, "
+                        "the first d_model/2 of them in a model narrower than 64)")
     p.add_argument("--patch-layers", type=_layer_range, default=None, metavar="FIRST-LAST",
                    help="auxiliary patching objective (plants the task-formation stage): each sequence's residual "
                         "entering a layer L drawn from FIRST..LAST, at the position before the y of one of its "
@@ -215,7 +216,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     if cfg.group_dropout > 0 and cfg.group_max > last - first + 1:
         parser.error(f"--group-max {cfg.group_max} exceeds the {last - first + 1} layers of --group-layers "
                      f"{first}-{last}: pick at most {last - first + 1}")
-    if 2 * len(cfg.fourier_periods) > cfg.d_model:
+    if tuple(cfg.fourier_periods) != FOURIER_PERIODS and 2 * len(cfg.fourier_periods) > cfg.d_model:
         parser.error(f"--fourier-periods gives {len(cfg.fourier_periods)} periods, {2 * len(cfg.fourier_periods)} "
                      f"dimensions, more than --d-model {cfg.d_model}: give at most {cfg.d_model // 2} periods")
     if cfg.lines > cfg.family().n_x:
