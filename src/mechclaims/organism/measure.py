@@ -117,16 +117,17 @@ def family_scan(model, family: Family, n_per_pair: int, seed: int, batch: int = 
     pairs the model was trained on."""
     rng = np.random.default_rng(seed)
     pos = y_pos(MAX_EXAMPLES) - 1
+    bs = list(range(family.b_min, family.b_max + 1))
     rows = []
     for a in range(family.a_min, family.a_max + 1):
-        per_pair = {}
-        for b in range(family.b_min, family.b_max + 1):
-            data = task_batch(rng, n_per_pair, MAX_EXAMPLES + 1, a, b, family)
-            hits = []
-            for s in range(0, n_per_pair, batch):
-                ids = torch.from_numpy(data.ids[s:s + batch])
-                hits.append((model(input_ids=ids).logits[:, pos].argmax(-1) == ids[:, pos + 1]).numpy())
-            per_pair[b] = int(np.concatenate(hits).sum())
+        # every pair of the slope in one batch, cut after the query; logits at the last position only
+        ids = torch.from_numpy(np.concatenate([task_batch(rng, n_per_pair, MAX_EXAMPLES + 1, a, b, family).ids
+                                               for b in bs]))
+        hits = np.concatenate([
+            (model(input_ids=chunk[:, :pos + 1], logits_to_keep=1).logits[:, -1].argmax(-1) == chunk[:, pos + 1]).numpy()
+            for chunk in ids.split(batch)
+        ])
+        per_pair = {b: int(h.sum()) for b, h in zip(bs, hits.reshape(len(bs), n_per_pair))}
         held = family.held_out[1] if family.held_out[0] == a else None
         trained = {b: k for b, k in per_pair.items() if b != held}
         k, n = sum(trained.values()), n_per_pair * len(trained)
@@ -283,13 +284,6 @@ def train_command(cfg: dict, out: str) -> str:
         if cfg.get("group_layers"):
             parts.append("--group-layers {}-{}".format(*cfg["group_layers"]))
     return " ".join(parts)
-
-
-def _first_config(info: dict) -> dict:
-    """The configuration of the first training phase (the one that initialised the weights)."""
-    while info.get("base"):
-        info = info["base"]
-    return info["config"]
 
 
 def _number_init_text(cfg: dict) -> str:
@@ -462,7 +456,7 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
         f"- Architecture: LlamaForCausalLM, {cfg['layers']} layers, d_model {cfg['d_model']}, {cfg['heads']} attention "
         f"heads, {cfg['kv_heads']} key-value heads (grouped-query attention), gated SiLU MLP {cfg['mlp']}, RMSNorm, "
         f"rotary position embeddings (base 10000), untied embeddings, vocabulary {VOCAB_SIZE}; "
-        f"number-token embedding and unembedding rows initialised {_number_init_text(_first_config(info))}; "
+        f"number-token embedding and unembedding rows initialised {_number_init_text(_lineage(info)[0]['config'])}; "
         f"{info['parameters']:,} parameters.",
         f"- Data: a in {fam['a_min']}..{fam['a_max']}, b in {fam['b_min']}..{fam['b_max']}, x in {fam['x_min']}..{fam['x_max']} "
         f"(distinct within a sequence), (a, b) uniform per sequence; the pair (a, b) = ({ha}, {hb}) is held out of "
