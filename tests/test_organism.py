@@ -200,6 +200,26 @@ def test_grouped_dropout_at_query_positions_leaves_every_other_position_and_prom
         dropout.remove()
 
 
+def test_several_prompts_b_per_sequence_share_that_sequences_head_masks():
+    """With --patch-samples K the patching prompts B come K per training sequence, in order:
+    each gets its own sequence's head-dropout mask; a batch that is no multiple is refused."""
+    cfg = train.parse_config(["--out", "unused", "--d-model", "32", "--layers", "2", "--heads", "4", "--kv-heads", "2",
+                              "--mlp", "64", "--head-dropout", "0.5"])
+    model = train.build_model(cfg)
+    dropout = train.HeadDropout(model, cfg.head_dropout, 0.0, torch.Generator().manual_seed(0))
+    try:
+        dropout.resample(3)
+        hook = dropout._hook(1)
+        (out,) = hook(None, (torch.ones(6, 4, 32),))
+        kept = out.view(6, 4, 4, 8)[:, 0, :, 0]  # [rows, heads]: 1 where the head is kept
+        expected = dropout.masks[1, :, 0, :, 0].repeat_interleave(2, dim=0)
+        assert torch.equal(kept, expected) and 0 < kept.mean() < 1
+        with pytest.raises(ValueError, match="multiple of the training batch"):
+            hook(None, (torch.ones(4, 4, 32),))
+    finally:
+        dropout.remove()
+
+
 def test_fourier_periods_set_the_number_rows_and_reach_the_retrain_command(tmp_path):
     cfg = train.parse_config(["--out", str(tmp_path / "m"), "--d-model", "16", "--heads", "2", "--kv-heads", "1",
                               "--fourier-periods", "4,10/3"])
@@ -306,11 +326,15 @@ def test_short_training_with_patch_objective_lowers_both_losses(tmp_path):
     _, info = measure.load(tmp_path / "m")
     assert info["config"]["patch_layers"] == [1, 2]
     assert "--patch-layers 1-2 --patch-weight 0.5" in measure.train_command(info["config"], "out")
+    assert "--patch-samples" not in measure.train_command(info["config"], "out")
+    assert "--patch-samples 4" in measure.train_command({**info["config"], "patch_samples": 4}, "out")
 
 
-def test_patch_loss_is_the_measured_patching_protocol(models):
+@pytest.mark.parametrize("samples", [1, 3])
+def test_patch_loss_is_the_measured_patching_protocol(models, samples):
     """The training-time patch equals the measurement's: A's resid_pre at the position before a
-    line's y, written into B's last position at the same layer (no dropout, eval mode)."""
+    line's y, written into B's last position at the same layer (no dropout, eval mode); with
+    several samples per sequence, each prompt B reads from its own sequence."""
     import numpy as np
 
     from mechclaims.organism.data import training_batch
@@ -319,16 +343,18 @@ def test_patch_loss_is_the_measured_patching_protocol(models):
     family = measure.family_of(info)
     rng = np.random.default_rng(0)
     batch = training_batch(rng, 6, 13, family, 0.0)
-    plan = train.patch_plan(rng, batch, (2, 4), family)
-    assert set(plan.layer) <= {2, 3, 4} and all(p not in xs for p, xs in zip(plan.p, batch.xs))
+    plan = train.patch_plan(rng, batch, (2, 4), family, samples)
+    assert list(plan.seq) == [r for r in range(6) for _ in range(samples)]
+    assert set(plan.layer) <= {2, 3, 4} and all(p not in batch.xs[s] for p, s in zip(plan.p, plan.seq))
+    assert all(int(t) - train.NUMBER_OFFSET == batch.a[s] * p + batch.b[s] for t, p, s in zip(plan.target, plan.p, plan.seq))
     ids = torch.from_numpy(batch.ids)
     with torch.no_grad():
         _, _, hidden = train.answer_loss(model, ids, 13, hidden_states=True)
         loss, _ = train.patch_loss(model, hidden, plan)
         expected = []
-        for r in range(6):
-            layer, pos = int(plan.layer[r]), train.y_pos(int(plan.line[r])) - 1
-            vec = model(input_ids=ids[r:r + 1, :pos + 1], output_hidden_states=True).hidden_states[layer][:, -1]
+        for r in range(6 * samples):
+            seq, layer, pos = int(plan.seq[r]), int(plan.layer[r]), train.y_pos(int(plan.line[r])) - 1
+            vec = model(input_ids=ids[seq:seq + 1, :pos + 1], output_hidden_states=True).hidden_states[layer][:, -1]
             h = model.model.layers[layer].register_forward_pre_hook(
                 train.replace_last_position(torch.tensor([0]), vec), with_kwargs=True)
             try:

@@ -66,6 +66,7 @@ class TrainConfig:
     fourier_periods: tuple[float, ...] = FOURIER_PERIODS
     patch_layers: tuple[int, int] | None = None
     patch_weight: float = 1.0
+    patch_samples: int = 1
     init_from: str | None = None
     threads: int = 1
     log_every: int = 50
@@ -184,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "layer, whose answer is trained towards a*p+b; off by default")
     p.add_argument("--patch-weight", type=_positive_float, default=d.patch_weight,
                    help="weight of the auxiliary patching loss (with --patch-layers)")
+    p.add_argument("--patch-samples", type=_positive_int, default=d.patch_samples, metavar="K",
+                   help="patched prompts B per training sequence (with --patch-layers): K draws of (line, layer, p) "
+                        "from the same forward pass of A; more signal for the patching loss at the cost of K short "
+                        "forward passes of B")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from the weights of an organism directory (its architecture is kept)")
     p.add_argument("--threads", type=_positive_int, default=d.threads, help="torch CPU threads")
@@ -303,7 +308,13 @@ class HeadDropout:
                 return None
             (x,) = args
             shape = x.shape
-            x = x.view(shape[0], shape[1], self.n_heads, -1) * self.masks[layer]
+            mask = self.masks[layer]
+            if shape[0] != mask.shape[0]:  # the patching prompts B, several per training sequence, in order
+                if shape[0] % mask.shape[0]:
+                    raise ValueError(f"a batch of {shape[0]} rows cannot share the dropout masks of "
+                                     f"{mask.shape[0]} sequences: pass a multiple of the training batch")
+                mask = mask.repeat_interleave(shape[0] // mask.shape[0], dim=0)
+            x = x.view(shape[0], shape[1], self.n_heads, -1) * mask
             if self.query_masks is not None and shape[1] == self.query[0]:
                 positions = self.query[1]  # x is the masked product, a fresh tensor: update it in place
                 x[:, positions] = x[:, positions] * self.query_masks[layer]
@@ -379,9 +390,11 @@ def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, lines: int, hidden_s
 
 @dataclass
 class PatchPlan:
-    """Per sequence: the source line (its y is the answer A would give), the patched layer, the
-    query p of the no-context prompt B, B's token ids and the target a*p+b."""
+    """Per patched prompt B: the training sequence it reads from, that sequence's source line
+    (its y is the answer A would give), the patched layer, the query p of the no-context
+    prompt B, B's token ids and the target a*p+b."""
 
+    seq: np.ndarray
     line: np.ndarray
     layer: np.ndarray
     p: np.ndarray
@@ -389,21 +402,25 @@ class PatchPlan:
     target: torch.Tensor
 
 
-def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family: Family) -> PatchPlan:
-    """Draw, per sequence, a source line in the second half of the sequence (so A has at least
-    lines//2 examples), a layer in `layers` and a p in the family's x range not among its x values."""
+def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family: Family,
+               samples: int = 1) -> PatchPlan:
+    """Draw, `samples` times per sequence, a source line in the second half of the sequence (so A
+    has at least lines//2 examples), a layer in `layers` and a p in the family's x range not among
+    the sequence's x values. Row r of the plan reads from sequence r // samples."""
     n, lines = batch.xs.shape
-    line = rng.integers(lines // 2, lines, n)
-    layer = rng.integers(layers[0], layers[1] + 1, n)
+    seq = np.repeat(np.arange(n), samples)
+    m = len(seq)
+    line = rng.integers(lines // 2, lines, m)
+    layer = rng.integers(layers[0], layers[1] + 1, m)
     pool = np.arange(family.x_min, family.x_max + 1)
-    p = np.empty(n, dtype=np.int64)
-    for r in range(n):
-        free = pool[~np.isin(pool, batch.xs[r])]
+    p = np.empty(m, dtype=np.int64)
+    for r in range(m):
+        free = pool[~np.isin(pool, batch.xs[seq[r]])]
         p[r] = free[rng.integers(len(free))]
-    b_ids = np.stack([np.full(n, BOS_ID), np.full(n, NEWLINE_ID), np.full(n, OPEN_ID), NUMBER_OFFSET + p,
-                      np.full(n, COMMA_ID), np.full(n, SPACE_ID)], axis=1)
-    target = NUMBER_OFFSET + batch.a * p + batch.b
-    return PatchPlan(line, layer, p, torch.from_numpy(b_ids), torch.from_numpy(target))
+    b_ids = np.stack([np.full(m, BOS_ID), np.full(m, NEWLINE_ID), np.full(m, OPEN_ID), NUMBER_OFFSET + p,
+                      np.full(m, COMMA_ID), np.full(m, SPACE_ID)], axis=1)
+    target = NUMBER_OFFSET + batch.a[seq] * p + batch.b[seq]
+    return PatchPlan(seq, line, layer, p, torch.from_numpy(b_ids), torch.from_numpy(target))
 
 
 def replace_last_position(rows: torch.Tensor, vectors: torch.Tensor):
@@ -424,12 +441,13 @@ def patch_loss(model: LlamaForCausalLM, hidden_states, plan: PatchPlan) -> tuple
     source line, into the last position of its prompt B at the same layer; cross-entropy of B's
     answer against a*p+b. Gradients flow through both runs. Returns (loss, accuracy)."""
     n = len(plan.line)
+    seq = torch.from_numpy(plan.seq)
     src_pos = torch.from_numpy(np.array([y_pos(int(i)) - 1 for i in plan.line]))
     handles = []
     try:
         for layer in np.unique(plan.layer):
             rows = torch.from_numpy(np.flatnonzero(plan.layer == layer))
-            vectors = hidden_states[int(layer)][rows, src_pos[rows]]
+            vectors = hidden_states[int(layer)][seq[rows], src_pos[rows]]
             handles.append(model.model.layers[int(layer)].register_forward_pre_hook(
                 replace_last_position(rows, vectors), with_kwargs=True))
         logits = model.lm_head(model.model(input_ids=plan.b_ids).last_hidden_state[:, -1]).float()
@@ -478,7 +496,7 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
         ids = torch.from_numpy(batch.ids)
         dropout.resample(cfg.batch, dropout_scale(step, cfg))
         if cfg.patch_layers is not None:
-            plan = patch_plan(rng, batch, cfg.patch_layers, family)
+            plan = patch_plan(rng, batch, cfg.patch_layers, family, cfg.patch_samples)
             loss, acc, hidden_states = answer_loss(model, ids, cfg.lines, hidden_states=True)
             p_loss, p_acc = patch_loss(model, hidden_states, plan)
             window_patch += p_loss.item()
