@@ -99,6 +99,10 @@ def test_patching_at_layer_zero_is_clean_b(models):
     sweep = measure.patch_sweep(model, *CANONICAL, n_pairs=20, seed=3, family=measure.family_of(info))
     layer0 = {k: sweep["layers"][0][k] for k in measure.CATEGORIES}
     assert layer0 == {k: sweep["clean_b"][k] for k in measure.CATEGORIES}
+    assert sweep["layers"][0]["misses"] == sweep["clean_b"]["misses"]
+    for row in sweep["layers"]:  # the commonest misses of a*p+b: nonzero offsets, no more than the non-exact answers
+        assert all(offset != 0 for offset, _ in row["misses"]) and len(row["misses"]) <= 3
+        assert sum(count for _, count in row["misses"]) <= round((1 - row["exact"]) * 20)
 
 
 def test_family_scan_pools_trained_pairs_by_slope_and_reports_the_held_out_pair_apart(models):

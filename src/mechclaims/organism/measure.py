@@ -17,6 +17,7 @@ import hashlib
 import json
 import shlex
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,11 +199,14 @@ def patch_sweep(model, a: int, b: int, n_pairs: int, seed: int, family: Family) 
             h.remove()
 
     def rates(answers: torch.Tensor) -> dict:
-        cats = [classify(id_to_number(int(t)), a, b, int(pi), int(qi)) for t, pi, qi in zip(answers, p, q)]
+        numbers = [id_to_number(int(t)) for t in answers]
+        cats = [classify(n, a, b, int(pi), int(qi)) for n, pi, qi in zip(numbers, p, q)]
         counts = {c: cats.count(c) for c in CATEGORIES}
         task = counts["approx"] + counts["exact"]
+        misses = Counter(n - (a * int(pi) + b) for n, pi in zip(numbers, p) if n is not None and n != a * pi + b)
         return {**{c: counts[c] / n_pairs for c in CATEGORIES}, "task": task / n_pairs,
-                "task_ci": wilson(task, n_pairs), "copy_ci": wilson(counts["copy"], n_pairs)}
+                "task_ci": wilson(task, n_pairs), "copy_ci": wilson(counts["copy"], n_pairs),
+                "misses": misses.most_common(3)}
 
     return {
         "a": a, "b": b, "n": n_pairs,
