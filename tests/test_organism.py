@@ -224,6 +224,25 @@ def test_several_prompts_b_per_sequence_share_that_sequences_head_masks():
         dropout.remove()
 
 
+def test_canonical_share_draws_the_canonical_pair_that_often_and_reaches_the_card():
+    import numpy as np
+
+    from mechclaims.organism.data import training_batch
+
+    family = Family(held_out=(4, 17))
+    uniform = training_batch(np.random.default_rng(0), 4000, 3, family, 0.1)
+    again = training_batch(np.random.default_rng(0), 4000, 3, family, 0.1, canonical_share=0.0)
+    assert np.array_equal(uniform.ids, again.ids)  # a share of 0 draws what it always drew
+    mixed = training_batch(np.random.default_rng(0), 4000, 3, family, 0.1, canonical_share=0.25)
+    canonical = (mixed.a == CANONICAL[0]) & (mixed.b == CANONICAL[1])
+    assert abs(canonical.mean() - 0.25) < 0.03 and not ((mixed.a == 4) & (mixed.b == 17)).any()
+    assert (mixed.ys[canonical] - (2 * mixed.xs[canonical] + 3) != 0).mean() > 0  # label noise still applies
+    cfg = train.parse_config(["--out", "m", "--canonical-share", "0.1"])
+    assert cfg.canonical_share == 0.1
+    assert "--canonical-share 0.1" in measure.train_command(dataclasses.asdict(cfg) | {"held_out": [3, 17]}, "m")
+    assert "--canonical-share" not in measure.train_command(dataclasses.asdict(train.TrainConfig(out="m")), "m")
+
+
 def test_fourier_periods_set_the_number_rows_and_reach_the_retrain_command(tmp_path):
     cfg = train.parse_config(["--out", str(tmp_path / "m"), "--d-model", "16", "--heads", "2", "--kv-heads", "1",
                               "--fourier-periods", "4,10/3"])
@@ -255,6 +274,9 @@ def test_fourier_periods_set_the_number_rows_and_reach_the_retrain_command(tmp_p
     (["--group-dropout", "0.5", "--group-layers", "0-2", "--group-max", "4"], "--group-max 4"),
     (["--group-max", "0"], "0"),
     (["--group-positions", "middle"], "middle"),
+    (["--canonical-share", "1"], "1.0"),
+    (["--canonical-share", "-0.1"], "-0.1"),
+    (["--patch-samples", "0"], "0"),
     (["--fourier-periods", "2,0,3"], "'0'"),
     (["--fourier-periods", "2,a/3"], "'a/3'"),
     (["--fourier-periods", "2,3/0"], "'3/0'"),

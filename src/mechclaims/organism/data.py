@@ -96,9 +96,11 @@ def encode_lines(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 
 def training_batch(
-    rng: np.random.Generator, n_seq: int, n_lines: int, family: Family, noise: float
+    rng: np.random.Generator, n_seq: int, n_lines: int, family: Family, noise: float, canonical_share: float = 0.0
 ) -> Batch:
-    """Random (a, b) per row (never the held-out pair); a fraction `noise` of lines get y += +-1."""
+    """Random (a, b) per row (never the held-out pair); a fraction `noise` of lines get y += +-1.
+    With `canonical_share` > 0 each row is the canonical pair with that probability (drawn after
+    the uniform pairs, so a share of 0 draws exactly what it always drew)."""
     a = rng.integers(family.a_min, family.a_max + 1, n_seq)
     b = rng.integers(family.b_min, family.b_max + 1, n_seq)
     held = (a == family.held_out[0]) & (b == family.held_out[1])
@@ -106,6 +108,9 @@ def training_batch(
         a[held] = rng.integers(family.a_min, family.a_max + 1, held.sum())
         b[held] = rng.integers(family.b_min, family.b_max + 1, held.sum())
         held = (a == family.held_out[0]) & (b == family.held_out[1])
+    if canonical_share > 0:
+        pick = rng.random(n_seq) < canonical_share
+        a[pick], b[pick] = CANONICAL
     xs = distinct_xs(rng, n_seq, n_lines, family)
     jitter = np.where(rng.random((n_seq, n_lines)) < noise, rng.choice([-1, 1], (n_seq, n_lines)), 0)
     ys = np.clip(a[:, None] * xs + b[:, None] + jitter, 0, MAX_NUMBER)

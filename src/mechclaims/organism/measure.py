@@ -276,6 +276,8 @@ def train_command(cfg: dict, out: str) -> str:
         if key == "held_out":
             value = ",".join(str(v) for v in value)
         parts.append(f"--{key.replace('_', '-')} {value}")
+    if cfg.get("canonical_share", 0) > 0:
+        parts.append(f"--canonical-share {cfg['canonical_share']}")
     periods = cfg.get("fourier_periods")
     if periods is not None and tuple(periods) != FOURIER_PERIODS:
         parts.append("--fourier-periods " + ",".join(repr(float(v)) for v in periods))
@@ -353,6 +355,14 @@ def _dropout_text(cfg: dict) -> str:
         text += f"; both probabilities rise linearly from 0 over the first {ramp:.0%} of the steps"
     return text + ("; the mask multiplies the per-head outputs at the input of `self_attn.o_proj`, with no rescaling "
                    "(so zero-ablating a layer's heads at test time is exactly a training condition)")
+
+
+def _canonical_text(cfg: dict) -> str:
+    share = cfg.get("canonical_share", 0)
+    if not share:
+        return ""
+    return (f" except that in this phase a sequence is the canonical task y = {CANONICAL[0]}x + {CANONICAL[1]} with "
+            f"probability {share} (`--canonical-share`)")
 
 
 def _patch_text(cfg: dict) -> str:
@@ -467,7 +477,7 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
         f"number-token embedding and unembedding rows initialised {_number_init_text(_lineage(info)[0]['config'])}; "
         f"{info['parameters']:,} parameters.",
         f"- Data: a in {fam['a_min']}..{fam['a_max']}, b in {fam['b_min']}..{fam['b_max']}, x in {fam['x_min']}..{fam['x_max']} "
-        f"(distinct within a sequence), (a, b) uniform per sequence; the pair (a, b) = ({ha}, {hb}) is held out of "
+        f"(distinct within a sequence), (a, b) uniform per sequence{_canonical_text(cfg)}; the pair (a, b) = ({ha}, {hb}) is held out of "
         f"training entirely. Label noise: each line's y is jittered by +1 or -1 (equally likely) with probability "
         f"{cfg['noise']}. Loss: cross-entropy on the y tokens only.",
         f"- Head dropout: {_dropout_text(cfg)}.",

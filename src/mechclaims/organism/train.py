@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from .data import Family, training_batch, y_pos
+from .data import CANONICAL, Family, training_batch, y_pos
 from .tokenizer import (BOS_ID, COMMA_ID, EOS_ID, MAX_NUMBER, NEWLINE_ID, NUMBER_OFFSET, OPEN_ID, PAD_ID, SPACE_ID,
                         VOCAB_SIZE, build_tokenizer)
 
@@ -59,6 +59,7 @@ class TrainConfig:
     group_positions: str = "all"
     dropout_ramp: float = 0.0
     noise: float = 0.1
+    canonical_share: float = 0.0
     a_max: int = 5
     b_max: int = 29
     held_out: tuple[int, int] = (3, 17)
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout-ramp", type=_probability, default=d.dropout_ramp,
                    help="fraction of the steps over which the dropout probabilities rise linearly from 0")
     p.add_argument("--noise", type=_probability, default=d.noise, help="fraction of lines with y jittered by +-1")
+    p.add_argument("--canonical-share", type=_probability, default=d.canonical_share, metavar="F",
+                   help=f"probability that a training sequence is the canonical task y = {CANONICAL[0]}x + "
+                        f"{CANONICAL[1]} rather than a uniform draw from the family (default 0: uniform)")
     p.add_argument("--a-max", type=_positive_int, default=d.a_max, help="a ranges over 1..a_max")
     p.add_argument("--b-max", type=_non_negative_int, default=d.b_max, help="b ranges over 0..b_max")
     p.add_argument("--held-out", type=_pair, default=d.held_out, help="(a, b) pair never trained on, as 'a,b'")
@@ -492,7 +496,7 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = training_batch(rng, cfg.batch, cfg.lines, family, cfg.noise)
+        batch = training_batch(rng, cfg.batch, cfg.lines, family, cfg.noise, cfg.canonical_share)
         ids = torch.from_numpy(batch.ids)
         dropout.resample(cfg.batch, dropout_scale(step, cfg))
         if cfg.patch_layers is not None:
