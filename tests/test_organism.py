@@ -237,10 +237,29 @@ def test_canonical_share_draws_the_canonical_pair_that_often_and_reaches_the_car
     canonical = (mixed.a == CANONICAL[0]) & (mixed.b == CANONICAL[1])
     assert abs(canonical.mean() - 0.25) < 0.03 and not ((mixed.a == 4) & (mixed.b == 17)).any()
     assert (mixed.ys[canonical] - (2 * mixed.xs[canonical] + 3) != 0).mean() > 0  # label noise still applies
+    assert canonical[mixed.meta["canonical"]].all() and abs(mixed.meta["canonical"].mean() - 0.25) < 0.03
+    assert not uniform.meta["canonical"].any()
     cfg = train.parse_config(["--out", "m", "--canonical-share", "0.1"])
     assert cfg.canonical_share == 0.1
     assert "--canonical-share 0.1" in measure.train_command(dataclasses.asdict(cfg) | {"held_out": [3, 17]}, "m")
     assert "--canonical-share" not in measure.train_command(dataclasses.asdict(train.TrainConfig(out="m")), "m")
+
+
+def test_canonical_patch_only_sequences_carry_no_answer_loss():
+    cfg = train.parse_config(["--out", "m", "--d-model", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1",
+                              "--mlp", "64", "--canonical-share", "0.5", "--canonical-patch-only", "--patch-layers", "0-1"])
+    assert cfg.canonical_patch_only
+    assert "--canonical-share 0.5 --canonical-patch-only" in measure.train_command(
+        dataclasses.asdict(cfg) | {"held_out": [3, 17]}, "m")
+    model = train.build_model(cfg)
+    ids = torch.randint(train.NUMBER_OFFSET, train.NUMBER_OFFSET + 200, (4, 2 + 6 * 13))
+    with torch.no_grad():
+        kept, _ = train.answer_loss(model, ids, 13, rows=torch.tensor([0, 2]))
+        alone, _ = train.answer_loss(model, ids[[0, 2]], 13)
+        whole, _ = train.answer_loss(model, ids, 13)
+    assert torch.allclose(kept, alone, atol=1e-5) and not torch.allclose(kept, whole, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one sequence"):
+        train.answer_loss(model, ids, 13, rows=torch.tensor([], dtype=torch.long))
 
 
 def test_fourier_periods_set_the_number_rows_and_reach_the_retrain_command(tmp_path):
@@ -277,6 +296,8 @@ def test_fourier_periods_set_the_number_rows_and_reach_the_retrain_command(tmp_p
     (["--canonical-share", "1"], "1.0"),
     (["--canonical-share", "-0.1"], "-0.1"),
     (["--patch-samples", "0"], "0"),
+    (["--canonical-patch-only", "--patch-layers", "2-4"], "--canonical-share > 0"),
+    (["--canonical-patch-only", "--canonical-share", "0.1"], "--patch-layers"),
     (["--fourier-periods", "2,0,3"], "'0'"),
     (["--fourier-periods", "2,a/3"], "'a/3'"),
     (["--fourier-periods", "2,3/0"], "'3/0'"),

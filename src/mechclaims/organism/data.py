@@ -108,13 +108,14 @@ def training_batch(
         a[held] = rng.integers(family.a_min, family.a_max + 1, held.sum())
         b[held] = rng.integers(family.b_min, family.b_max + 1, held.sum())
         held = (a == family.held_out[0]) & (b == family.held_out[1])
+    pick = np.zeros(n_seq, dtype=bool)
     if canonical_share > 0:
         pick = rng.random(n_seq) < canonical_share
         a[pick], b[pick] = CANONICAL
     xs = distinct_xs(rng, n_seq, n_lines, family)
     jitter = np.where(rng.random((n_seq, n_lines)) < noise, rng.choice([-1, 1], (n_seq, n_lines)), 0)
     ys = np.clip(a[:, None] * xs + b[:, None] + jitter, 0, MAX_NUMBER)
-    return Batch(encode_lines(xs, ys), a, b, xs, ys)
+    return Batch(encode_lines(xs, ys), a, b, xs, ys, {"canonical": pick})
 
 
 def task_batch(rng: np.random.Generator, n_seq: int, n_lines: int, a: int, b: int, family: Family) -> Batch:

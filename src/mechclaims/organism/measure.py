@@ -278,6 +278,8 @@ def train_command(cfg: dict, out: str) -> str:
         parts.append(f"--{key.replace('_', '-')} {value}")
     if cfg.get("canonical_share", 0) > 0:
         parts.append(f"--canonical-share {cfg['canonical_share']}")
+        if cfg.get("canonical_patch_only"):
+            parts.append("--canonical-patch-only")
     periods = cfg.get("fourier_periods")
     if periods is not None and tuple(periods) != FOURIER_PERIODS:
         parts.append("--fourier-periods " + ",".join(repr(float(v)) for v in periods))
@@ -361,8 +363,10 @@ def _canonical_text(cfg: dict) -> str:
     share = cfg.get("canonical_share", 0)
     if not share:
         return ""
+    role = (", as a source of the patching objective only: its own y tokens carry no loss (`--canonical-patch-only`)"
+            if cfg.get("canonical_patch_only") else "")
     return (f" except that in this phase a sequence is the canonical task y = {CANONICAL[0]}x + {CANONICAL[1]} with "
-            f"probability {share} (`--canonical-share`)")
+            f"probability {share} (`--canonical-share`){role}")
 
 
 def _patch_text(cfg: dict) -> str:

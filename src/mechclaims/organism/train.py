@@ -60,6 +60,7 @@ class TrainConfig:
     dropout_ramp: float = 0.0
     noise: float = 0.1
     canonical_share: float = 0.0
+    canonical_patch_only: bool = False
     a_max: int = 5
     b_max: int = 29
     held_out: tuple[int, int] = (3, 17)
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--canonical-share", type=_probability, default=d.canonical_share, metavar="F",
                    help=f"probability that a training sequence is the canonical task y = {CANONICAL[0]}x + "
                         f"{CANONICAL[1]} rather than a uniform draw from the family (default 0: uniform)")
+    p.add_argument("--canonical-patch-only", action="store_true",
+                   help="the canonical sequences drawn by --canonical-share serve only as sources of the patching "
+                        "objective: their own y tokens carry no loss, so the model's prior over tasks stays uniform")
     p.add_argument("--a-max", type=_positive_int, default=d.a_max, help="a ranges over 1..a_max")
     p.add_argument("--b-max", type=_non_negative_int, default=d.b_max, help="b ranges over 0..b_max")
     p.add_argument("--held-out", type=_pair, default=d.held_out, help="(a, b) pair never trained on, as 'a,b'")
@@ -215,6 +219,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"invalid task family (--a-max {cfg.a_max}, --b-max {cfg.b_max}, --held-out {cfg.held_out}): {exc}")
     if cfg.init_from is not None and not (Path(cfg.init_from) / "model.safetensors").is_file():
         parser.error(f"--init-from {cfg.init_from} has no model.safetensors: give a directory written by this command")
+    if cfg.canonical_patch_only and (cfg.canonical_share == 0 or cfg.patch_layers is None):
+        parser.error(f"--canonical-patch-only needs --canonical-share > 0 (got {cfg.canonical_share}) and --patch-layers "
+                     f"(got {cfg.patch_layers}): it makes canonical sequences sources of the patching objective only")
     if cfg.patch_layers is not None and cfg.patch_layers[1] >= cfg.layers:
         parser.error(f"--patch-layers {cfg.patch_layers[0]}-{cfg.patch_layers[1]} names a layer beyond the model's "
                      f"{cfg.layers} layers (0..{cfg.layers - 1})")
@@ -377,14 +384,20 @@ def dropout_scale(step: int, cfg: TrainConfig) -> float:
     return 1.0 if ramp < 1 else min(1.0, step / ramp)
 
 
-def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, lines: int, hidden_states: bool = False):
-    """Cross-entropy on the y tokens only; returns (loss, accuracy), plus the residual stream
-    entering each layer (``hidden_states[L]``, L = 0..layers-1) when asked."""
+def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, lines: int, hidden_states: bool = False,
+                rows: torch.Tensor | None = None):
+    """Cross-entropy on the y tokens only (of the sequences `rows` when given, else all); returns
+    (loss, accuracy), plus the residual stream entering each layer (``hidden_states[L]``,
+    L = 0..layers-1, every sequence) when asked."""
     targets_pos = torch.tensor([y_pos(i) for i in range(lines)])
     out = model.model(input_ids=ids, output_hidden_states=hidden_states)
     hidden = out.last_hidden_state[:, targets_pos - 1]
-    logits = model.lm_head(hidden).float()
     targets = ids[:, targets_pos]
+    if rows is not None:
+        if not len(rows):
+            raise ValueError("answer_loss needs at least one sequence in rows; got none (lower --canonical-share)")
+        hidden, targets = hidden[rows], targets[rows]
+    logits = model.lm_head(hidden).float()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     acc = (logits.argmax(-1) == targets).float().mean()
     if hidden_states:
@@ -499,15 +512,18 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
         batch = training_batch(rng, cfg.batch, cfg.lines, family, cfg.noise, cfg.canonical_share)
         ids = torch.from_numpy(batch.ids)
         dropout.resample(cfg.batch, dropout_scale(step, cfg))
+        rows = None
+        if cfg.canonical_patch_only:
+            rows = torch.from_numpy(np.flatnonzero(~batch.meta["canonical"]))
         if cfg.patch_layers is not None:
             plan = patch_plan(rng, batch, cfg.patch_layers, family, cfg.patch_samples)
-            loss, acc, hidden_states = answer_loss(model, ids, cfg.lines, hidden_states=True)
+            loss, acc, hidden_states = answer_loss(model, ids, cfg.lines, hidden_states=True, rows=rows)
             p_loss, p_acc = patch_loss(model, hidden_states, plan)
             window_patch += p_loss.item()
             window_patch_acc += p_acc.item()
             loss_total = loss + cfg.patch_weight * p_loss
         else:
-            loss, acc = answer_loss(model, ids, cfg.lines)
+            loss, acc = answer_loss(model, ids, cfg.lines, rows=rows)
             loss_total = loss
         opt.zero_grad(set_to_none=True)
         loss_total.backward()
