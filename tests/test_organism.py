@@ -175,6 +175,28 @@ def test_grouped_dropout_zeroes_whole_layers_inside_the_named_range():
     assert all(not layer.self_attn.o_proj._forward_pre_hooks for layer in model.model.layers)
 
 
+def test_prefix_grouped_dropout_zeroes_the_first_k_layers_of_the_range():
+    cfg = train.parse_config(["--out", "unused", "--d-model", "32", "--layers", "6", "--heads", "2", "--kv-heads", "1",
+                              "--mlp", "64", "--group-dropout", "0.5", "--group-layers", "1-4", "--group-max", "3",
+                              "--group-order", "prefix"])
+    assert "--group-order prefix" in measure.train_command(dataclasses.asdict(cfg) | {"held_out": [3, 17]}, "m")
+    model = train.build_model(cfg)
+    dropout = train.HeadDropout(model, 0.0, 0.0, torch.Generator().manual_seed(0), cfg.group_dropout,
+                                cfg.group_layers, cfg.group_max, group_order=cfg.group_order)
+    try:
+        dropout.resample(2000)
+        per_row = (dropout.masks[:, :, 0, :, 0] == 0).all(-1)  # [layers, batch]
+        counts = per_row.sum(0)
+        assert set(counts.tolist()) == {0, 1, 2, 3}
+        for k in (1, 2, 3):  # k dropped layers are always layers 1..k
+            rows = per_row[:, counts == k]
+            assert rows[1:1 + k].all() and not rows[[0, *range(1 + k, 6)]].any()
+    finally:
+        dropout.remove()
+    with pytest.raises(ValueError, match="group_order 'middle'"):
+        train.HeadDropout(model, 0.0, 0.0, torch.Generator(), 0.5, group_order="middle")
+
+
 def test_grouped_dropout_at_query_positions_leaves_every_other_position_and_prompt_b_alone():
     cfg = train.parse_config(["--out", "unused", "--d-model", "32", "--layers", "3", "--heads", "2", "--kv-heads", "1",
                               "--mlp", "64", "--group-dropout", "0.99", "--group-max", "3", "--group-positions", "query"])
@@ -293,6 +315,7 @@ def test_fourier_periods_set_the_number_rows_and_reach_the_retrain_command(tmp_p
     (["--group-dropout", "0.5", "--group-layers", "0-2", "--group-max", "4"], "--group-max 4"),
     (["--group-max", "0"], "0"),
     (["--group-positions", "middle"], "middle"),
+    (["--group-order", "random"], "random"),
     (["--canonical-share", "1"], "1.0"),
     (["--canonical-share", "-0.1"], "-0.1"),
     (["--patch-samples", "0"], "0"),

@@ -291,6 +291,8 @@ def train_command(cfg: dict, out: str) -> str:
     if cfg.get("group_dropout", 0) > 0:
         parts.append(f"--group-dropout {cfg['group_dropout']} --group-max {cfg['group_max']} "
                      f"--group-positions {cfg.get('group_positions', 'all')}")
+        if cfg.get("group_order", "any") != "any":
+            parts.append(f"--group-order {cfg['group_order']}")
         if cfg.get("group_layers"):
             parts.append("--group-layers {}-{}".format(*cfg["group_layers"]))
     return " ".join(parts)
@@ -349,8 +351,10 @@ def _dropout_text(cfg: dict) -> str:
             f"heads of a layer together per (sequence, layer) with probability {cfg['layer_dropout']}")
     if cfg.get("group_dropout", 0) > 0:
         first, last = cfg.get("group_layers") or (0, cfg["layers"] - 1)
-        text += (f"; with probability {cfg['group_dropout']} per sequence, all heads of k layers drawn from "
-                 f"{first}..{last} together (k uniform in 1..{cfg['group_max']}), "
+        layers = (f"the first k of layers {first}..{last}" if cfg.get("group_order", "any") == "prefix"
+                  else f"k layers drawn from {first}..{last}")
+        text += (f"; with probability {cfg['group_dropout']} per sequence, all heads of {layers} together "
+                 f"(k uniform in 1..{cfg['group_max']}), "
                  + ("at every position" if cfg.get("group_positions", "all") == "all"
                     else "only at the positions before each y (where the claims ablate A's heads)"))
     if ramp > 0:

@@ -57,6 +57,7 @@ class TrainConfig:
     group_layers: tuple[int, int] | None = None
     group_max: int = 4
     group_positions: str = "all"
+    group_order: str = "any"
     dropout_ramp: float = 0.0
     noise: float = 0.1
     canonical_share: float = 0.0
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-positions", choices=GROUP_POSITIONS, default=d.group_positions,
                    help="where the grouped dropout zeroes the heads: at every position, or only at the query "
                         "positions (the one before each y; as the claims ablate heads at A's last position)")
+    p.add_argument("--group-order", choices=GROUP_ORDERS, default=d.group_order,
+                   help="which k layers the grouped dropout zeroes: any k of --group-layers, or the first k of them "
+                        "(prefix: the cumulative condition of the post's chain, earliest layers first)")
     p.add_argument("--dropout-ramp", type=_probability, default=d.dropout_ramp,
                    help="fraction of the steps over which the dropout probabilities rise linearly from 0")
     p.add_argument("--noise", type=_probability, default=d.noise, help="fraction of lines with y jittered by +-1")
@@ -279,6 +283,7 @@ def init_number_rows(model: LlamaForCausalLM, periods: tuple[float, ...] = FOURI
 
 
 GROUP_POSITIONS = ("all", "query")
+GROUP_ORDERS = ("any", "prefix")
 
 
 class HeadDropout:
@@ -287,16 +292,21 @@ class HeadDropout:
     Each step draws a mask per (sequence, layer, head): a head is dropped with probability
     `head_p`, all heads of a layer are dropped together with probability `layer_p`, and with
     probability `group_p` a sequence loses all heads of k layers at once (k uniform in
-    1..`group_max`, the layers drawn without replacement from `group_layers`), at every
+    1..`group_max`, the layers drawn without replacement from `group_layers`, or with
+    `group_order` "prefix" the first k of them), at every
     position or, with `group_positions` "query", only at the `query_positions` of a
     training sequence (a shorter input, such as the patching prompt B, is left alone).
     """
 
     def __init__(self, model: LlamaForCausalLM, head_p: float, layer_p: float, generator: torch.Generator,
                  group_p: float = 0.0, group_layers: tuple[int, int] | None = None, group_max: int = 1,
-                 group_positions: str = "all", query_positions: tuple[int, torch.Tensor] | None = None):
+                 group_positions: str = "all", query_positions: tuple[int, torch.Tensor] | None = None,
+                 group_order: str = "any"):
         self.head_p, self.layer_p, self.gen = head_p, layer_p, generator
         self.group_p, self.group_max = group_p, group_max
+        if group_order not in GROUP_ORDERS:
+            raise ValueError(f"group_order {group_order!r} is not one of {GROUP_ORDERS}")
+        self.prefix = group_order == "prefix"
         if group_positions not in GROUP_POSITIONS:
             raise ValueError(f"group_positions {group_positions!r} is not one of {GROUP_POSITIONS}")
         if group_positions == "query" and query_positions is None:
@@ -343,7 +353,10 @@ class HeadDropout:
             hit = torch.rand(batch, generator=self.gen) < self.group_p * scale
             sizes = torch.randint(1, self.group_max + 1, (batch,), generator=self.gen)
             for row in hit.nonzero().flatten().tolist():
-                order = torch.randperm(len(self.group_layers), generator=self.gen)[: int(sizes[row])]
+                if self.prefix:
+                    order = torch.arange(int(sizes[row]))
+                else:
+                    order = torch.randperm(len(self.group_layers), generator=self.gen)[: int(sizes[row])]
                 grouped[self.group_layers[order], row] = False
         if self.query is None:
             self.masks = (keep & grouped).float()[:, :, None, :, None]
@@ -495,7 +508,7 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
         model = build_model(cfg)
     query = (y_pos(cfg.lines - 1) + 2, torch.tensor([y_pos(i) - 1 for i in range(cfg.lines)]))
     dropout = HeadDropout(model, cfg.head_dropout, cfg.layer_dropout, gen, cfg.group_dropout, cfg.group_layers,
-                          cfg.group_max, cfg.group_positions, query)
+                          cfg.group_max, cfg.group_positions, query, cfg.group_order)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[train] {n_params / 1e6:.2f}M parameters, {cfg.steps} steps of {cfg.batch} x "
