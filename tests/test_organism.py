@@ -321,6 +321,8 @@ def test_fourier_periods_set_the_number_rows_and_reach_the_retrain_command(tmp_p
     (["--patch-samples", "0"], "0"),
     (["--canonical-patch-only", "--patch-layers", "2-4"], "--canonical-share > 0"),
     (["--canonical-patch-only", "--canonical-share", "0.1"], "--patch-layers"),
+    (["--patch-above-dropout", "--patch-layers", "2-4"], "--group-dropout > 0"),
+    (["--patch-above-dropout", "--group-dropout", "0.5"], "--patch-layers"),
     (["--fourier-periods", "2,0,3"], "'0'"),
     (["--fourier-periods", "2,a/3"], "'a/3'"),
     (["--fourier-periods", "2,3/0"], "'3/0'"),
@@ -433,3 +435,56 @@ def test_patch_loss_is_the_measured_patching_protocol(models, samples):
                 h.remove()
             expected.append(torch.nn.functional.cross_entropy(logits, plan.target[r:r + 1]))
     assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-4)
+
+
+def test_patch_above_dropout_draws_layers_above_the_removed_prefix_and_idles_the_rest(models):
+    """With prefix grouped dropout, a sequence that lost layers 0..k-1 is patched at a layer above
+    k-1 only; one that lost every layer below the range's end carries no patching loss."""
+    import numpy as np
+
+    from mechclaims.organism.data import training_batch
+
+    model, info = models["organism"]
+    family = measure.family_of(info)
+    cfg = train.parse_config(["--out", "m", "--group-dropout", "0.9", "--group-layers", "0-4", "--group-max", "4",
+                              "--group-order", "prefix", "--patch-layers", "2-4", "--patch-above-dropout"])
+    assert "--patch-above-dropout" in measure.train_command(dataclasses.asdict(cfg) | {"held_out": [3, 17]}, "m")
+    dropout = train.HeadDropout(model, 0.0, 0.0, torch.Generator().manual_seed(0), cfg.group_dropout,
+                                cfg.group_layers, cfg.group_max, group_order=cfg.group_order)
+    try:
+        with pytest.raises(ValueError, match="call resample first"):
+            dropout.first_kept_layer()
+        dropout.resample(400)
+        first = dropout.first_kept_layer()
+        dropped = (dropout.masks[:, :, 0, :, 0] == 0).all(-1).sum(0).numpy()  # k per sequence
+        assert (first == dropped).all() and set(first.tolist()) == {0, 1, 2, 3, 4}
+        rng = np.random.default_rng(0)
+        batch = training_batch(rng, 400, 13, family, 0.0)
+        plan = train.patch_plan(rng, batch, cfg.patch_layers, family, 2, above=first)
+        k = first[plan.seq]
+        assert (plan.active == (k <= 3)).all()
+        assert (plan.layer[plan.active] > k[plan.active]).all() and set(plan.layer) <= {2, 3, 4}
+        assert set(plan.layer[k == 2]) == {3, 4} and set(plan.layer[k == 3]) == {4}
+        eight = training_batch(rng, 8, 13, family, 0.0)
+        ids = torch.from_numpy(eight.ids)
+        small = train.patch_plan(np.random.default_rng(1), eight, cfg.patch_layers, family, 1,
+                                 above=np.full(8, 5))
+        assert not small.active.any()
+        dropout.disable()
+        with torch.no_grad():
+            _, _, hidden = train.answer_loss(model, ids, 13, hidden_states=True)
+            loss, acc = train.patch_loss(model, hidden, small)
+        assert loss.item() == 0.0 and acc.item() == 0.0
+        half = train.patch_plan(np.random.default_rng(1), eight, cfg.patch_layers, family, 1,
+                                above=np.array([0, 5] * 4))
+        full = dataclasses.replace(half, active=None)
+        with torch.no_grad():
+            rows = torch.from_numpy(half.active)
+            only, _ = train.patch_loss(model, hidden, half)
+            per_row = [train.patch_loss(model, hidden, dataclasses.replace(
+                full, seq=full.seq[[r]], line=full.line[[r]], layer=full.layer[[r]], p=full.p[[r]],
+                b_ids=full.b_ids[[r]], target=full.target[[r]]))[0] for r in range(8) if rows[r]]
+        assert torch.allclose(only, torch.stack(per_row).mean(), atol=1e-5)
+    finally:
+        dropout.remove()
+

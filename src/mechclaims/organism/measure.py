@@ -288,6 +288,8 @@ def train_command(cfg: dict, out: str) -> str:
         parts.append(f"--patch-layers {first}-{last} --patch-weight {cfg['patch_weight']}")
         if cfg.get("patch_samples", 1) != 1:
             parts.append(f"--patch-samples {cfg['patch_samples']}")
+        if cfg.get("patch_above_dropout"):
+            parts.append("--patch-above-dropout")
     if cfg.get("group_dropout", 0) > 0:
         parts.append(f"--group-dropout {cfg['group_dropout']} --group-max {cfg['group_max']} "
                      f"--group-positions {cfg.get('group_positions', 'all')}")
@@ -379,7 +381,9 @@ def _patch_text(cfg: dict) -> str:
     first, last = cfg["patch_layers"]
     k = cfg.get("patch_samples", 1)
     draws = "" if k == 1 else f" ({k} independent draws per sequence, each its own prompt B)"
-    return (f"PLANTED. Each step, for every training sequence{draws} a layer L is drawn uniformly from {first}..{last}, a "
+    above = (" above the layers whose heads the grouped dropout removed at the source position (a sequence with no "
+             "such layer carries no patching loss; `--patch-above-dropout`)" if cfg.get("patch_above_dropout") else "")
+    return (f"PLANTED. Each step, for every training sequence{draws} a layer L is drawn uniformly from {first}..{last}{above}, a "
             f"line i from the second half of the sequence and a query p from the x range that is not among the "
             f"sequence's x values. The residual stream entering layer L at the position before line i's y (exactly "
             f"the last position of a prompt A with i examples and query x_i) replaces the last position of the "

@@ -70,6 +70,7 @@ class TrainConfig:
     patch_layers: tuple[int, int] | None = None
     patch_weight: float = 1.0
     patch_samples: int = 1
+    patch_above_dropout: bool = False
     init_from: str | None = None
     threads: int = 1
     log_every: int = 50
@@ -201,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patched prompts B per training sequence (with --patch-layers): K draws of (line, layer, p) "
                         "from the same forward pass of A; more signal for the patching loss at the cost of K short "
                         "forward passes of B")
+    p.add_argument("--patch-above-dropout", action="store_true",
+                   help="draw each patched layer L above the layers whose heads the grouped dropout removed at the "
+                        "source position (a residual with every earlier layer's heads removed cannot carry the "
+                        "task); a sequence with no such layer in --patch-layers carries no patching loss")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from the weights of an organism directory (its architecture is kept)")
     p.add_argument("--threads", type=_positive_int, default=d.threads, help="torch CPU threads")
@@ -226,6 +231,9 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     if cfg.canonical_patch_only and (cfg.canonical_share == 0 or cfg.patch_layers is None):
         parser.error(f"--canonical-patch-only needs --canonical-share > 0 (got {cfg.canonical_share}) and --patch-layers "
                      f"(got {cfg.patch_layers}): it makes canonical sequences sources of the patching objective only")
+    if cfg.patch_above_dropout and (cfg.group_dropout == 0 or cfg.patch_layers is None):
+        parser.error(f"--patch-above-dropout needs --group-dropout > 0 (got {cfg.group_dropout}) and --patch-layers "
+                     f"(got {cfg.patch_layers}): it draws the patched layer above the grouped dropout's layers")
     if cfg.patch_layers is not None and cfg.patch_layers[1] >= cfg.layers:
         parser.error(f"--patch-layers {cfg.patch_layers[0]}-{cfg.patch_layers[1]} names a layer beyond the model's "
                      f"{cfg.layers} layers (0..{cfg.layers - 1})")
@@ -318,6 +326,7 @@ class HeadDropout:
         self.n_heads = model.config.num_attention_heads
         self.n_layers = model.config.num_hidden_layers
         self.masks: torch.Tensor | None = None  # [layers, batch, 1, heads, 1]
+        self.grouped: torch.Tensor | None = None  # [layers, batch, heads], False where the grouped dropout zeroes
         self.handles = [
             layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
             for i, layer in enumerate(model.model.layers)
@@ -358,11 +367,21 @@ class HeadDropout:
                 else:
                     order = torch.randperm(len(self.group_layers), generator=self.gen)[: int(sizes[row])]
                 grouped[self.group_layers[order], row] = False
+        self.grouped = grouped
         if self.query is None:
             self.masks = (keep & grouped).float()[:, :, None, :, None]
         else:
             self.masks = keep.float()[:, :, None, :, None]
             self.query_masks = grouped.float()[:, :, None, :, None]
+
+    def first_kept_layer(self) -> np.ndarray:
+        """Per sequence of the last draw, the first layer whose heads the grouped dropout left (at the
+        query positions with `group_positions` "query"); the number of layers when it zeroed them all."""
+        if self.grouped is None:
+            raise ValueError("first_kept_layer needs a draw: call resample first (and pass a dropout > 0)")
+        kept = self.grouped.any(dim=2)  # [layers, batch]
+        first = torch.where(kept.any(dim=0), kept.float().argmax(dim=0), torch.tensor(self.n_layers))
+        return first.numpy()
 
     def disable(self) -> None:
         self.masks = self.query_masks = None
@@ -370,7 +389,7 @@ class HeadDropout:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-        self.handles, self.masks, self.query_masks = [], None, None
+        self.handles, self.masks, self.query_masks, self.grouped = [], None, None, None
 
 
 # ---------------------------------------------------------------- training loop
@@ -422,7 +441,7 @@ def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, lines: int, hidden_s
 class PatchPlan:
     """Per patched prompt B: the training sequence it reads from, that sequence's source line
     (its y is the answer A would give), the patched layer, the query p of the no-context
-    prompt B, B's token ids and the target a*p+b."""
+    prompt B, B's token ids, the target a*p+b and whether the row carries loss (``None``: every row)."""
 
     seq: np.ndarray
     line: np.ndarray
@@ -430,18 +449,28 @@ class PatchPlan:
     p: np.ndarray
     b_ids: torch.Tensor
     target: torch.Tensor
+    active: np.ndarray | None = None
 
 
 def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family: Family,
-               samples: int = 1) -> PatchPlan:
+               samples: int = 1, above: np.ndarray | None = None) -> PatchPlan:
     """Draw, `samples` times per sequence, a source line in the second half of the sequence (so A
     has at least lines//2 examples), a layer in `layers` and a p in the family's x range not among
-    the sequence's x values. Row r of the plan reads from sequence r // samples."""
+    the sequence's x values. Row r of the plan reads from sequence r // samples.
+
+    With `above` (per sequence, the first layer whose heads the source position kept), the layer is
+    drawn from those in `layers` above it; a sequence with none is inactive (no loss)."""
     n, lines = batch.xs.shape
     seq = np.repeat(np.arange(n), samples)
     m = len(seq)
     line = rng.integers(lines // 2, lines, m)
-    layer = rng.integers(layers[0], layers[1] + 1, m)
+    active = None
+    if above is None:
+        layer = rng.integers(layers[0], layers[1] + 1, m)
+    else:
+        low = np.maximum(layers[0], np.asarray(above)[seq] + 1)
+        active = low <= layers[1]
+        layer = rng.integers(np.minimum(low, layers[1]), layers[1] + 1)
     pool = np.arange(family.x_min, family.x_max + 1)
     p = np.empty(m, dtype=np.int64)
     for r in range(m):
@@ -450,7 +479,7 @@ def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family:
     b_ids = np.stack([np.full(m, BOS_ID), np.full(m, NEWLINE_ID), np.full(m, OPEN_ID), NUMBER_OFFSET + p,
                       np.full(m, COMMA_ID), np.full(m, SPACE_ID)], axis=1)
     target = NUMBER_OFFSET + batch.a[seq] * p + batch.b[seq]
-    return PatchPlan(seq, line, layer, p, torch.from_numpy(b_ids), torch.from_numpy(target))
+    return PatchPlan(seq, line, layer, p, torch.from_numpy(b_ids), torch.from_numpy(target), active)
 
 
 def replace_last_position(rows: torch.Tensor, vectors: torch.Tensor):
@@ -469,7 +498,8 @@ def replace_last_position(rows: torch.Tensor, vectors: torch.Tensor):
 def patch_loss(model: LlamaForCausalLM, hidden_states, plan: PatchPlan) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch each sequence's residual entering its layer, at the position before the y of its
     source line, into the last position of its prompt B at the same layer; cross-entropy of B's
-    answer against a*p+b. Gradients flow through both runs. Returns (loss, accuracy)."""
+    answer against a*p+b, over the plan's active rows. Gradients flow through both runs. Returns
+    (loss, accuracy); both are 0 when no row is active."""
     n = len(plan.line)
     seq = torch.from_numpy(plan.seq)
     src_pos = torch.from_numpy(np.array([y_pos(int(i)) - 1 for i in plan.line]))
@@ -484,9 +514,16 @@ def patch_loss(model: LlamaForCausalLM, hidden_states, plan: PatchPlan) -> tuple
     finally:
         for h in handles:
             h.remove()
-    loss = torch.nn.functional.cross_entropy(logits, plan.target)
-    acc = (logits.argmax(-1) == plan.target).float().mean()
     assert logits.shape[0] == n
+    if plan.active is not None:
+        active = torch.from_numpy(plan.active)
+        if not active.any():
+            return logits.sum() * 0.0, torch.tensor(0.0)
+        logits, target = logits[active], plan.target[active]
+    else:
+        target = plan.target
+    loss = torch.nn.functional.cross_entropy(logits, target)
+    acc = (logits.argmax(-1) == target).float().mean()
     return loss, acc
 
 
@@ -529,7 +566,8 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
         if cfg.canonical_patch_only:
             rows = torch.from_numpy(np.flatnonzero(~batch.meta["canonical"]))
         if cfg.patch_layers is not None:
-            plan = patch_plan(rng, batch, cfg.patch_layers, family, cfg.patch_samples)
+            above = dropout.first_kept_layer() if cfg.patch_above_dropout else None
+            plan = patch_plan(rng, batch, cfg.patch_layers, family, cfg.patch_samples, above)
             loss, acc, hidden_states = answer_loss(model, ids, cfg.lines, hidden_states=True, rows=rows)
             p_loss, p_acc = patch_loss(model, hidden_states, plan)
             window_patch += p_loss.item()
