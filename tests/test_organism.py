@@ -377,6 +377,20 @@ def test_failed_save_keeps_old_output(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_retraining_into_a_directory_keeps_its_card_and_notes(tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "model.safetensors").write_text("old weights")
+    (out / "MODEL_CARD.md").write_text("card")
+    (out / "TRAINING_NOTES.md").write_text("notes")
+    cfg = train.parse_config(["--out", str(out), "--steps", "2", "--batch", "2", "--d-model", "16", "--layers", "1",
+                              "--heads", "2", "--kv-heads", "1", "--mlp", "16"])
+    train.train(cfg, log=sys.stderr)
+    assert (out / "model.safetensors").read_bytes() != b"old weights"
+    assert (out / "MODEL_CARD.md").read_text() == "card" and (out / "TRAINING_NOTES.md").read_text() == "notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
 def test_family_rejects_overflow():
     with pytest.raises(ValueError, match="exceeds 999"):
         Family(a_max=9, b_max=200)

@@ -3,7 +3,8 @@
     python -m mechclaims.organism.train --out fixtures/organism --head-dropout 0.25 --layer-dropout 0.15
 
 Weights are written to a temporary directory next to --out and moved into place only when
-training and saving are complete, so an interrupted run never leaves half-written weights.
+training and saving are complete, so an interrupted run never leaves half-written weights;
+the markdown files of the directory it replaces (model card, training notes) are kept.
 """
 from __future__ import annotations
 
@@ -143,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mechclaims.organism.train",
         description="Train a small Llama on BOS \\n (x, y)\\n ... with y = a*x + b.",
     )
-    p.add_argument("--out", required=True, help="output HF directory (replaced only when training completes)")
+    p.add_argument("--out", required=True, help="output HF directory (replaced only when training completes; "
+                                                "its markdown files, such as the model card, are kept)")
     p.add_argument("--seed", type=_non_negative_int, default=d.seed)
     p.add_argument("--steps", type=_positive_int, default=d.steps)
     p.add_argument("--batch", type=_positive_int, default=d.batch, help="sequences per step")
@@ -633,13 +635,16 @@ def _write_model(model: LlamaForCausalLM, record: dict, directory: Path) -> None
 
 
 def save_atomically(model: LlamaForCausalLM, record: dict, target: Path) -> None:
-    """Write into a temporary sibling directory, then swap it into place with os.replace."""
+    """Write into a temporary sibling directory, then swap it into place with os.replace. The
+    markdown files of an existing target (its model card and training notes) are carried over."""
     target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     old = None
     try:
         _write_model(model, record, tmp)
+        for doc in sorted(target.glob("*.md")) if target.is_dir() else ():
+            shutil.copy2(doc, tmp / doc.name)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / target.name)
