@@ -11,7 +11,7 @@ import pytest
 from mechclaims import MechclaimsError, claim2, claim3
 from mechclaims.answers import greedy_is
 from mechclaims.claim0 import MIN_ACCURACY
-from mechclaims.claim1 import C1Params, params_from, precondition
+from mechclaims.claim1 import C1Params, confirmation_pairs, params_from, precondition
 from mechclaims.claim2 import C2Params, Reading
 from mechclaims.claim3 import C3Params
 from mechclaims.experiments import AblationStudy, ablation_study
@@ -47,20 +47,22 @@ class C1Run:
 @pytest.fixture(scope="session")
 def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
     """The Claim 1 ablation study of a target on the confirmation split, on the
-    target's task (``[task]`` of its expectations; y = 2x + 3 unless it says otherwise)."""
+    target's task (``[task]`` of its expectations; y = 2x + 3 unless it says otherwise),
+    with the profile's number of pairs or the pre-registered ``[c1] min_pairs`` if larger."""
     s = mechclaims_settings
     try:
         exp = load(path_for(CLAIMS_DIR, target.name), target.name)
         task = exp.task()
+        n_pairs = confirmation_pairs(exp, s.n_prompts)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
     pairs = make_patch_pairs(
-        task, n_pairs=s.n_prompts, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
+        task, n_pairs=n_pairs, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
     )
     canonical = None
     if task != CANONICAL:  # the post's task as well: the report says why Claim 1 runs on another
         post = make_patch_pairs(
-            CANONICAL, n_pairs=s.n_prompts, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
+            CANONICAL, n_pairs=n_pairs, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
         )
         post_ok, post_accuracy = precondition(greedy_is(target.model, post.a_texts, [p.a.answer for p in post.pairs]))
         canonical = {

@@ -8,6 +8,7 @@ import pytest
 
 from mechclaims import claim1
 from mechclaims.discover import discover, to_toml
+from mechclaims.errors import ConfigError
 from mechclaims.expectations import load
 from mechclaims.experiments import AblationStudy, Condition, ablation_study
 from mechclaims.patching import Sweep
@@ -152,6 +153,7 @@ def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch
     exp = load(path, "organism")
     params = claim1.params_from(exp, n_layers=2)
     assert params.read_layer == 1 and len(params.stages) == 3
+    assert claim1.confirmation_pairs(exp, 4) == 10 and claim1.confirmation_pairs(exp, 100) == 100
     assert set(exp.verdicts) == {
         "C0.in-context", "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
         "C1.backup-15", "C1.ablate-15", "C1.parity-late", "C1.redundancy",
@@ -202,3 +204,17 @@ def test_one_teacher_forced_pass_of_a_reads_what_separate_passes_read(digit_mode
     assert multi.any()
     prefixes = [t for t, m in zip(texts, multi) if m]
     assert not greedy_is(digit_model, prefixes, decoded[multi] // 10).any()  # a prefix of the answer is not the answer
+
+
+@pytest.mark.parametrize("line, pairs", [("", 100), ("min_pairs = 200", 200), ("min_pairs = 50", 100)])
+def test_the_confirmation_uses_at_least_the_pre_registered_pairs(tmp_path, line, pairs):
+    path = tmp_path / "organism.toml"
+    path.write_text(f"[c1]\n{line}\n")
+    assert claim1.confirmation_pairs(load(path, "organism"), 100) == pairs
+
+
+def test_a_pre_registered_confirmation_of_no_pairs_is_rejected_with_the_fix(tmp_path):
+    path = tmp_path / "organism.toml"
+    path.write_text("[c1]\nmin_pairs = 0\n")
+    with pytest.raises(ConfigError, match=r"min_pairs = 0; expected a number of pairs >= 1"):
+        claim1.confirmation_pairs(load(path, "organism"), 100)

@@ -451,6 +451,30 @@ def test_patch_loss_is_the_measured_patching_protocol(models, samples):
     assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-4)
 
 
+@pytest.mark.parametrize("group_layers, order", [("1-4", "prefix"), ("0-4", "any")])
+def test_the_layer_above_the_removed_ones_is_above_the_highest_removed_layer(models, group_layers, order):
+    """A prefix from layer 1 removes layers 1..k (the layer above is k + 1); in any order the layer
+    above is one past the highest removed layer; with nothing removed it is the group's first layer."""
+    model, _ = models["organism"]
+    first = int(group_layers.split("-")[0])
+    cfg = train.parse_config(["--out", "m", "--group-dropout", "0.7", "--group-layers", group_layers,
+                              "--group-max", "4", "--group-order", order])
+    dropout = train.HeadDropout(model, 0.0, 0.0, torch.Generator().manual_seed(0), cfg.group_dropout,
+                                cfg.group_layers, cfg.group_max, group_order=cfg.group_order)
+    try:
+        dropout.resample(400)
+        above = dropout.first_layer_above_removed()
+        removed = (dropout.masks[:, :, 0, :, 0] == 0).all(-1).numpy()  # [layers, batch]
+        for row in range(400):
+            layers = removed[:, row].nonzero()[0]
+            assert above[row] == (layers.max() + 1 if layers.size else first)
+        if order == "prefix":
+            assert set(above.tolist()) == {1, 2, 3, 4, 5}
+            assert not removed[0].any()
+    finally:
+        dropout.remove()
+
+
 def test_patch_above_dropout_draws_layers_above_the_removed_prefix_and_idles_the_rest(models):
     """With prefix grouped dropout, a sequence that lost layers 0..k-1 is patched at a layer above
     k-1 only; one that lost every layer below the range's end carries no patching loss."""
@@ -467,9 +491,9 @@ def test_patch_above_dropout_draws_layers_above_the_removed_prefix_and_idles_the
                                 cfg.group_layers, cfg.group_max, group_order=cfg.group_order)
     try:
         with pytest.raises(ValueError, match="call resample first"):
-            dropout.first_kept_layer()
+            dropout.first_layer_above_removed()
         dropout.resample(400)
-        first = dropout.first_kept_layer()
+        first = dropout.first_layer_above_removed()
         dropped = (dropout.masks[:, :, 0, :, 0] == 0).all(-1).sum(0).numpy()  # k per sequence
         assert (first == dropped).all() and set(first.tolist()) == {0, 1, 2, 3, 4}
         rng = np.random.default_rng(0)

@@ -12,7 +12,8 @@ Procedure, following the post's own reasoning:
 3. after each stage, the backup layer is the un-ablated layer whose heads gain
    the most direct logit attribution (the post's 13, then 15); it is the next stage;
 4. every Claim 1 finding is evaluated on this exploration study; its verdict is
-   written as the expected verdict.
+   written as the expected verdict, and the number of pairs as ``min_pairs``: the
+   confirming study is never smaller than the one that chose what it confirms.
 
 Claim 1 runs on the target's task (``--task``; default: the ``[task]`` of its
 existing file, else y = 2x + 3; C0 is always y = 2x + 3).  Claims 2 and 3
@@ -135,7 +136,7 @@ def discover(
             "onset": params.onset, "onset_tolerance": params.onset_tolerance,
             "stage1": list(stages[0]), "stage2": list(stages[1]), "stage3": list(stages[2]),
             "backup_layers": backups, "read_layer": read_layer, "threshold": threshold, "margin": margin,
-            "backup_share": params.backup_share,
+            "backup_share": params.backup_share, "min_pairs": n_pairs,
         },
         "figures": {**figures, "C1": f"task {task.name}, clean accuracy {accuracy}",
                     **{cid: f.message for cid, f in findings.items()}},

@@ -376,14 +376,16 @@ class HeadDropout:
             self.masks = keep.float()[:, :, None, :, None]
             self.query_masks = grouped.float()[:, :, None, :, None]
 
-    def first_kept_layer(self) -> np.ndarray:
-        """Per sequence of the last draw, the first layer whose heads the grouped dropout left (at the
-        query positions with `group_positions` "query"); the number of layers when it zeroed them all."""
+    def first_layer_above_removed(self) -> np.ndarray:
+        """Per sequence of the last draw, the layer just above the highest one whose heads the grouped
+        dropout removed (at the query positions with `group_positions` "query"); the first group layer
+        when it removed none. With "prefix" order from layer 0 this is the first layer it kept."""
         if self.grouped is None:
-            raise ValueError("first_kept_layer needs a draw: call resample first (and pass a dropout > 0)")
-        kept = self.grouped.any(dim=2)  # [layers, batch]
-        first = torch.where(kept.any(dim=0), kept.float().argmax(dim=0), torch.tensor(self.n_layers))
-        return first.numpy()
+            raise ValueError("first_layer_above_removed needs a draw: call resample first (and pass a dropout > 0)")
+        removed = ~self.grouped.any(dim=2)  # [layers, batch]
+        depth = torch.arange(1, self.n_layers + 1)[:, None] * removed  # layer + 1 where removed, else 0
+        highest = depth.max(dim=0).values
+        return torch.where(removed.any(dim=0), highest, self.group_layers[0]).numpy()
 
     def disable(self) -> None:
         self.masks = self.query_masks = None
@@ -460,7 +462,7 @@ def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family:
     has at least lines//2 examples), a layer in `layers` and a p in the family's x range not among
     the sequence's x values. Row r of the plan reads from sequence r // samples.
 
-    With `above` (per sequence, the first layer whose heads the source position kept), the layer is
+    With `above` (per sequence, the layer above the highest one whose heads the source position lost), the layer is
     drawn from those in `layers` above it; a sequence with none is inactive (no loss)."""
     n, lines = batch.xs.shape
     seq = np.repeat(np.arange(n), samples)
@@ -568,7 +570,7 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
         if cfg.canonical_patch_only:
             rows = torch.from_numpy(np.flatnonzero(~batch.meta["canonical"]))
         if cfg.patch_layers is not None:
-            above = dropout.first_kept_layer() if cfg.patch_above_dropout else None
+            above = dropout.first_layer_above_removed() if cfg.patch_above_dropout else None
             plan = patch_plan(rng, batch, cfg.patch_layers, family, cfg.patch_samples, above)
             loss, acc, hidden_states = answer_loss(model, ids, cfg.lines, hidden_states=True, rows=rows)
             p_loss, p_acc = patch_loss(model, hidden_states, plan)
