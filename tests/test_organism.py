@@ -61,8 +61,8 @@ def test_saved_tokenizer_adds_bos_and_decodes_numbers(name):
 
 # ---------------------------------------------------------------- fixtures
 
-# Floors below the measured 200-prompt accuracy after 12 examples (MODEL_CARD.md): organism 0.990,
-# organism-control 0.990; checked here on a small seeded sample.
+# Floors below the measured 200-prompt accuracy after 12 examples (MODEL_CARD.md): organism 0.985,
+# organism-control 1.000; checked here on a small seeded sample.
 ACC12_FLOOR = {"organism": 0.9, "organism-control": 0.9}
 
 

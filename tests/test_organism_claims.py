@@ -1,10 +1,12 @@
 """Claim 1 on the shipped organisms: what one supports, its twin refutes.
 
 These are the real negative controls of the Claim 1 tests: the same claim code,
-the same pre-registration procedure, two trained models that differ in head
-dropout only. `organism` forms the task at layer 2 and survives the cumulative
-ablation of the heads of layers 0-1, then 2, then 3, each delaying the task stage
-until it is gone while the answer stays (C1.redundancy, the post's chain);
+the same pre-registration procedure, two trained models that differ in dropout
+only. `organism` forms the task at layer 3 and survives the cumulative ablation
+of the heads of layers 1-2, then 3, the first delaying the task stage, the second
+removing it while the answer stays, and a head of the next layer taking over each
+time (the post's chain for two stages); ablating layer 4 as well costs it about
+half of its answers (C1.ablate-15 and C1.redundancy refuted on both).
 `organism-control` loses the task at the first stage.
 """
 
@@ -37,13 +39,15 @@ def verdicts(tmp_path_factory) -> dict[tuple[str, str], str]:
 
 @pytest.mark.parametrize("claim_id, organism, control", [
     ("C0.in-context", "supported", "supported"),
-    ("C1.onset", "supported", "refuted"),
+    ("C1.onset", "supported", "supported"),  # both form the task (layers 3 and 2)
+    ("C1.backup-13", "supported", "supported"),  # a head gains attribution in both; only the organism keeps the answer
     ("C1.ablate-10-11", "supported", "refuted"),
     ("C1.ablate-13", "supported", "refuted"),
-    ("C1.ablate-15", "supported", "refuted"),
-    ("C1.redundancy", "supported", "refuted"),
+    ("C1.backup-15", "supported", "refuted"),
+    ("C1.ablate-15", "refuted", "refuted"),
+    ("C1.redundancy", "refuted", "refuted"),
 ])
-def test_the_control_refutes_what_the_organism_supports(verdicts, claim_id, organism, control):
+def test_the_control_refutes_the_chain_the_organism_supports(verdicts, claim_id, organism, control):
     assert (verdicts[claim_id, "organism"], verdicts[claim_id, "organism-control"]) == (organism, control)
 
 

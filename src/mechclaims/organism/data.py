@@ -32,7 +32,7 @@ class Family:
     b_max: int = 29
     x_min: int = 10
     x_max: int = 99
-    held_out: tuple[int, int] = (3, 17)
+    held_out: tuple[int, int] = (4, 17)
 
     def __post_init__(self) -> None:
         if not (self.a_min <= self.a_max and self.b_min <= self.b_max and 0 <= self.x_min < self.x_max):

@@ -65,7 +65,7 @@ class TrainConfig:
     canonical_patch_only: bool = False
     a_max: int = 5
     b_max: int = 29
-    held_out: tuple[int, int] = (3, 17)
+    held_out: tuple[int, int] = (4, 17)
     number_init: str = "fourier"
     fourier_periods: tuple[float, ...] = FOURIER_PERIODS
     patch_layers: tuple[int, int] | None = None
