@@ -493,13 +493,13 @@ def test_patch_above_dropout_draws_layers_above_the_removed_prefix_and_idles_the
         with pytest.raises(ValueError, match="call resample first"):
             dropout.first_layer_above_removed()
         dropout.resample(400)
-        first = dropout.first_layer_above_removed()
+        above = dropout.first_layer_above_removed()
         dropped = (dropout.masks[:, :, 0, :, 0] == 0).all(-1).sum(0).numpy()  # k per sequence
-        assert (first == dropped).all() and set(first.tolist()) == {0, 1, 2, 3, 4}
+        assert (above == dropped).all() and set(above.tolist()) == {0, 1, 2, 3, 4}
         rng = np.random.default_rng(0)
         batch = training_batch(rng, 400, 13, family, 0.0)
-        plan = train.patch_plan(rng, batch, cfg.patch_layers, family, 2, above=first)
-        k = first[plan.seq]
+        plan = train.patch_plan(rng, batch, cfg.patch_layers, family, 2, above=above)
+        k = above[plan.seq]
         assert (plan.active == (k <= 3)).all()
         assert (plan.layer[plan.active] > k[plan.active]).all() and set(plan.layer) <= {2, 3, 4}
         assert set(plan.layer[k == 2]) == {3, 4} and set(plan.layer[k == 3]) == {4}

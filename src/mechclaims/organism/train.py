@@ -63,9 +63,9 @@ class TrainConfig:
     noise: float = 0.1
     canonical_share: float = 0.0
     canonical_patch_only: bool = False
-    a_max: int = 5
-    b_max: int = 29
-    held_out: tuple[int, int] = (4, 17)
+    a_max: int = Family.a_max  # the task family's defaults, kept in one place (data.Family)
+    b_max: int = Family.b_max
+    held_out: tuple[int, int] = Family.held_out
     number_init: str = "fourier"
     fourier_periods: tuple[float, ...] = FOURIER_PERIODS
     patch_layers: tuple[int, int] | None = None
