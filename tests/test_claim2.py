@@ -248,6 +248,21 @@ def test_c2_params_read_back_and_are_range_checked(tmp_path):
         claim2.params_from(load(path, "organism"), n_layers=2)
 
 
+READING_FIELDS = ("p_correct", "correct", "parity_ok", "x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey")
+# Another batch shape may reduce in another order (torch promises no bitwise equality across
+# shapes), so float readings agree to fp32 rounding; what the claims decide on must be equal.
+FLOAT_FIELDS = ("p_correct", "x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey")
+
+
+def _assert_same_reading(got, want):
+    assert np.array_equal(got.correct, want.correct) and np.array_equal(got.parity_ok, want.parity_ok)
+    for name in FLOAT_FIELDS:
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert list(got.resid) == list(want.resid)
+    for layer in want.resid:
+        np.testing.assert_allclose(got.resid[layer], want.resid[layer], rtol=1e-4, atol=1e-5)
+
+
 def test_readings_through_the_store_equal_direct_ones(tiny_model, tmp_path):
     from mechclaims.store import ActivationStore, attach
     from mechclaims.tasks import CANONICAL, make_prompts
@@ -264,10 +279,11 @@ def test_readings_through_the_store_equal_direct_ones(tiny_model, tmp_path):
     finally:
         attach(tiny_model, None)
     assert store.stats.computed == 1 and store.stats.memory_hits == 1
-    for got in (first, again, from_disk):
-        for name in ("p_correct", "correct", "parity_ok", "x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey"):
-            assert np.array_equal(getattr(got, name), getattr(direct, name), equal_nan=name == "p_correct"), name
-        assert list(got.resid) == [1] and np.array_equal(got.resid[1], direct.resid[1])
+    _assert_same_reading(first, direct)
+    for got in (again, from_disk):  # served from the store: the stored arrays, bit for bit by construction
+        for name in READING_FIELDS:
+            assert np.array_equal(getattr(got, name), getattr(first, name), equal_nan=name == "p_correct"), name
+        assert list(got.resid) == [1] and np.array_equal(got.resid[1], first.resid[1])
 
 
 def test_a_reading_split_into_one_row_per_pass_is_the_same(tiny_model, monkeypatch):
@@ -283,6 +299,4 @@ def test_a_reading_split_into_one_row_per_pass_is_the_same(tiny_model, monkeypat
     monkeypatch.setattr(claim2, "group_by_length", lambda *a: forwards.extend(real(*a).values()) or real(*a))
     split = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
     assert [len(rows) for rows in forwards] == [1] * len(prompts.prompts)
-    for name in ("p_correct", "correct", "parity_ok", "x_to_y", "y_to_prey", "uniform_x_to_y", "uniform_y_to_prey"):
-        assert np.array_equal(getattr(split, name), getattr(whole, name), equal_nan=name == "p_correct"), name
-    assert np.array_equal(split.resid[1], whole.resid[1])
+    _assert_same_reading(split, whole)

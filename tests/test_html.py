@@ -344,3 +344,47 @@ def test_a_real_organism_claim_run_in_chromium(chromium, tmp_path):
     result = check_in_chromium(chromium, index, tmp_path)
     assert result["images"] >= 1  # Claim 1's patching curves at least
     print(f"index.html {index.stat().st_size} bytes, {result['images']} plots; screenshot {tmp_path / 'screenshot.png'}")
+
+
+# A payload that marks the page if any of it runs, as a script or as an event handler.
+PWN = "document.documentElement.setAttribute('data-pwned', '1')"
+HOSTILE = f"<script>{PWN}</script><img src=x onerror=\"{PWN}\">"
+
+
+def hostile_record() -> dict:
+    """The synthetic record with hostile strings where a run takes text from outside: a claim's
+    message, a target's name, an expected verdict (from an expectations file), figures, the header."""
+    record = synthetic_record()
+    first = record["claims"][0]
+    first["message"] = HOSTILE
+    first["target"] = "organism | " + HOSTILE  # a pipe would also break a markdown table row
+    first["expected"] = HOSTILE
+    first["figures"]["note" + HOSTILE] = HOSTILE
+    record["run"]["header"] = HOSTILE
+    record["run"]["targets"]["organism" + HOSTILE] = {"source": HOSTILE, "sha256_or_revision": HOSTILE}
+    return record
+
+
+def test_hostile_strings_are_inert_in_both_views(tmp_path):
+    run_dir = write_run(tmp_path / "reports", "run", hostile_record()).parent
+    page, markdown_text = (run_dir / "index.html").read_text(), (run_dir / "claims.md").read_text()
+    for text in (page, markdown_text):
+        assert "<script>document" not in text and "<img src=x" not in text
+        assert "&lt;script&gt;" in text
+    rows = [line for line in markdown_text.splitlines() if line.startswith("| organism")]
+    assert rows and all(line.count(" | ") == 7 for line in rows)  # eight cells each
+
+
+def test_hostile_strings_never_run_in_chromium(chromium, tmp_path):
+    run_dir = write_run(tmp_path / "reports", "run", hostile_record()).parent
+    dom = _browse(chromium, tmp_path, "--dump-dom", (run_dir / "index.html").as_uri())
+    assert "</body>" in dom and not _pwned(dom)
+    # the check can fail: the same page with one message left unescaped is marked
+    broken = tmp_path / "broken.html"
+    broken.write_text((run_dir / "index.html").read_text().replace("</body>", HOSTILE + "</body>"))
+    assert _pwned(_browse(chromium, tmp_path, "--dump-dom", broken.as_uri()))
+
+
+def _pwned(dom: str) -> bool:
+    """Whether the payload ran: the <html> element carries its attribute (its escaped text does not count)."""
+    return re.search(r"<html[^>]*data-pwned=", dom) is not None

@@ -7,6 +7,8 @@ import shutil
 import socket
 from pathlib import Path
 
+import pytest
+
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 
@@ -113,15 +115,19 @@ def test_two_xdist_workers_run_the_claim_suite_on_one_cache_like_one_process(pyt
             str(tmp_path / report), *args,
         )
         record = json.loads((tmp_path / report / "latest" / "claims.json").read_text())
-        return sorted((c["id"], c["verdict"], c["statistic"], tuple(c["ci"]), c["n"]) for c in record["claims"]), record
+        return sorted((c["id"], c["verdict"], c["n"], c["statistic"], *c["ci"]) for c in record["claims"]), record
 
     single, _ = run("solo", "--mechclaims-cache", "off")
     parallel, _ = run("par", "-n", "2", "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache))
-    assert single and single == parallel
+    # verdicts and n exactly; figures to fp32 rounding (workers may shape a shared pass differently)
+    assert single and [c[:3] for c in single] == [c[:3] for c in parallel]
+    for one, two in zip(single, parallel):
+        assert two[3:] == pytest.approx(one[3:], rel=1e-6, abs=1e-9)
     assert not [p for p in cache.rglob("*") if p.name.startswith(".")]  # no temporary files left
     again, record = run("again", "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache))
     stats = record["run"]["activation_cache"]["stats"]["organism"]
-    assert again == single and stats["corrupt_entries"] == 0 and stats["computed"] == 0
+    # served from the cache the parallel run wrote: its figures, bit for bit by construction
+    assert again == parallel and stats["corrupt_entries"] == 0 and stats["computed"] == 0
     # served entirely from the cache, the model was never booted (no weights loaded, no forward)
     organism = record["run"]["targets"]["organism"]
     assert organism["boot_seconds"] is None and record["run"]["forwards"]["organism"] == {"calls": 0, "tokens": 0}

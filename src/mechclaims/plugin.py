@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,9 @@ from .session import ClaimSession
 from .settings import PROFILES, settings
 from .store import STORE_MODES
 from .targets import DEVICES, DTYPES, TARGETS, attached_hooks, default_cache_dir, get_spec, resolve
+
+# The exit status of a run whose claim report could not be written (pytest's own codes are 0-5).
+REPORT_NOT_WRITTEN = 6
 
 session_key = pytest.StashKey[ClaimSession]()
 report_path_key = pytest.StashKey[Path]()
@@ -444,7 +448,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     report_dir = Path(config.getoption("mechclaims_report_dir") or config.rootpath / "reports")
     # With the disk cache, the report's plots are kept beside the activations (a warm run redraws nothing).
     plot_cache = state.activation_dir / "plots" if state.cache_mode == "disk" and state.activation_dir else None
-    config.stash[report_path_key] = write_run(report_dir, new_run_id(), state.to_json(), plot_cache)
+    try:
+        config.stash[report_path_key] = write_run(report_dir, new_run_id(), state.to_json(), plot_cache)
+    except OSError as exc:  # a full disk, a read-only or unsafe directory: one line, no traceback
+        from .files import describe_os_error
+
+        line = "ERROR: " + describe_os_error(
+            exc, "claim report", "nothing was written and reports/latest is unchanged; free space or pass "
+            "another --mechclaims-report-dir")
+        terminal = config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            terminal.write("\n")  # the progress line is still open here
+            terminal.write_line(line, red=True)
+        else:
+            sys.stderr.write(line + "\n")
+        session.exitstatus = REPORT_NOT_WRITTEN
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

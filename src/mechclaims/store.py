@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .files import describe_os_error, remove_stale_temporaries, write_atomic
 
 STORE_MODES = ("off", "memory", "disk")
 LOGITS = ("all", "last", "argmax", "none")
@@ -50,6 +50,10 @@ FORMAT = 1
 
 class CacheCorruptionWarning(UserWarning):
     """A disk-cache entry failed its checksum or could not be read; it was recomputed."""
+
+
+class CacheWriteWarning(UserWarning):
+    """A disk-cache entry could not be written (full disk, read-only or unsafe directory)."""
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -159,6 +163,7 @@ class ActivationStore:
     version: str = ""
     max_entry_bytes: int = MAX_ENTRY_BYTES
     stats: StoreStats = field(default_factory=StoreStats)
+    disk_write_error: str | None = None  # set by the first failed disk write; later writes are skipped
     _entries: dict[str, list[_Entry]] = field(default_factory=dict, repr=False)
     _seen: set[str] = field(default_factory=set, repr=False)
     _derived: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
@@ -170,6 +175,7 @@ class ActivationStore:
             raise ConfigError("the disk activation cache needs a directory: pass --mechclaims-cache-dir DIR")
         if self.directory is not None:
             self.directory = Path(self.directory)
+            remove_stale_temporaries(self.directory, "*/.*.safetensors.*.tmp")
         if not self.version:
             from . import __version__
 
@@ -317,19 +323,24 @@ class ActivationStore:
         return tensors
 
     def _write(self, path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
-        """Write one entry under a temporary name, then rename it into place."""
-        from safetensors.torch import save_file
+        """Write one entry atomically inside the cache directory (:func:`mechclaims.files.write_atomic`).
+        A write that fails (a full disk, a read-only or unsafe directory) costs time, never the run:
+        one warning says why, and the store stops writing to disk for the rest of the run."""
+        from safetensors.torch import save
 
+        if self.disk_write_error is not None:
+            return
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         meta = {"key": key, "sha256": _content_digest(tensors), "mechclaims": self.version}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        assert self.directory is not None
         try:
-            save_file(tensors, str(tmp), metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            write_atomic(path, save(tensors, metadata=meta), root=self.directory)
+        except OSError as exc:
+            self.disk_write_error = describe_os_error(
+                exc, "activation cache", "the run goes on without writing to the cache; free space or "
+                "pass another --mechclaims-cache-dir")
+            warnings.warn(self.disk_write_error, CacheWriteWarning, stacklevel=4)
+            return
         self.stats.disk_writes += 1
 
 

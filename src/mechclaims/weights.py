@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from .errors import TargetError
+from .files import write_text_atomic
 
 _CHUNK = 1 << 22
 
@@ -85,10 +85,10 @@ def sha256_file(path: Path, memo_dir: Path | None = None) -> str:
     hexdigest = digest.hexdigest()
     if memo_file:
         memo[key] = hexdigest
-        memo_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_file.with_name(f".{memo_file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(memo, indent=0))
-        os.replace(tmp, memo_file)
+        try:
+            write_text_atomic(memo_file, json.dumps(memo, indent=0), root=memo_dir)
+        except OSError:  # the memo saves time on the next run; failing to keep it costs nothing now
+            pass
     return hexdigest
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from ..files import remove_stale_temporaries, write_text_atomic
 
 
 def new_run_id() -> str:
@@ -16,25 +19,24 @@ def new_run_id() -> str:
     return f"{stamp}-{secrets.token_hex(3)}"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def atomic_write_text(path: Path, text: str, root: Path | None = None) -> None:
+    """Write ``text`` to ``path`` so readers see the old file or the new one, never a torn one
+    (:func:`mechclaims.files.write_atomic`)."""
+    write_text_atomic(path, text, root)
 
 
 def point_latest(report_dir: Path, run_dir: Path) -> Path:
-    """Atomically repoint ``report_dir/latest`` at ``run_dir`` (a relative symlink)."""
+    """Atomically repoint ``report_dir/latest`` at ``run_dir`` (a relative symlink). The new link
+    is made under a fresh random name (``symlink`` never follows or replaces what is there), then
+    renamed over ``latest``, which replaces a planted link rather than following it."""
     latest = report_dir / "latest"
-    tmp = report_dir / f".latest.{os.getpid()}.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
+    tmp = report_dir / f".latest.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     tmp.symlink_to(run_dir.name)
-    os.replace(tmp, latest)
+    try:
+        os.replace(tmp, latest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return latest
 
 
@@ -43,19 +45,32 @@ def render_views(run_dir: Path, record: dict[str, Any], plot_cache: Path | None 
     (plots kept in ``plot_cache`` are reused)."""
     from . import html, markdown
 
-    atomic_write_text(run_dir / "claims.md", markdown.render(record))
-    atomic_write_text(run_dir / "index.html", html.render(record, plot_cache))
+    atomic_write_text(run_dir / "claims.md", markdown.render(record), root=run_dir)
+    atomic_write_text(run_dir / "index.html", html.render(record, plot_cache), root=run_dir)
     return [run_dir / "claims.md", run_dir / "index.html"]
 
 
 def write_run(report_dir: Path, run_id: str, record: dict[str, Any], plot_cache: Path | None = None) -> Path:
     """Write ``claims.json``, ``claims.md`` and ``index.html`` for one run; repoint
-    ``latest`` only at a complete run."""
+    ``latest`` only at a complete run.
+
+    The three files are written into a hidden staging directory that is renamed into place
+    whole, so ``reports/<run-id>`` appears complete or not at all (a crash or a full disk leaves
+    at most a ``.<run-id>.tmp`` directory, removed here an hour later). On an error nothing is
+    renamed, ``latest`` is untouched and the error propagates."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(report_dir, ".*.tmp")
     run_dir = report_dir / run_id
-    path = run_dir / "claims.json"
-    text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-    atomic_write_text(path, text)
-    render_views(run_dir, json.loads(text), plot_cache)  # the views show exactly what claims.json holds
+    stage = report_dir / f".{run_id}.tmp"
+    stage.mkdir()  # exclusive: never an existing directory or a planted link
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+        atomic_write_text(stage / "claims.json", text, root=stage)
+        render_views(stage, json.loads(text), plot_cache)  # the views show exactly what claims.json holds
+        os.rename(stage, run_dir)  # fails rather than merge into an existing run directory
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     if record.get("run", {}).get("complete"):
         point_latest(report_dir, run_dir)
-    return path
+    return run_dir / "claims.json"

@@ -266,7 +266,7 @@ def _plots(figures: Any, plot_cache: Path | None) -> str:
     for plot in plots_for(figures, plot_cache):
         if isinstance(plot, Plot):
             items.append(
-                f'<figure><img src="{plot.uri}" alt="{escape(plot.title)}">'
+                f'<figure><img src="{escape(plot.uri)}" alt="{escape(plot.title)}">'
                 f"<figcaption>{escape(plot.title)}</figcaption></figure>"
             )
         elif isinstance(plot, PlotError):

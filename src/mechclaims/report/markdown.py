@@ -1,4 +1,8 @@
-"""``claims.md``: one table per claim (target, verdict, expected, statistic, CI, threshold, n)."""
+"""``claims.md``: one table per claim (target, verdict, expected, statistic, CI, threshold, n).
+
+Every text that comes from a run (ids, target names, messages, sources) is untrusted: markdown
+viewers render inline HTML, so ``&``, ``<`` and ``>`` become entities, and a table cell's ``|``
+and line breaks are escaped."""
 
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ def _num(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    """Run text as inert markdown: no HTML, no table breaks, one line."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return " ".join(text.replace("|", "\\|").replace("`", "\\`").split())
 
 
 def render(record: dict[str, Any]) -> str:
@@ -18,20 +28,21 @@ def render(record: dict[str, Any]) -> str:
     lines = [
         "# Claim report",
         "",
-        f"`{run.get('header', '')}`",
+        _text(run.get("header", "")),
         "",
-        f"- started {run.get('started')}, finished {run.get('finished') or 'not finished (incomplete run)'}",
-        f"- git commit {run.get('git_commit') or 'unknown'}, seed {run.get('seed')}",
+        f"- started {_text(run.get('started'))}, finished {_text(run.get('finished') or 'not finished (incomplete run)')}",
+        f"- git commit {_text(run.get('git_commit') or 'unknown')}, seed {_text(run.get('seed'))}",
     ]
     for name, t in run.get("targets", {}).items():
-        lines.append(f"- target `{name}`: {t.get('source')} ({t.get('sha256_or_revision')}), {t.get('dtype')} on {t.get('device')}")
+        lines.append(f"- target {_text(name)}: {_text(t.get('source'))} ({_text(t.get('sha256_or_revision'))}), "
+                     f"{_text(t.get('dtype'))} on {_text(t.get('device'))}")
     by_claim: dict[str, list[dict[str, Any]]] = {}
     for claim in record["claims"]:
         by_claim.setdefault(claim["id"], []).append(claim)
     for claim_id, rows in by_claim.items():
         lines += [
             "",
-            f"## {claim_id}",
+            f"## {_text(claim_id)}",
             "",
             "| target | verdict | expected | statistic | 95% CI | threshold | n | p |",
             "|---|---|---|---|---|---|---|---|",
@@ -39,12 +50,14 @@ def render(record: dict[str, Any]) -> str:
         for c in rows:
             ci = c.get("ci")
             ci_text = f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "-"
-            verdict = c["verdict"] if c.get("as_expected") in (None, True) else f"**{c['verdict']}** (unexpected)"
+            verdict = _text(c["verdict"])
+            if c.get("as_expected") not in (None, True):
+                verdict = f"**{verdict}** (unexpected)"
             lines.append(
-                f"| {c.get('target')} | {verdict} | {c.get('expected') or '-'} | {_num(c.get('statistic'))} | "
+                f"| {_text(c.get('target'))} | {verdict} | {_text(c.get('expected') or '-')} | {_num(c.get('statistic'))} | "
                 f"{ci_text} | {_num(c.get('threshold'))} | {_num(c.get('n'))} | {_num(c.get('pvalue'))} |"
             )
         for c in rows:
             if c.get("message"):
-                lines.append(f"\n- {c.get('target')}: {c['message']}")
+                lines.append(f"\n- {_text(c.get('target'))}: {_text(c['message'])}")
     return "\n".join(lines) + "\n"

@@ -55,6 +55,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+# Every plot is an inline PNG; a kept plot whose uri is anything else is not used.
+PNG_URI = "data:image/png;base64,"
 PLOT_KINDS = ("rates", "heatmaps", "curves", "bars")
 
 # One colour per patching outcome class, the same on every page.
@@ -129,7 +131,7 @@ def _title(ax, title: str, fontsize: float = 10) -> None:
 def _uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return PNG_URI + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _integer_ticks(ax, axis: str = "x") -> None:
@@ -326,7 +328,7 @@ def plots_for(figures: Any, cache: Path | None = None) -> list[Plot | PlotError]
         except (ValueError, TypeError) as exc:  # matplotlib refusing odd data
             drawn = [PlotError(kind, f"{type(exc).__name__}: {exc}")]
         if path is not None and all(isinstance(p, Plot) for p in drawn):
-            _keep(path, drawn)
+            _keep(path, drawn, root=Path(cache).parent)
         out.extend(drawn)
     return out
 
@@ -356,16 +358,22 @@ def _read_kept(path: Path | None) -> list[Plot] | None:
         return None
     try:
         kept = json.loads(path.read_text())
-        return [Plot(str(title), str(uri)) for title, uri in kept["plots"]]
+        plots = [Plot(str(title), str(uri)) for title, uri in kept["plots"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # kept plots are untrusted: only inline PNGs, which is all this module draws
+    if not all(p.uri.startswith(PNG_URI) for p in plots):
+        return None
+    return plots
 
 
-def _keep(path: Path, plots: list[Plot | PlotError]) -> None:
-    from .claims_json import atomic_write_text
+def _keep(path: Path, plots: list[Plot | PlotError], root: Path) -> None:
+    """Keep drawn plots at ``path``, a write confined to ``root`` (the directory holding the
+    plot cache, so a planted link in place of the cache cannot carry it elsewhere)."""
+    from ..files import write_text_atomic
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"plots": [[p.title, p.uri] for p in plots if isinstance(p, Plot)]}))
+        write_text_atomic(path, json.dumps({"plots": [[p.title, p.uri] for p in plots if isinstance(p, Plot)]}),
+                          root=root)
     except OSError:  # a read-only or full cache directory costs time, never the report
         pass
