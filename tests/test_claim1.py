@@ -216,5 +216,5 @@ def test_the_confirmation_uses_at_least_the_pre_registered_pairs(tmp_path, line,
 def test_a_pre_registered_confirmation_of_no_pairs_is_rejected_with_the_fix(tmp_path):
     path = tmp_path / "organism.toml"
     path.write_text("[c1]\nmin_pairs = 0\n")
-    with pytest.raises(ConfigError, match=r"min_pairs = 0; expected a number of pairs >= 1"):
+    with pytest.raises(ConfigError, match=r"\[c1\] min_pairs = 0 is out of range; expected 1 to 20000"):
         claim1.confirmation_pairs(load(path, "organism"), 100)

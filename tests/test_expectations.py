@@ -20,10 +20,10 @@ def test_missing_file_means_every_claim_is_expected_supported(tmp_path):
 
 
 def test_values_are_read_and_checked(tmp_path):
-    exp = load(_write(tmp_path, '[c1]\nonset = 3\nstages = [[1], [2, 3]]\nmargin = 0.1\nhead = [2, 1]\n'), "organism")
+    exp = load(_write(tmp_path, '[c1]\nonset = 3\nstage1 = [1, 2]\nmargin = 0.1\n'), "organism")
     assert exp.layer("c1", "onset", n_layers=8) == 3
     assert exp.get("c1", "margin", float) == 0.1
-    assert exp.head("c1", "head", n_layers=8, n_heads=4) == (2, 1)
+    assert exp.layers("c1", "stage1", n_layers=8) == (1, 2)
 
 
 def test_missing_key_names_file_section_and_type(tmp_path):
@@ -33,17 +33,16 @@ def test_missing_key_names_file_section_and_type(tmp_path):
 
 
 def test_wrong_type_names_the_value(tmp_path):
-    exp = load(_write(tmp_path, '[c1]\nonset = "three"\n'), "organism")
     with pytest.raises(ConfigError, match=r"\[c1\] onset = 'three' has type str; expected a int"):
-        exp.layer("c1", "onset", n_layers=8)
+        load(_write(tmp_path, '[c1]\nonset = "three"\n'), "organism")
 
 
 def test_out_of_range_layer_and_head_name_the_valid_range(tmp_path):
-    exp = load(_write(tmp_path, "[c1]\nonset = 12\nhead = [1, 9]\n"), "organism")
+    exp = load(_write(tmp_path, "[c1]\nonset = 12\nstage1 = [1, 9]\n"), "organism")
     with pytest.raises(ConfigError, match=r"\[c1\] onset: layer 12 is out of range; organism has layers 0..7"):
         exp.layer("c1", "onset", n_layers=8)
-    with pytest.raises(ConfigError, match=r"head 9 is out of range; organism has heads 0..3"):
-        exp.head("c1", "head", n_layers=8, n_heads=4)
+    with pytest.raises(ConfigError, match=r"\[c1\] stage1: layer 9 is out of range; organism has layers 0..7"):
+        exp.layers("c1", "stage1", n_layers=8)
 
 
 def test_a_file_for_another_target_is_refused(tmp_path):
@@ -84,3 +83,37 @@ def test_every_shipped_expectations_file_reads_back_for_claims_2_and_3():
     llama = load(claims_dir / "llama-3-8b.toml", "llama-3-8b")
     assert claim2.params_from(llama, 32).c_expected == pytest.approx(0.693)
     assert claim3.params_from(llama, 32, 32).x_to_y_heads[0] == (9, 23)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[c1]\nmargin = inf\n", r"\[c1\] margin = inf is not a finite number"),
+    ("[c1]\nmargin = nan\n", r"\[c1\] margin = nan is not a finite number"),
+    ("[c1]\nthreshold = nan\n", r"\[c1\] threshold = nan is not a finite number"),
+    ("[c1]\nmargin = 1.0\n", r"\[c1\] margin = 1.0 is out of range; expected 0.01 to 0.25"),
+    ("[c1]\nonset_tolerance = 1000000\n", r"onset_tolerance = 1000000 is out of range; expected 0 to 3"),
+    ("[c1]\nmin_pairs = 1000000000\n", r"min_pairs = 1000000000 is out of range; expected 1 to 20000"),
+    ("[c1]\nmin_pair = 200\n", r"\[c1\] min_pair is not a known key; did you mean 'min_pairs'\?"),
+    ("[c4]\nonset = 1\n", r"unknown key or section 'c4'; did you mean 'c3'\?"),
+    ("[c2]\nmax_prompts = true\n", r"max_prompts = True has type bool"),
+])
+def test_vacuous_non_finite_unknown_and_unbounded_values_are_refused(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load(_write(tmp_path, text), "organism")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe[c1]\n", b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n"])
+def test_non_utf8_or_deeply_nested_toml_is_one_line(tmp_path, content):
+    path = tmp_path / "organism.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="organism.toml") as info:
+        load(path, "organism")
+    assert "\n" not in str(info.value)
+
+
+def test_a_directory_or_dangling_link_is_not_an_absent_file(tmp_path):
+    (tmp_path / "organism.toml").mkdir()
+    with pytest.raises(ConfigError, match="not a readable file"):
+        load(tmp_path / "organism.toml", "organism")
+    (tmp_path / "other.toml").symlink_to(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="not a readable file"):
+        load(tmp_path / "other.toml", "organism")

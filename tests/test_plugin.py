@@ -76,7 +76,7 @@ def test_outcomes_become_verdicts_and_the_report_is_written(pytester, as_organis
     assert run["seed"] == 7 and run["complete"] and run["finished"]
     assert set(run["targets"]["organism"]) >= {"source", "sha256_or_revision", "dtype", "device"}
     assert {"torch", "transformers", "transformer-lens"} <= set(run["versions"])
-    result.stdout.fnmatch_lines(["*mechclaims 0.1.0 | organism sha256:* float32 cpu | torch *transformer-lens * | seed 7*"])
+    result.stdout.fnmatch_lines(["*mechclaims 0.1.0 | organism (STAND-IN) sha256:* float32 cpu | torch *transformer-lens * | seed 7*"])
     result.stdout.fnmatch_lines(["claim report: *claims.json"])
     result.stdout.fnmatch_lines(["[[]mechclaims[]] loading organism ..."])
 

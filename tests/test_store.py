@@ -311,3 +311,27 @@ def test_a_tail_beyond_the_batch_is_refused(model):
     tokens = _tokens(model)
     with pytest.raises(ConfigError, match=r"tail=0 must be between 1 and the \d+ positions"):
         run_with(model, tokens, logits="argmax", tail=0)
+
+
+SAME_WORK = """
+import pytest
+from mechclaims import proportion_of
+from mechclaims.answers import greedy_is
+from mechclaims.tasks import CANONICAL, make_prompts
+
+PROMPTS = make_prompts(CANONICAL, n_prompts=6, n_examples=3, seed=0)
+
+@pytest.mark.claim(id="T.same")
+@pytest.mark.parametrize("copy", range(4))
+def test_same(target, claim, copy):
+    claim.record(proportion_of(greedy_is(target.model, PROMPTS.texts, PROMPTS.answers) | True), threshold=0.5)
+"""
+
+
+def test_work_two_xdist_workers_both_need_counts_once_in_tokens_needed(pytester, as_organism, tmp_path):
+    pytester.makepyfile(test_same_work=SAME_WORK)
+    single = _claim_run(pytester, tmp_path / "solo", tmp_path / "r0")
+    parallel = _claim_run(pytester, tmp_path / "shared", tmp_path / "r1", "-n", "2")
+    one, two = (r["run"]["activation_cache"]["stats"]["organism"] for r in (single, parallel))
+    assert one["requests"] == two["requests"] == 4  # four claims, one pass each, as one process sees it
+    assert two["tokens_needed"] == one["tokens_needed"] > 0

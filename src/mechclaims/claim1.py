@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
 from .experiments import AblationStudy, Condition
 from .claim0 import MIN_ACCURACY
 from .results import Effect, Finding
@@ -203,13 +202,7 @@ def confirmation_pairs(exp: Any, requested: int) -> int:
     """Pairs of the confirming Claim 1 study: the profile's ``requested`` number, raised to the
     pre-registered ``[c1] min_pairs``. Discovery writes its own exploration size there, so a
     confirmation never has less evidence than the study that found the values it confirms."""
-    floor = exp.get("c1", "min_pairs", int, default=1)
-    if floor < 1:
-        raise ConfigError(
-            f"{exp.path or exp.target}: [c1] min_pairs = {floor}; expected a number of pairs >= 1 "
-            "(or no key: the profile's number)"
-        )
-    return max(requested, floor)
+    return max(requested, exp.get("c1", "min_pairs", int, default=1))  # range-checked on load (expectations.KEYS)
 
 
 def params_from(exp: Any, n_layers: int) -> C1Params:

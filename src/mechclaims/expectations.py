@@ -91,21 +91,92 @@ class Expectations:
             self._check_range(section, key, value, n_layers, "layer")
         return tuple(values)
 
-    def head(self, section: str, key: str, n_layers: int, n_heads: int) -> tuple[int, int]:
-        value = self.get(section, key, list)
-        if len(value) != 2:
-            raise ConfigError(f"{self.path or self.target}: [{section}] {key} = {value!r}; expected [layer, head]")
-        layer, head = value
-        self._check_range(section, key, layer, n_layers, "layer")
-        self._check_range(section, key, head, n_heads, "head")
-        return layer, head
-
     def _check_range(self, section: str, key: str, value: int, size: int, what: str) -> None:
         if not 0 <= value < size:
             raise ConfigError(
                 f"{self.path or self.target}: [{section}] {key}: {what} {value} is out of range; "
                 f"{self.target} has {what}s 0..{size - 1}"
             )
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a pre-registered value may be: its type and, for numbers, a closed range. A value
+    outside the range would make its claim vacuous (a margin so wide that any change is
+    "equivalent", a tolerance no onset can miss) or the run unbounded."""
+
+    kind: type | tuple[type, ...]
+    low: float | None = None
+    high: float | None = None
+    why: str = ""
+
+
+_LAYERS = Key(list, why="layer numbers, checked against the model's layers")
+_LAYER = Key(int, 0, 4096, "a layer number, checked against the model's layers")
+_RATE = Key(float, 0.01, 0.99, "a rate threshold strictly between 0 and 1")
+_SHARE = Key(float, 0.01, 1.0, "a share of at most 1")
+
+# Every key a pre-registration may hold, by section; anything else is refused, naming the
+# nearest valid key (a typo would otherwise silently run on the default).
+KEYS: dict[str, dict[str, Key]] = {
+    "task": {"a": Key(int, 1, 999, "the slope of y = a x + b"), "b": Key(int, 0, 999, "the intercept")},
+    "c1": {
+        "onset": _LAYER, "read_layer": _LAYER, "stage1": _LAYERS, "stage2": _LAYERS, "stage3": _LAYERS,
+        "backup_layers": _LAYERS, "threshold": _RATE,
+        "onset_tolerance": Key(int, 0, 3, "layers; a wider tolerance lets almost any onset pass"),
+        "margin": Key(float, 0.01, 0.25, "an equivalence margin in accuracy; a wider one calls any change equivalent"),
+        "backup_share": _SHARE,
+        "min_pairs": Key(int, 1, 20000, "prompt pairs; more would run for days on a CPU"),
+    },
+    "c2": {
+        "n_examples": Key(int, 2, 64, "examples per sequence"), "fit_first": Key(int, 0, 63, "an example index"),
+        "fit_last": Key(int, 0, 63, "an example index"), "parity_from": Key(int, 0, 63, "an example index"),
+        "feature_layer": _LAYER, "saturation": _RATE, "min_r2": Key(float, 0.5, 1.0, "a fit quality"),
+        "parity_threshold": _RATE, "c_expected": Key(float, 0.01, 10.0, "a log-odds step"),
+        "c_margin": Key(float, 0.01, 1.0, "an equivalence margin in log-odds"),
+        "parity_reference": Key(list, why="reference rates"),
+        "max_prompts": Key(int, 1, 10000, "prompts; more would run for days on a CPU"),
+    },
+    "c3": {
+        "x_to_y_heads": Key(list, why="[layer, head] pairs"), "n_causal_heads": Key(int, 1, 64, "heads"),
+        "mlp_layers": _LAYERS, "min_excess": _SHARE, "min_drop": _SHARE,
+    },
+}
+TOP_LEVEL = ("target", "source", "verdicts", *KEYS)
+
+
+def _nearest(name: str, valid: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _check_sections(path: Path, data: Mapping[str, Any]) -> None:
+    """Refuse unknown sections and keys, wrong types, non-finite numbers and values out of range."""
+    import math
+
+    for name, value in data.items():
+        if name not in TOP_LEVEL:
+            raise ConfigError(f"{path}: unknown key or section {name!r}; {_nearest(name, TOP_LEVEL)}"
+                              f"valid: {', '.join(TOP_LEVEL)}")
+        if name in KEYS and not isinstance(value, dict):
+            raise ConfigError(f"{path}: {name} = {value!r}; expected a [{name}] table")
+    for section, rules in KEYS.items():
+        for key, value in data.get(section, {}).items():
+            where = f"{path}: [{section}] {key}"
+            if key not in rules:
+                raise ConfigError(f"{where} is not a known key; {_nearest(key, rules)}valid keys: {', '.join(rules)}")
+            rule = rules[key]
+            kinds = rule.kind if isinstance(rule.kind, tuple) else (rule.kind,)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ConfigError(f"{where} = {value!r} has type {type(value).__name__}; expected a {_names(rule.kind)} "
+                                  f"({rule.why})")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where} = {value!r} is not a finite number; expected {rule.low} to {rule.high} "
+                                  f"({rule.why})")
+            if rule.low is not None and not rule.low <= value <= rule.high:
+                raise ConfigError(f"{where} = {value!r} is out of range; expected {rule.low} to {rule.high} ({rule.why})")
 
 
 def _names(kind: type | tuple[type, ...]) -> str:
@@ -116,11 +187,18 @@ def _names(kind: type | tuple[type, ...]) -> str:
 def load(path: Path, target: str) -> Expectations:
     """Read and check ``path``; a missing file means "no expectations" (all supported)."""
     if not path.is_file():
+        if path.exists() or path.is_symlink():  # a directory, a dangling link: not "no expectations"
+            raise ConfigError(f"{path}: not a readable file; the expectations of {target} must be a TOML file "
+                              "(remove what is there, or write the file)")
         return Expectations(target=target, path=None)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read; expectations are flat tables") from None
     if data.get("target", target) != target:
         raise ConfigError(f"{path}: target = {data['target']!r} but the file is for {target!r}; fix the target key")
     verdicts = data.get("verdicts", {})
@@ -131,6 +209,7 @@ def load(path: Path, target: str) -> Expectations:
             raise ConfigError(
                 f"{path}: [verdicts] {claim_id!r} = {verdict!r}; valid expected verdicts: {', '.join(EXPECTABLE)}"
             )
+    _check_sections(path, data)
     sections = {k: v for k, v in data.items() if isinstance(v, dict) and k != "verdicts"}
     source = data.get("source", "")
     if not isinstance(source, str):

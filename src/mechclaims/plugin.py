@@ -30,6 +30,19 @@ from .targets import DEVICES, DTYPES, TARGETS, attached_hooks, default_cache_dir
 # The exit status of a run whose claim report could not be written (pytest's own codes are 0-5).
 REPORT_NOT_WRITTEN = 6
 
+def _seed(text: str) -> int:
+    """A --mechclaims-seed value: an integer from 0 to 2**32 - 1 (what numpy's seeding takes)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer from 0 to {2**32 - 1}")
+    return value
+
+
 session_key = pytest.StashKey[ClaimSession]()
 report_path_key = pytest.StashKey[Path]()
 recorder_key = pytest.StashKey[ClaimRecorder]()
@@ -49,7 +62,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--mechclaims-target", action="append", default=[], metavar="NAME",
         help=f"run claims on this target (repeatable; default: every CPU target). Known: {', '.join(TARGETS)}",
     )
-    group.addoption("--mechclaims-seed", type=int, default=0, help="seed of every prompt set (default 0)")
+    group.addoption("--mechclaims-seed", type=_seed, default=0, help="seed of every prompt set (default 0)")
     group.addoption(
         "--mechclaims-profile", default="ci", choices=sorted(PROFILES),
         help="settings profile: how much evidence each claim gathers (default ci)",
@@ -443,8 +456,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return  # pytest-xdist workers send their results to the controller, which writes
     from .session import utc_now
 
-    if exitstatus != pytest.ExitCode.INTERRUPTED:
-        state.finished = utc_now()
+    if exitstatus != pytest.ExitCode.INTERRUPTED and not (session.shouldfail or session.shouldstop):
+        state.finished = utc_now()  # a run stopped early (-x, --maxfail) stays incomplete
+    # pytest's outcome can hide a verdict that differs from its pre-registration (an errored
+    # negative control is a passing strict xfail; a skip is not a failure): the verdicts decide.
+    if session.exitstatus == pytest.ExitCode.OK and any(c["as_expected"] is False for c in state.claims):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report_dir = Path(config.getoption("mechclaims_report_dir") or config.rootpath / "reports")
     # With the disk cache, the report's plots are kept beside the activations (a warm run redraws nothing).
     plot_cache = state.activation_dir / "plots" if state.cache_mode == "disk" and state.activation_dir else None
@@ -472,6 +489,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr = terminalreporter
     tr.section("mechclaims")
     tr.write_line(state.header())
+    for name, t in state.targets().items():
+        if t.get("stand_in"):
+            tr.write_line(f"WARNING: {name} is a stand-in, not the model it names: {t['stand_in']}", yellow=True)
     for c in state.claims:
         figure = "-" if c["statistic"] is None else f"{c['statistic']:.3g}"
         if c["ci"]:

@@ -22,7 +22,7 @@ from .targets import LoadedTarget, load_target
 
 VERSIONED_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens", "numpy", "scipy")
 # Counters summed over processes (pytest-xdist workers), not provenance.
-_COUNTED = ("name", "load_count", "boots", "forwards", "store")
+_COUNTED = ("name", "load_count", "boots", "forwards", "store", "needed")
 # The versions a cached forward pass depends on.
 _NUMERIC_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens")
 
@@ -96,7 +96,7 @@ class ClaimSession:
         """The activation store of one loaded target, attached to its model."""
         info = loaded.info
         store = ActivationStore(
-            model_key=f"{info.sha256_or_revision}|{info.dtype}|{info.device}",
+            model_key=f"{info.sha256_or_revision}|files:{info.files_sha256}|{info.dtype}|{info.device}",
             mode=self.cache_mode,
             directory=self.activation_dir,
             version=cache_version(),
@@ -124,6 +124,9 @@ class ClaimSession:
                     "load_count": self.load_counts[name],
                     "forwards": {"calls": t.forwards.calls, "tokens": t.forwards.tokens},
                     "store": self.stores[name].stats.to_json() if name in self.stores else StoreStats().to_json(),
+                    # the distinct work this process needed, so that work needed by two xdist
+                    # workers counts once in tokens_needed
+                    "needed": dict(self.stores[name].needed) if name in self.stores else {},
                 }
                 for name, t in self.loaded.items()
             },
@@ -138,6 +141,7 @@ class ClaimSession:
     def targets(self) -> dict[str, dict[str, Any]]:
         """Per target: provenance, and load counts and forwards summed over processes."""
         merged: dict[str, dict[str, Any]] = {}
+        needed: dict[str, dict[str, int]] = {}
         for (_, name), rec in sorted(self.target_records.items()):
             info = {k: v for k, v in rec.items() if k not in _COUNTED}
             entry = merged.setdefault(
@@ -150,13 +154,16 @@ class ClaimSession:
             entry["forwards"]["tokens"] += rec["forwards"]["tokens"]
             for key, value in rec.get("store", {}).items():
                 entry["store"][key] = entry["store"].get(key, 0) + value
+            needed.setdefault(name, {}).update(rec.get("needed", {}))
+        for name, entry in merged.items():
+            entry["store"]["tokens_needed"] = sum(needed[name].values())
         return merged
 
     def header(self) -> str:
         """One line naming models, fingerprints, dtypes, devices, versions and seed."""
         v = package_versions()
         models = "; ".join(
-            f"{name} {t['sha256_or_revision'][:23]} {t['dtype']} {t['device']}"
+            f"{name}{' (STAND-IN)' if t.get('stand_in') else ''} {t['sha256_or_revision'][:23]} {t['dtype']} {t['device']}"
             for name, t in self.targets().items()
         ) or "no model loaded"
         return (

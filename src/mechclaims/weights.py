@@ -34,6 +34,8 @@ def safetensors_files(model_dir: Path) -> list[Path]:
         )
         raise TargetError(f"no *.safetensors weights in {model_dir}{hint}")
     for path in files:
+        if not path.is_file():  # a FIFO or device would block or stream forever
+            raise TargetError(f"{path} is not a regular file; weights must be safetensors files")
         check_safetensors(path)
     return files
 
@@ -100,3 +102,65 @@ def fingerprint(files: list[Path], memo_dir: Path | None = None) -> str:
     for path in sorted(files):
         combined.update(f"{path.name}:{sha256_file(path, memo_dir)}\n".encode())
     return combined.hexdigest()
+
+
+# Files of an HF directory that never shape a forward pass (prose, locks); everything else
+# besides the weights (config, generation config, tokenizer files) is part of the digest.
+_NOT_COMPUTATION = (".md", ".lock", ".txt.lock")
+
+
+def companion_digest(model_dir: Path) -> str:
+    """SHA-256 over every file of ``model_dir`` that shapes a forward pass besides the weights:
+    ``config.json``, ``generation_config.json``, the tokenizer files and any other top-level file
+    (prose and hidden files excepted). With the weights' fingerprint it keys the activation cache,
+    so an edited config or tokenizer is never a stale hit."""
+    combined = hashlib.sha256()
+    try:
+        files = sorted(p for p in model_dir.iterdir() if not p.name.startswith(".") and p.suffix != ".safetensors"
+                       and not p.name.endswith(_NOT_COMPUTATION) and (p.is_file() or p.is_symlink()))
+        for path in files:
+            combined.update(f"{path.name}:{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    except OSError as exc:
+        raise TargetError(f"cannot read {exc.filename or model_dir}: {exc.strerror or exc}; "
+                          "the model directory must hold readable regular files") from None
+    return combined.hexdigest()
+
+
+def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    with path.open("rb") as fh:
+        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+    return {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
+
+
+def check_checkpoint(model_dir: Path) -> None:
+    """Refuse a checkpoint whose tensors do not match its ``config.json``: a missing tensor (which
+    transformers would initialise at random), an unexpected one, or one of the wrong shape. The
+    architecture is built on the meta device (no memory, no weights, no remote code)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    found: dict[str, tuple[int, ...]] = {}
+    for path in safetensors_files(model_dir):
+        found.update(_header_shapes(path))
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TargetError(f"cannot build the architecture of {model_dir / 'config.json'}: {first}") from None
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text_config, "tie_word_embeddings", False):
+        expected.pop("lm_head.weight", None)  # the output matrix is the embedding, stored once
+        found.pop("lm_head.weight", None)
+    problems = [f"missing tensor {name} {list(shape)}" for name, shape in expected.items() if name not in found]
+    problems += [f"unexpected tensor {name} {list(shape)}" for name, shape in found.items() if name not in expected]
+    problems += [f"tensor {name} has shape {list(found[name])}, config.json implies {list(shape)}"
+                 for name, shape in expected.items() if name in found and found[name] != shape]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise TargetError(
+            f"checkpoint {model_dir} does not match its config.json: {problems[0]}{more}; a missing tensor "
+            "would be initialised at random: restore the checkpoint or correct config.json"
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..results import ERRORED, REFUTED, SUPPORTED
+from ..results import SUPPORTED
 
 
 @dataclass(frozen=True)
@@ -16,10 +16,9 @@ class Change:
 
     @property
     def regressed(self) -> bool:
-        """supported before, refuted or errored (or gone) after."""
+        """supported before, anything else (or gone) after: refuted, errored or not-applicable."""
         was = self.before and self.before["verdict"] == SUPPORTED
-        now = self.after["verdict"] if self.after else ERRORED
-        return bool(was) and now in (REFUTED, ERRORED)
+        return bool(was) and (self.after is None or self.after["verdict"] != SUPPORTED)
 
     def describe(self) -> str:
         claim_id, target = self.key

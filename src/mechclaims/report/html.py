@@ -84,6 +84,13 @@ table.figs td:first-child { white-space:nowrap; color:var(--muted); }
 """
 
 
+def _stand_in(target: dict) -> str:
+    """A badge on a target that is not the model it names (its shape differs from the known one)."""
+    if not target.get("stand_in"):
+        return ""
+    return f' <span class="badge v-errored" title="{escape(str(target["stand_in"]))}">STAND-IN</span>'
+
+
 def _boot(target: dict) -> str:
     """Seconds the weights took to boot, or why there is no figure."""
     if "boot_seconds" not in target:
@@ -209,7 +216,7 @@ def _run_section(run: dict[str, Any], claims: list[dict[str, Any]]) -> str:
         shape = f"{_num(t.get('n_layers'))} × {_num(t.get('n_heads'))}" if t.get("n_layers") else "–"
         fw = forwards.get(name) if isinstance(forwards.get(name), dict) else {}
         target_rows.append(
-            f"<tr><td><strong>{escape(str(name))}</strong></td><td>{escape(_num(t.get('source')))}</td>"
+            f"<tr><td><strong>{escape(str(name))}</strong>{_stand_in(t)}</td><td>{escape(_num(t.get('source')))}</td>"
             f"<td><code>{escape(_num(t.get('sha256_or_revision')))}</code></td>"
             f"<td>{escape(_num(t.get('dtype')))}</td><td>{escape(_num(t.get('device')))}</td>"
             f"<td class=num>{escape(shape)}</td><td class=num>{escape(_num(t.get('load_seconds')))}</td>"

@@ -36,6 +36,8 @@ def render(record: dict[str, Any]) -> str:
     for name, t in run.get("targets", {}).items():
         lines.append(f"- target {_text(name)}: {_text(t.get('source'))} ({_text(t.get('sha256_or_revision'))}), "
                      f"{_text(t.get('dtype'))} on {_text(t.get('device'))}")
+        if t.get("stand_in"):
+            lines.append(f"  - **STAND-IN**, not the model it names: {_text(t['stand_in'])}")
     by_claim: dict[str, list[dict[str, Any]]] = {}
     for claim in record["claims"]:
         by_claim.setdefault(claim["id"], []).append(claim)

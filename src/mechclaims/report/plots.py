@@ -359,12 +359,18 @@ def _read_kept(path: Path | None) -> list[Plot] | None:
     try:
         kept = json.loads(path.read_text())
         plots = [Plot(str(title), str(uri)) for title, uri in kept["plots"]]
+        key, digest = kept["key"], kept["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    # kept plots are untrusted: only inline PNGs, which is all this module draws
-    if not all(p.uri.startswith(PNG_URI) for p in plots):
+    # kept plots are untrusted, as activation-cache entries are: the entry must be the one its
+    # name promises, intact, and only inline PNGs (all this module draws); otherwise drawn again
+    if key != path.stem or digest != _plots_digest(plots) or not all(p.uri.startswith(PNG_URI) for p in plots):
         return None
     return plots
+
+
+def _plots_digest(plots: list[Plot]) -> str:
+    return hashlib.sha256(json.dumps([[p.title, p.uri] for p in plots]).encode()).hexdigest()
 
 
 def _keep(path: Path, plots: list[Plot | PlotError], root: Path) -> None:
@@ -373,7 +379,8 @@ def _keep(path: Path, plots: list[Plot | PlotError], root: Path) -> None:
     from ..files import write_text_atomic
 
     try:
-        write_text_atomic(path, json.dumps({"plots": [[p.title, p.uri] for p in plots if isinstance(p, Plot)]}),
-                          root=root)
+        drawn = [p for p in plots if isinstance(p, Plot)]
+        entry = {"key": path.stem, "sha256": _plots_digest(drawn), "plots": [[p.title, p.uri] for p in drawn]}
+        write_text_atomic(path, json.dumps(entry), root=root)
     except OSError:  # a read-only or full cache directory costs time, never the report
         pass
