@@ -1,5 +1,6 @@
 """The ``mechclaims`` command: ``report RUN`` re-renders claims.md and index.html
-from a claims.json; ``compare RUN_A RUN_B`` lists changes and exits 1 on a regression."""
+from a claims.json; ``compare RUN_A RUN_B`` lists changes and exits 1 on a regression;
+``targets`` lists every registered target, where it comes from and whether its weights are there."""
 
 from __future__ import annotations
 
@@ -21,8 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     cmp_ = sub.add_parser("compare", help="changed verdicts and figures between two runs")
     cmp_.add_argument("run_a", type=Path, help="the reference run (e.g. the last accepted one)")
     cmp_.add_argument("run_b", type=Path, help="the new run")
+    tgt = sub.add_parser("targets", help="registered targets: source, weights, expectations file")
+    tgt.add_argument("--claims-dir", type=Path, default=Path("claims"),
+                     help="where the pack's expectations/ are (default claims)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "targets":
+            return _list_targets(args.claims_dir)
         if args.command == "report":
             record = read_run(args.run)
             for out in render_views(resolve_run(args.run).parent, record):
@@ -37,6 +43,28 @@ def main(argv: list[str] | None = None) -> int:
     regressions = sum(c.regressed for c in changes)
     print(f"{len(changes)} changed, {regressions} regressed")
     return 1 if regressions else 0
+
+
+def _list_targets(claims_dir: Path) -> int:
+    """One block per target; exit 0 (a target whose weights are missing is listed, not an error)."""
+    from . import registry
+    from .targets import TARGETS, resolve
+
+    registry.load_config(registry.find_pyproject(Path.cwd()))
+    for name, spec in TARGETS.items():
+        try:
+            resolved = resolve(name, device="cpu")
+            weights = f"present: {resolved.path}"
+        except MechclaimsError as exc:
+            weights = f"missing: {exc}"
+        expectations = claims_dir / "expectations" / f"{name}.toml"
+        print(f"{name}{' (gpu)' if spec.gpu else ''}: {spec.summary}")
+        print(f"  registered by: {registry.source_of(name)}")
+        print(f"  device, dtype: {spec.device}, {spec.dtype}" + (f"; boot options {dict(spec.boot_options)}"
+                                                                 if spec.boot_options else ""))
+        print(f"  weights: {weights}")
+        print(f"  expectations: {expectations}" + ("" if expectations.is_file() else " (none yet: run discover)"))
+    return 0
 
 
 if __name__ == "__main__":

@@ -260,8 +260,15 @@ def _toml(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import registry
+
+    try:  # the targets this project configures, besides those packages ship
+        registry.load_config(registry.find_pyproject(Path.cwd()))
+    except MechclaimsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m mechclaims.discover", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", required=True, choices=[n for n, s in TARGETS.items()], help="target to study")
+    parser.add_argument("--target", required=True, choices=list(TARGETS), help="target to study (any registered one)")
     parser.add_argument("--n-pairs", type=_positive, default=200, help="exploration (A, B) pairs (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; the exploration split derives from it")
     parser.add_argument("--threshold", type=_fraction, default=0.5, help="onset rate threshold (default 0.5)")

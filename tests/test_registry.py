@@ -1,0 +1,141 @@
+"""Targets by configuration: a project registers its own model in its pyproject.toml, lists it,
+pre-registers it with discovery and confirms it with the claim suite (docs/targets.md)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mechclaims import TargetError
+from mechclaims import registry
+from mechclaims.targets import TARGETS
+
+REPO = Path(__file__).resolve().parents[1]
+ORGANISM = REPO / "fixtures" / "organism"
+
+
+def _project(tmp_path: Path, table: str, claims: bool = False) -> Path:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(table)
+    if claims:
+        shutil.copytree(REPO / "claims", project / "claims", ignore=shutil.ignore_patterns("*.toml", "__pycache__"))
+    return project
+
+
+def _run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=project, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "MECHCLAIMS_CACHE_DIR": str(project / ".cache")},
+    )
+
+
+def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
+    project = _project(tmp_path, '[tool.mechclaims.targets.my-model]\npath = "models/my-model"\n', claims=True)
+    shutil.copytree(ORGANISM, project / "models" / "my-model")
+
+    listed = _run(project, "-m", "mechclaims.cli", "targets")
+    assert listed.returncode == 0, listed.stderr
+    block = listed.stdout.split("my-model: ")[1]
+    assert f"registered by: {project / 'pyproject.toml'}" in block
+    assert f"weights: present: {project / 'models' / 'my-model'}" in block and "(none yet: run discover)" in block
+
+    found = _run(project, "-m", "mechclaims.discover", "--target", "my-model")
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert (project / "claims" / "expectations" / "my-model.toml").is_file()
+
+    confirmed = _run(project, "-m", "pytest", "claims/", "--mechclaims-target", "my-model", "-p", "no:cacheprovider")
+    out = confirmed.stdout + confirmed.stderr
+    assert confirmed.returncode == 0, out[-3000:]
+    assert "supported  C1.onset [my-model] (expected supported)  3 [2, 3] n=200" in out
+    assert "STAND-IN" not in out  # a configured target has no known shape to differ from
+
+
+@pytest.mark.parametrize("table, message", [
+    ('path = "m"\ndtyp = "float32"\n', r"\[tool.mechclaims.targets.bad\] dtyp: not a known key; did you mean 'dtype'\?"),
+    ('dtype = "float32"\n', "needs exactly one of path .* or hf_id"),
+    ('path = "m"\nhf_id = "org/m"\n', "needs exactly one of path .* or hf_id"),
+    ('path = "m"\ndevice = "tpu"\n', r"device = 'tpu'; valid devices: cpu, cuda"),
+    ('path = "m"\ndtype = "float8"\n', r"dtype = 'float8'; valid dtypes: "),
+    ('path = "m"\ngpu = "yes"\n', r"gpu = 'yes'; expected true or false"),
+    ('path = "m"\ndevice_map = "everywhere"\n', r"device_map = 'everywhere'; valid: auto, balanced"),
+    ('path = "m"\nn_devices = 0\n', r"n_devices = 0; expected an integer >= 1"),
+    ('path = "m"\nrevision = "main"\n', "revision needs hf_id"),
+])
+def test_a_bad_target_table_is_one_line_naming_file_key_and_choices(tmp_path, table, message):
+    project = _project(tmp_path, "[tool.mechclaims.targets.bad]\n" + table)
+    with pytest.raises(TargetError, match=message) as info:
+        registry.load_config(project / "pyproject.toml")
+    assert "\n" not in str(info.value) and str(project / "pyproject.toml") in str(info.value)
+    assert "bad" not in TARGETS
+
+
+def test_a_bad_table_or_a_missing_path_stops_a_claim_run_in_one_line(tmp_path):
+    project = _project(tmp_path, '[tool.mechclaims.targets.mine]\npath = "nowhere"\n', claims=True)
+    missing = _run(project, "-m", "pytest", "claims/test_claim0.py", "--mechclaims-target", "mine", "-p",
+                   "no:cacheprovider")
+    assert missing.returncode != 0
+    assert f"weights directory {project / 'nowhere'} does not exist" in missing.stdout + missing.stderr
+    (project / "pyproject.toml").write_text('[tool.mechclaims.targets.mine]\npath = "m"\ndevise = "cpu"\n')
+    bad = _run(project, "-m", "pytest", "claims/test_claim0.py", "--mechclaims-target", "mine")
+    assert bad.returncode == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "devise: not a known key; did you mean 'device'?" in errors[0], bad.stderr
+
+
+def test_a_configured_name_cannot_shadow_a_built_in(tmp_path):
+    project = _project(tmp_path, '[tool.mechclaims.targets.organism]\npath = "m"\n')
+    with pytest.raises(TargetError, match=r"target 'organism' from .* is already registered by mechclaims \(built-in\)"):
+        registry.load_config(project / "pyproject.toml")
+    assert TARGETS["organism"].location is None
+
+
+def test_an_unknown_target_says_how_to_add_one():
+    from mechclaims.targets import get_spec
+
+    with pytest.raises(TargetError, match=r"add your own model as a \[tool.mechclaims.targets.mymodel\] table"):
+        get_spec("mymodel")
+
+
+def test_the_built_ins_come_through_the_entry_point():
+    from importlib import metadata
+
+    (ep,) = [ep for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name == "builtin"]
+    assert [spec.name for spec in ep.load()] == ["llama-3-8b", "smollm2-135m", "organism", "organism-control"]
+    assert registry.source_of("organism") == "mechclaims (built-in)"
+
+
+def test_boot_options_reach_boot_transformers_and_a_device_map_boots(tmp_path, monkeypatch):
+    """device_map / n_devices / max_memory go to TransformerBridge.boot_transformers (and so to
+    accelerate); a one-device map really boots here. Maps over several GPUs need a machine with them."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from mechclaims import load_target
+
+    project = _project(tmp_path, f'[tool.mechclaims.targets.mapped]\npath = "{ORGANISM}"\n'
+                                 'device_map = {{"" = "cpu"}}\nmax_memory = {{cpu = "2GiB", 0 = "1GiB"}}\n'
+                       .replace("{{", "{").replace("}}", "}"))
+    registry.load_config(project / "pyproject.toml")
+    seen = []
+    real = TransformerBridge.boot_transformers
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(spy))
+    try:
+        loaded = load_target("mapped", cache_dir=tmp_path / "cache")
+        import torch
+
+        logits = loaded.model(torch.tensor([[1, 2, 3]]))
+    finally:
+        registry.unload_config(project / "pyproject.toml")
+    assert seen and seen[0]["device_map"] == {"": "cpu"} and seen[0]["max_memory"] == {"cpu": "2GiB", 0: "1GiB"}
+    assert seen[0]["device"] is None and logits.shape[-1] == 1009
+    assert "mapped" not in TARGETS  # unloaded with its project
