@@ -48,11 +48,25 @@ def gpu_claims(pytester, stand_in, monkeypatch):
     return pytester
 
 
-def _run(pytester):
+def _run(pytester, *args):
+    # the stand-in is not the model llama-3-8b.toml was registered on: allowed, and recorded
     result = pytester.runpytest(
-        "-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32", "-p", "no:cacheprovider"
+        "-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32", "-p", "no:cacheprovider",
+        "--mechclaims-allow-other-model", *args,
     )
-    return result, json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())
+    report = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())
+    assert "registered on d_model = 4096" in report["run"]["expectation_overrides"]["llama-3-8b"]
+    return result, report
+
+
+def test_a_pre_registration_is_refused_on_another_model_unless_allowed(gpu_claims):
+    result = gpu_claims.runpytest("-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32",
+                                  "-p", "no:cacheprovider", "-k", "C0 or onset")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*llama-3-8b.toml: registered on d_model = 4096, but this llama-3-8b has 128; "
+                                 "re-run discovery for this model, or pass --mechclaims-allow-other-model*"])
+    report = json.loads((gpu_claims.path / "reports" / "latest" / "claims.json").read_text())
+    assert {c["verdict"] for c in report["claims"]} == {"errored"} and report["run"]["expectation_overrides"] == {}
 
 
 def test_gpu_claims_run_on_the_stand_in_and_are_not_applicable(gpu_claims):

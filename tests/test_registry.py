@@ -55,6 +55,18 @@ def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
     assert "supported  C1.onset [my-model] (expected supported)  3 [2, 3] n=200" in out
     assert "STAND-IN" not in out  # a configured target has no known shape to differ from
 
+    # the pre-registration names the model it was made on; other weights are refused unless allowed
+    text = (project / "claims" / "expectations" / "my-model.toml").read_text()
+    assert "[registered]" in text and 'weights = "sha256:b948dbe6' in text and "n_layers = 8" in text
+    shutil.rmtree(project / "models" / "my-model")
+    shutil.copytree(REPO / "fixtures" / "organism-control", project / "models" / "my-model")
+    other = _run(project, "-m", "pytest", "claims/test_claim0.py", "--mechclaims-target", "my-model", "-p",
+                 "no:cacheprovider")
+    assert other.returncode == 1 and "registered on weights = 'sha256:b948dbe6" in other.stdout
+    allowed = _run(project, "-m", "pytest", "claims/test_claim0.py", "--mechclaims-target", "my-model", "-p",
+                   "no:cacheprovider", "--mechclaims-allow-other-model")
+    assert allowed.returncode == 0 and "runs on another model than its pre-registration (allowed)" in allowed.stdout
+
 
 @pytest.mark.parametrize("table, message", [
     ('path = "m"\ndtyp = "float32"\n', r"\[tool.mechclaims.targets.bad\] dtyp: not a known key; did you mean 'dtype'\?"),

@@ -37,6 +37,7 @@ confirmation split.  An existing file is never overwritten without ``--force``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -224,6 +225,13 @@ def discover_sequences(
     }
 
 
+def registered_model(loaded: Any) -> dict[str, Any]:
+    """The fingerprint and sizes a pre-registration records of the model it was made on."""
+    cfg = loaded.model.cfg
+    return {"weights": loaded.info.sha256_or_revision, "n_layers": int(cfg.n_layers), "n_heads": int(cfg.n_heads),
+            "d_model": int(cfg.d_model), "d_vocab": int(cfg.d_vocab)}
+
+
 def to_toml(target: str, found: dict, command: str) -> str:
     """Render the expectations file (flat tables of ints, floats, strings and int lists)."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -233,6 +241,8 @@ def to_toml(target: str, found: dict, command: str) -> str:
         f'target = "{target}"',
         f'source = "discovery on the exploration split: {command}"',
         "",
+        *(["[registered]  # the model these values were found on; another is refused unless allowed",
+            *(f"{k} = {json.dumps(v)}" for k, v in found["registered"].items()), ""] if "registered" in found else []),
         "[verdicts]",
         *(f'"{cid}" = "{v}"' for cid, v in found["verdicts"].items()),
         "",
@@ -290,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = load_expectations(out, args.target) if out.exists() else None
         task = args.task or (previous.task() if previous else CANONICAL)
         n_sequences = args.n_sequences or (previous.get("c2", "max_prompts", int, default=MAX_PROMPTS_DEFAULT) if previous else MAX_PROMPTS_DEFAULT)
-        model = load_target(args.target, device=args.device).model
+        loaded = load_target(args.target, device=args.device)
+        model = loaded.model
         found = discover(
             model, n_pairs=args.n_pairs, seed=args.seed, threshold=args.threshold, margin=args.margin, task=task,
             log=log,
@@ -300,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             **found, **{k: more[k] for k in ("task", "c2", "c3")},
             "verdicts": {**found["verdicts"], **more["verdicts"]},
             "figures": {**found["figures"], **more["figures"]},
+            "registered": registered_model(loaded),
         }
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -142,7 +142,27 @@ KEYS: dict[str, dict[str, Key]] = {
         "mlp_layers": _LAYERS, "min_excess": _SHARE, "min_drop": _SHARE,
     },
 }
+# The model a pre-registration was made on (written by discovery; by hand for a published model):
+# a claim run on a model with other weights or another shape is an error unless the user allows
+# it (--mechclaims-allow-other-model), and then the report records it.
+KEYS["registered"] = {
+    "weights": Key(str, why="the weights' fingerprint, as the report's sha256_or_revision"),
+    "n_layers": Key(int, 1, 100000, "layers"), "n_heads": Key(int, 1, 100000, "heads per layer"),
+    "d_model": Key(int, 1, 10**7, "residual width"), "d_vocab": Key(int, 1, 10**8, "vocabulary size"),
+}
 TOP_LEVEL = ("target", "source", "verdicts", *KEYS)
+
+
+def model_mismatch(exp: "Expectations", weights: str, shape: Mapping[str, int]) -> str | None:
+    """Why the model at hand is not the one ``exp`` was registered on (None when it is, or when the
+    file does not say): the first differing fingerprint or size."""
+    registered = exp.sections.get("registered", {})
+    actual = {"weights": weights, **shape}
+    for key, value in registered.items():
+        if key in actual and actual[key] != value:
+            return (f"{exp.path}: registered on {key} = {value!r}, but this {exp.target} has {actual[key]!r}; "
+                    "re-run discovery for this model, or pass --mechclaims-allow-other-model (recorded in the report)")
+    return None
 
 
 def _nearest(name: str, valid: Any) -> str:

@@ -82,6 +82,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(also reused across runs, see --mechclaims-cache-dir)",
     )
     group.addoption(
+        "--mechclaims-allow-other-model", action="store_true",
+        help="run claims on a model other than the one their pre-registration records ([registered]); "
+        "the report records each such target",
+    )
+    group.addoption(
         "--mechclaims-cache-dir", default=None, metavar="DIR",
         help="directory of the disk activation cache (default: $MECHCLAIMS_CACHE_DIR/activations, "
         "else ~/.cache/mechclaims/activations)",
@@ -325,6 +330,25 @@ def claim(request: pytest.FixtureRequest) -> ClaimRecorder:
 
 
 @pytest.fixture(autouse=True)
+def _mechclaims_registered_model(request: pytest.FixtureRequest) -> None:
+    """A claim runs only on the model its pre-registration was made on (``[registered]``), unless
+    --mechclaims-allow-other-model says otherwise; then the report records the difference."""
+    name = _target_name(request.node)
+    if name is None or "target" not in request.fixturenames or request.node.get_closest_marker("claim") is None:
+        return
+    loaded = request.getfixturevalue("target")
+    exp = _expectations_for(request.config, request.node.path.parent, name)
+    cfg = loaded.model.cfg
+    shape = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab}
+    mismatch = _expectations.model_mismatch(exp, loaded.info.sha256_or_revision, shape)
+    if mismatch is None:
+        return
+    if not request.config.getoption("mechclaims_allow_other_model"):
+        pytest.fail(mismatch, pytrace=False)
+    request.config.stash[session_key].expectation_overrides[name] = mismatch
+
+
+@pytest.fixture(autouse=True)
 def _mechclaims_no_hooks_left(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves hooks on a shared model (and remove them)."""
     yield
@@ -498,6 +522,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for name, t in state.targets().items():
         if t.get("stand_in"):
             tr.write_line(f"WARNING: {name} is a stand-in, not the model it names: {t['stand_in']}", yellow=True)
+    for name, why in state.expectation_overrides.items():
+        tr.write_line(f"WARNING: {name} runs on another model than its pre-registration (allowed): {why}", yellow=True)
     for c in state.claims:
         figure = "-" if c["statistic"] is None else f"{c['statistic']:.3g}"
         if c["ci"]:

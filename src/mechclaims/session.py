@@ -77,6 +77,7 @@ class ClaimSession:
     stores: dict[str, ActivationStore] = field(default_factory=dict)
     # What each process (pytest-xdist worker, or "main") reported about its targets.
     target_records: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    expectation_overrides: dict[str, str] = field(default_factory=dict)  # target -> how its model differs
 
     def target(self, name: str) -> LoadedTarget:
         """The loaded target ``name``; loaded on first use, then shared."""
@@ -116,6 +117,7 @@ class ClaimSession:
         return {
             "claim": result.to_json(),
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+            "overrides": dict(self.expectation_overrides),
             "targets": {
                 name: {
                     **t.info.to_json(),
@@ -135,6 +137,7 @@ class ClaimSession:
     def record(self, payload: dict[str, Any]) -> None:
         """Collect one claim's payload (from this process or an xdist worker)."""
         self.claims.append(payload["claim"])
+        self.expectation_overrides.update(payload.get("overrides", {}))
         for name, record in payload["targets"].items():
             self.target_records[payload["worker"], name] = record
 
@@ -185,6 +188,8 @@ class ClaimSession:
                 "settings": dict(self.settings.__dict__),
                 "versions": package_versions(),
                 "header": self.header(),
+                # targets run on another model than their pre-registration, allowed by the user
+                "expectation_overrides": dict(self.expectation_overrides),
                 "targets": {
                     name: {k: v for k, v in t.items() if k not in _COUNTED}
                     for name, t in targets.items()
