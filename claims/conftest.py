@@ -31,6 +31,7 @@ class C1Run:
     applicable: bool
     reason: str
     canonical: dict | None = None  # the post's 2x+3 on a target whose [task] differs
+    seed: int = 0  # of every resampling statistic: the run's --mechclaims-seed
 
     def require(self, claim) -> None:
         """Skip ``claim`` as not applicable when the precondition failed."""
@@ -41,7 +42,8 @@ class C1Run:
     def notes(self) -> dict:
         """Figures every Claim 1 result carries: the task and A's clean accuracy
         (and, where the target's task is not the post's, the post's task's verdict)."""
-        return {"task": self.task.name, "precondition_accuracy": self.accuracy, **(self.canonical or {})}
+        return {"task": self.task.name, "precondition_accuracy": self.accuracy, "statistics_seed": self.seed,
+                **(self.canonical or {})}
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +75,7 @@ def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
     ok, accuracy = precondition(greedy_is(target.model, pairs.a_texts, [p.a.answer for p in pairs.pairs]))
     if not ok:
         reason = f"task {task.name}: clean accuracy {accuracy} is below {MIN_ACCURACY} (lower bound)"
-        return C1Run(task, None, None, accuracy, False, reason, canonical)
+        return C1Run(task, None, None, accuracy, False, reason, canonical, s.seed)
     try:
         params = params_from(exp, target.info.n_layers)
     except MechclaimsError as exc:
@@ -82,7 +84,7 @@ def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
         target.model, pairs, params.stages, read_layer=params.read_layer,
         progress=lambda message: mechclaims_progress(f"{target.name} C1 study ({task.name}): {message}"),
     )
-    return C1Run(task, params, study, accuracy, True, "", canonical)
+    return C1Run(task, params, study, accuracy, True, "", canonical, s.seed)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class SequenceRun:
     ablated: np.ndarray | None = None  # confirmation correctness with the MLPs mean-ablated
     control: np.ndarray | None = None  # ... with as many MLPs outside the band mean-ablated
     control_layers: tuple[int, ...] = ()
+    seed: int = 0  # of every resampling statistic: the run's --mechclaims-seed
 
     def require(self, claim) -> None:
         """Skip ``claim`` as not applicable when the precondition failed."""
@@ -113,7 +116,7 @@ class SequenceRun:
     @property
     def notes(self) -> dict:
         """Figures every Claim 2/3 result carries: the task and the precondition's accuracy."""
-        return {"task": self.task.name, "precondition_accuracy": self.accuracy}
+        return {"task": self.task.name, "precondition_accuracy": self.accuracy, "statistics_seed": self.seed}
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +143,7 @@ def c23(target, mechclaims_settings, mechclaims_progress) -> SequenceRun:
     ok, accuracy = claim2.precondition(reading, s.n_examples)
     if not ok:
         reason = f"task {task.name}: accuracy after {s.n_examples} examples {accuracy} is below {MIN_ACCURACY} (lower bound)"
-        return SequenceRun(task, accuracy, False, reason, s.n_examples)
+        return SequenceRun(task, accuracy, False, reason, s.n_examples, seed=s.seed)
     explore = make_prompts(task, n_prompts=n, n_examples=c2p.n_examples, seed=split_seed(s.seed, "exploration"))
     show("exploration forward (direction, head attribution, MLP means)")
     found = claim3.explore(model, explore, dla_example=s.n_examples, resid_layers=[c2p.feature_layer])
@@ -163,4 +166,5 @@ def c23(target, mechclaims_settings, mechclaims_progress) -> SequenceRun:
         ablated=ablated,
         control=control,
         control_layers=control_layers,
+        seed=s.seed,
     )

@@ -16,13 +16,13 @@ SOURCE = "claims-spec §2 (blog Claim 1)"
 @pytest.mark.claim(id="C1.onset", source=SOURCE)
 def test_patching_makes_b_answer_about_a_times_p_from_the_preregistered_layer(c1, claim):
     c1.require(claim)
-    claim.judge(claim1.task_onset(c1.study, c1.params), **c1.notes)
+    claim.judge(claim1.task_onset(c1.study, c1.params, seed=c1.seed), **c1.notes)
 
 
 @pytest.mark.claim(id="C1.ablate-10-11", source=SOURCE)
 def test_ablating_the_first_stage_leaves_the_answer_and_delays_the_onset(c1, claim):
     c1.require(claim)
-    claim.judge(claim1.ablate(c1.study, 0, c1.params), **c1.notes)
+    claim.judge(claim1.ablate(c1.study, 0, c1.params, seed=c1.seed), **c1.notes)
 
 
 @pytest.mark.claim(id="C1.backup-13", source=SOURCE)
@@ -34,7 +34,7 @@ def test_backup_heads_take_over_after_the_first_stage(c1, claim):
 @pytest.mark.claim(id="C1.ablate-13", source=SOURCE)
 def test_ablating_the_backup_layer_delays_the_onset_again(c1, claim):
     c1.require(claim)
-    claim.judge(claim1.ablate(c1.study, 1, c1.params), **c1.notes)
+    claim.judge(claim1.ablate(c1.study, 1, c1.params, seed=c1.seed), **c1.notes)
 
 
 @pytest.mark.claim(id="C1.backup-15", source=SOURCE)
@@ -52,10 +52,10 @@ def test_after_the_last_stage_a_is_right_but_b_copies_without_a_task_stage(c1, c
 @pytest.mark.claim(id="C1.parity-late", source=SOURCE)
 def test_the_exact_answer_forms_after_the_approximate_one(c1, claim):
     c1.require(claim)
-    claim.judge(claim1.parity_late(c1.study, c1.params), **c1.notes)
+    claim.judge(claim1.parity_late(c1.study, c1.params, seed=c1.seed), **c1.notes)
 
 
 @pytest.mark.claim(id="C1.redundancy", source=SOURCE)
 def test_several_redundant_sets_of_heads_carry_the_task(c1, claim):
     c1.require(claim)
-    claim.judge(claim1.redundancy(c1.study, c1.params), **c1.notes)
+    claim.judge(claim1.redundancy(c1.study, c1.params, seed=c1.seed), **c1.notes)

@@ -17,7 +17,7 @@ SOURCE = "claims-spec §3 (blog Claim 2)"
 @pytest.mark.claim(id="C2.log-additive", source=SOURCE)
 def test_log_odds_of_the_correct_answer_grow_linearly_in_the_examples(c23, claim):
     c23.require(claim)
-    claim.judge(claim2.log_additive(c23.reading, c23.c2, c23.span), **c23.notes)
+    claim.judge(claim2.log_additive(c23.reading, c23.c2, c23.span, seed=c23.seed), **c23.notes)
 
 
 @pytest.mark.claim(id="C2.parity-by-n", source="claims-spec §2 (parity by number of examples), §3")
@@ -30,6 +30,6 @@ def test_the_right_parity_is_in_place_after_a_few_examples(c23, claim):
 def test_the_task_feature_grows_linearly_in_the_examples(c23, claim):
     c23.require(claim)
     claim.judge(
-        claim2.feature_linear(c23.reading, c23.direction, c23.c2.feature_layer, c23.c2, c23.span),
+        claim2.feature_linear(c23.reading, c23.direction, c23.c2.feature_layer, c23.c2, c23.span, seed=c23.seed),
         **c23.notes,
     )

@@ -17,13 +17,13 @@ SOURCE = "claims-spec §4 (blog Claim 3)"
 @pytest.mark.claim(id="C3.x-to-y", source=SOURCE)
 def test_some_heads_attend_from_y_to_its_own_x(c23, claim):
     c23.require(claim)
-    claim.judge(claim3.x_to_y(c23.reading, c23.c3), **c23.notes)
+    claim.judge(claim3.x_to_y(c23.reading, c23.c3, seed=c23.seed), **c23.notes)
 
 
 @pytest.mark.claim(id="C3.y-to-prey", source=SOURCE)
 def test_the_most_causal_heads_attend_from_before_y_to_earlier_ys(c23, claim):
     c23.require(claim)
-    claim.judge(claim3.y_to_prey(c23.reading, c23.heads, c23.dla, c23.c3), **c23.notes)
+    claim.judge(claim3.y_to_prey(c23.reading, c23.heads, c23.dla, c23.c3, seed=c23.seed), **c23.notes)
 
 
 @pytest.mark.claim(id="C3.mlp", source=SOURCE)

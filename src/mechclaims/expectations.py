@@ -28,6 +28,7 @@ found and what is valid.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class Expectations:
     source: str = ""
     verdicts: Mapping[str, str] = field(default_factory=dict)
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sha256: str | None = None  # of the file's bytes, recorded in the report
 
     def verdict(self, claim_id: str) -> str:
         """The expected verdict of ``claim_id`` (``supported`` unless stated)."""
@@ -212,7 +214,8 @@ def load(path: Path, target: str) -> Expectations:
                               "(remove what is there, or write the file)")
         return Expectations(target=target, path=None)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
     except UnicodeDecodeError as exc:
@@ -234,7 +237,8 @@ def load(path: Path, target: str) -> Expectations:
     source = data.get("source", "")
     if not isinstance(source, str):
         raise ConfigError(f"{path}: source = {source!r}; expected a string saying how the values were obtained")
-    return Expectations(target=target, path=path, source=source, verdicts=verdicts, sections=sections)
+    return Expectations(target=target, path=path, source=source, verdicts=verdicts, sections=sections,
+                        sha256=hashlib.sha256(raw).hexdigest())
 
 
 def path_for(claims_dir: Path, target: str) -> Path:

@@ -46,6 +46,7 @@ def _seed(text: str) -> int:
 
 session_key = pytest.StashKey[ClaimSession]()
 pyproject_key = pytest.StashKey[object]()
+seconds_key = pytest.StashKey[float]()
 report_path_key = pytest.StashKey[Path]()
 recorder_key = pytest.StashKey[ClaimRecorder]()
 verdict_key = pytest.StashKey[ClaimResult]()
@@ -95,7 +96,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU and llama-3-8b weights; deselected unless asked for")
-    config.addinivalue_line("markers", "claim(id, source=None): a claim test; its outcome becomes a verdict in the report")
+    config.addinivalue_line("markers", "claim(id, source=None, targets=None): a claim test; its outcome becomes a "
+                            "verdict in the report; targets=[...] runs it on those targets only")
     try:  # targets the project configures ([tool.mechclaims.targets.NAME] in its pyproject.toml)
         config.stash[pyproject_key] = registry.find_pyproject(config.rootpath)
         registry.load_config(config.stash[pyproject_key])
@@ -159,6 +161,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _limit_to_claim_targets(config, items)
     _check_expected_ids(config, items)
     for item in items:
         marker = item.get_closest_marker("claim")
@@ -178,6 +181,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
     _preflight_gpu(config, items)
+
+
+def _limit_to_claim_targets(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.claim(..., targets=[...])`` runs a claim on those targets only; its items
+    for other targets are deselected (not skipped: a skip would be a not-applicable verdict)."""
+    dropped = []
+    for item in items:
+        marker = item.get_closest_marker("claim")
+        only = marker.kwargs.get("targets") if marker is not None else None
+        if only is None:
+            continue
+        if isinstance(only, str) or not all(isinstance(t, str) for t in only):
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.claim targets={only!r}; expected a list of "
+                                    "target names, e.g. targets=['organism']")
+        if _target_name(item) not in only:
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
 
 
 def _check_expected_ids(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -214,6 +236,9 @@ def _expectations_for(config: pytest.Config, claims_dir: Path, target: str) -> _
             cache[key] = _expectations.load(_expectations.path_for(claims_dir, target), target)
         except MechclaimsError as exc:
             raise pytest.UsageError(str(exc)) from None
+        if cache[key].path is not None:  # the report names the exact file each verdict was judged against
+            config.stash[session_key].expectation_files[target] = {
+                "path": str(cache[key].path), "sha256": cache[key].sha256}
     return cache[key]
 
 
@@ -388,6 +413,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     marker = item.get_closest_marker("claim")
     if marker is None:
         return report
+    item.stash[seconds_key] = item.stash.get(seconds_key, 0.0) + report.duration  # setup, call, teardown
     recorder = item.stash.get(recorder_key, None) or ClaimRecorder(
         id=marker.kwargs["id"], target=_target_name(item), source=marker.kwargs.get("source")
     )
@@ -399,7 +425,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             result = replace(result, verdict=ERRORED, message=f"teardown: {_first_line(report.longrepr)}")
         calls, tokens = item.config.stash[session_key].forward_totals()
         calls0, tokens0 = item.stash.get(forwards_key, (calls, tokens))
-        result = replace(result, figures={**result.figures, "forward_calls": calls - calls0, "forward_tokens": tokens - tokens0})
+        result = replace(result, figures={**result.figures, "forward_calls": calls - calls0, "forward_tokens": tokens - tokens0,
+                                          "wall_seconds": round(item.stash[seconds_key], 3)})
         # Travels with the report (also from pytest-xdist workers); recorded in logreport.
         report.mechclaims = item.config.stash[session_key].payload(result)
         report.user_properties.extend(_junit_properties(result))

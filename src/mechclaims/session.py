@@ -57,6 +57,17 @@ def git_commit(root: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def git_dirty(root: Path) -> bool | None:
+    """Whether tracked files differ from the commit (an edit after the data leaves a trace);
+    None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 @dataclass
 class ClaimSession:
     """Everything a claim run accumulates; serialised by :meth:`to_json`."""
@@ -78,6 +89,7 @@ class ClaimSession:
     # What each process (pytest-xdist worker, or "main") reported about its targets.
     target_records: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     expectation_overrides: dict[str, str] = field(default_factory=dict)  # target -> how its model differs
+    expectation_files: dict[str, dict[str, str]] = field(default_factory=dict)  # target -> path, sha256
 
     def target(self, name: str) -> LoadedTarget:
         """The loaded target ``name``; loaded on first use, then shared."""
@@ -118,6 +130,7 @@ class ClaimSession:
             "claim": result.to_json(),
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
             "overrides": dict(self.expectation_overrides),
+            "expectation_files": dict(self.expectation_files),
             "targets": {
                 name: {
                     **t.info.to_json(),
@@ -138,6 +151,7 @@ class ClaimSession:
         """Collect one claim's payload (from this process or an xdist worker)."""
         self.claims.append(payload["claim"])
         self.expectation_overrides.update(payload.get("overrides", {}))
+        self.expectation_files.update(payload.get("expectation_files", {}))
         for name, record in payload["targets"].items():
             self.target_records[payload["worker"], name] = record
 
@@ -184,6 +198,9 @@ class ClaimSession:
                 "finished": self.finished,
                 "complete": self.finished is not None,
                 "git_commit": git_commit(self.root),
+                "git_dirty": git_dirty(self.root),
+                # the pre-registration each target's verdicts were judged against, byte for byte
+                "expectations": dict(self.expectation_files),
                 "seed": self.settings.seed,
                 "settings": dict(self.settings.__dict__),
                 "versions": package_versions(),
