@@ -172,6 +172,9 @@ def test_a_symlink_planted_in_the_cache_or_report_directory_never_carries_a_writ
     (root / "ab").symlink_to(outside)
     with pytest.raises(UnsafePathError, match="outside"):
         write_atomic(root / "ab" / "victim", b"evil", root=root)
+    with pytest.raises(UnsafePathError, match="outside"):  # refused before any directory is made past the link
+        write_atomic(root / "ab" / "deeper" / "victim", b"evil", root=root)
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"]
     # a link at the temporary's name or at the target's name: never followed
     (root / ".entry.planted.tmp").symlink_to(victim)
     (root / "entry").symlink_to(victim)

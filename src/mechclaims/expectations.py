@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .results import NOT_APPLICABLE, REFUTED, SUPPORTED
 from .tasks import CANONICAL, AffineTask
 
@@ -143,14 +143,14 @@ KEYS: dict[str, dict[str, Key]] = {
         "x_to_y_heads": Key(list, why="[layer, head] pairs"), "n_causal_heads": Key(int, 1, 64, "heads"),
         "mlp_layers": _LAYERS, "min_excess": _SHARE, "min_drop": _SHARE,
     },
-}
-# The model a pre-registration was made on (written by discovery; by hand for a published model):
-# a claim run on a model with other weights or another shape is an error unless the user allows
-# it (--mechclaims-allow-other-model), and then the report records it.
-KEYS["registered"] = {
-    "weights": Key(str, why="the weights' fingerprint, as the report's sha256_or_revision"),
-    "n_layers": Key(int, 1, 100000, "layers"), "n_heads": Key(int, 1, 100000, "heads per layer"),
-    "d_model": Key(int, 1, 10**7, "residual width"), "d_vocab": Key(int, 1, 10**8, "vocabulary size"),
+    # The model a pre-registration was made on (written by discovery; by hand for a published
+    # model): a run on other weights or another shape is an error unless the user allows it
+    # (--mechclaims-allow-other-model), and then the report records it.
+    "registered": {
+        "weights": Key(str, why="the weights' fingerprint, as the report's sha256_or_revision"),
+        "n_layers": Key(int, 1, 100000, "layers"), "n_heads": Key(int, 1, 100000, "heads per layer"),
+        "d_model": Key(int, 1, 10**7, "residual width"), "d_vocab": Key(int, 1, 10**8, "vocabulary size"),
+    },
 }
 TOP_LEVEL = ("target", "source", "verdicts", *KEYS)
 
@@ -167,20 +167,13 @@ def model_mismatch(exp: "Expectations", weights: str, shape: Mapping[str, int]) 
     return None
 
 
-def _nearest(name: str, valid: Any) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def _check_sections(path: Path, data: Mapping[str, Any]) -> None:
     """Refuse unknown sections and keys, wrong types, non-finite numbers and values out of range."""
     import math
 
     for name, value in data.items():
         if name not in TOP_LEVEL:
-            raise ConfigError(f"{path}: unknown key or section {name!r}; {_nearest(name, TOP_LEVEL)}"
+            raise ConfigError(f"{path}: unknown key or section {name!r}; {did_you_mean(name, TOP_LEVEL)}"
                               f"valid: {', '.join(TOP_LEVEL)}")
         if name in KEYS and not isinstance(value, dict):
             raise ConfigError(f"{path}: {name} = {value!r}; expected a [{name}] table")
@@ -188,7 +181,7 @@ def _check_sections(path: Path, data: Mapping[str, Any]) -> None:
         for key, value in data.get(section, {}).items():
             where = f"{path}: [{section}] {key}"
             if key not in rules:
-                raise ConfigError(f"{where} is not a known key; {_nearest(key, rules)}valid keys: {', '.join(rules)}")
+                raise ConfigError(f"{where} is not a known key; {did_you_mean(key, rules)}valid keys: {', '.join(rules)}")
             rule = rules[key]
             kinds = rule.kind if isinstance(rule.kind, tuple) else (rule.kind,)
             if isinstance(value, bool) or not isinstance(value, kinds):

@@ -43,9 +43,9 @@ def _confined(directory: Path, root: Path) -> None:
 def write_atomic(path: Path, data: bytes, root: Path | None = None) -> None:
     """Write ``data`` to ``path`` atomically; with ``root``, only inside ``root``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if root is not None:
+    if root is not None:  # before mkdir, which would follow a planted link and create directories past it
         _confined(path.parent, Path(root))
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -31,6 +31,7 @@ from .targets import DEVICES, DTYPES, TARGETS, attached_hooks, default_cache_dir
 # The exit status of a run whose claim report could not be written (pytest's own codes are 0-5).
 REPORT_NOT_WRITTEN = 6
 
+
 def _seed(text: str) -> int:
     """A --mechclaims-seed value: an integer from 0 to 2**32 - 1 (what numpy's seeding takes)."""
     import argparse
@@ -199,7 +200,8 @@ def _limit_to_claim_targets(config: pytest.Config, items: list[pytest.Item]) -> 
             dropped.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = [i for i in items if i not in dropped]
+        gone = {id(i) for i in dropped}
+        items[:] = [i for i in items if id(i) not in gone]
 
 
 def _check_expected_ids(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -22,13 +22,12 @@ file, the key and the valid values.
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import TargetError
+from .errors import TargetError, did_you_mean
 from .targets import BUILTIN, DEVICES, DTYPES, TARGETS, TargetSpec, resolve_configured
 
 ENTRY_POINT_GROUP = "mechclaims.targets"
@@ -121,9 +120,8 @@ def _spec_from_table(pyproject: Path, name: str, table: Any) -> TargetSpec:
         raise TargetError(f"{where} must be a table of {', '.join(CONFIG_KEYS)}")
     for key in table:
         if key not in CONFIG_KEYS:
-            close = difflib.get_close_matches(key, CONFIG_KEYS, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise TargetError(f"{where} {key}: not a known key; {hint}valid keys: {', '.join(CONFIG_KEYS)}")
+            raise TargetError(f"{where} {key}: not a known key; {did_you_mean(key, CONFIG_KEYS)}"
+                              f"valid keys: {', '.join(CONFIG_KEYS)}")
 
     def text(key: str, default: str | None = None) -> str | None:
         value = table.get(key, default)

@@ -40,8 +40,8 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def check_safetensors(path: Path) -> None:
-    """Validate a safetensors file's header against its size without loading it."""
+def check_safetensors(path: Path) -> dict:
+    """Validate a safetensors file's header against its size without loading it; the header."""
     size = path.stat().st_size
     try:
         with path.open("rb") as fh:
@@ -64,6 +64,7 @@ def check_safetensors(path: Path) -> None:
         raise TargetError(
             f"corrupt or truncated safetensors file {path}: {exc}; re-download or rebuild it"
         ) from None
+    return header
 
 
 def sha256_file(path: Path, memo_dir: Path | None = None) -> str:
@@ -106,7 +107,7 @@ def fingerprint(files: list[Path], memo_dir: Path | None = None) -> str:
 
 # Files of an HF directory that never shape a forward pass (prose, locks); everything else
 # besides the weights (config, generation config, tokenizer files) is part of the digest.
-_NOT_COMPUTATION = (".md", ".lock", ".txt.lock")
+_NOT_COMPUTATION = (".md", ".lock")
 
 
 def companion_digest(model_dir: Path) -> str:
@@ -126,12 +127,6 @@ def companion_digest(model_dir: Path) -> str:
     return combined.hexdigest()
 
 
-def _header_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    with path.open("rb") as fh:
-        header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-    return {name: tuple(info["shape"]) for name, info in header.items() if name != "__metadata__"}
-
-
 def check_checkpoint(model_dir: Path) -> None:
     """Refuse a checkpoint whose tensors do not match its ``config.json``: a missing tensor (which
     transformers would initialise at random), an unexpected one, or one of the wrong shape. The
@@ -139,9 +134,8 @@ def check_checkpoint(model_dir: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    found: dict[str, tuple[int, ...]] = {}
-    for path in safetensors_files(model_dir):
-        found.update(_header_shapes(path))
+    found = {name: tuple(info["shape"]) for path in safetensors_files(model_dir)
+             for name, info in check_safetensors(path).items() if name != "__metadata__"}
     try:
         config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
         with torch.device("meta"):
