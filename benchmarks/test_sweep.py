@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mechclaims import load_target
-from mechclaims.patching import patch_sweep, patch_sweep_loop
-from mechclaims.tasks import CANONICAL, make_patch_pairs, split_seed
+from mechclaims_icl.patching import patch_sweep, patch_sweep_loop
+from mechclaims_icl.tasks import CANONICAL, make_patch_pairs, split_seed
 
 N_PAIRS = 50
 

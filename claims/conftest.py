@@ -8,18 +8,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mechclaims import MechclaimsError, claim2, claim3
-from mechclaims.answers import greedy_is
-from mechclaims.claim0 import MIN_ACCURACY
-from mechclaims.claim1 import C1Params, confirmation_pairs, params_from, precondition
-from mechclaims.claim2 import C2Params, Reading
-from mechclaims.claim3 import C3Params
-from mechclaims.experiments import AblationStudy, ablation_study
-from mechclaims.expectations import load, path_for
+from mechclaims import MechclaimsError
+from mechclaims_icl import claim1, claim2, claim3
+from mechclaims_icl.claim0 import MIN_ACCURACY
+from mechclaims_icl.claim1 import C1Params, confirmation_pairs, params_from
+from mechclaims_icl.claim2 import C2Params, Reading
+from mechclaims_icl.claim3 import C3Params
+from mechclaims_icl.experiments import AblationStudy, ablation_study
 from mechclaims.results import Effect
-from mechclaims.tasks import CANONICAL, AffineTask, make_patch_pairs, make_prompts, split_seed
+from mechclaims_icl.expectations import N_EXAMPLES
+from mechclaims_icl.expectations import task as task_of
+from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts, split_seed
 
 CLAIMS_DIR = Path(__file__).parent
+
+
+def task_for(exp, config) -> AffineTask:
+    """The task the claims run on: the pre-registration's ``[task]``, which must be the one
+    ``--mechclaims-task`` asks for when it is given."""
+    task, wanted = task_of(exp), config.getoption("mechclaims_task", None)
+    if wanted is not None and wanted != task:
+        raise MechclaimsError(
+            f"{exp.path}: [task] is {task.name}, but --mechclaims-task asks for {wanted.name}; pre-register that "
+            f"task with python -m mechclaims_icl.discover --target {exp.target} --task {wanted.a},{wanted.b}")
+    return task
 
 
 @dataclass(frozen=True)
@@ -47,32 +59,27 @@ class C1Run:
 
 
 @pytest.fixture(scope="session")
-def c1(target, mechclaims_settings, mechclaims_progress) -> C1Run:
+def c1(target, mechclaims_settings, mechclaims_progress, mechclaims_expectations, pytestconfig) -> C1Run:
     """The Claim 1 ablation study of a target on the confirmation split, on the
     target's task (``[task]`` of its expectations; y = 2x + 3 unless it says otherwise),
     with the profile's number of pairs or the pre-registered ``[c1] min_pairs`` if larger."""
     s = mechclaims_settings
     try:
-        exp = load(path_for(CLAIMS_DIR, target.name), target.name)
-        task = exp.task()
+        exp = mechclaims_expectations(CLAIMS_DIR, target.name)
+        task = task_for(exp, pytestconfig)
         n_pairs = confirmation_pairs(exp, s.n_prompts)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
-    pairs = make_patch_pairs(
-        task, n_pairs=n_pairs, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
-    )
+    confirm = split_seed(s.seed, "confirmation")
+    pairs, ok, accuracy = claim1.task_pairs(target.model, task, n_pairs, confirm)
     canonical = None
     if task != CANONICAL:  # the post's task as well: the report says why Claim 1 runs on another
-        post = make_patch_pairs(
-            CANONICAL, n_pairs=n_pairs, n_examples=s.n_examples, seed=split_seed(s.seed, "confirmation")
-        )
-        post_ok, post_accuracy = precondition(greedy_is(target.model, post.a_texts, [p.a.answer for p in post.pairs]))
+        post_ok, post_accuracy = claim1.task_pairs(target.model, CANONICAL, n_pairs, confirm)[1:]
         canonical = {
             "canonical_task": CANONICAL.name,
             "canonical_precondition_accuracy": post_accuracy,
             "canonical_verdict": f"not run: the claims run on {task.name}" if post_ok else "not-applicable",
         }
-    ok, accuracy = precondition(greedy_is(target.model, pairs.a_texts, [p.a.answer for p in pairs.pairs]))
     if not ok:
         reason = f"task {task.name}: clean accuracy {accuracy} is below {MIN_ACCURACY} (lower bound)"
         return C1Run(task, None, None, accuracy, False, reason, canonical, s.seed)
@@ -120,14 +127,14 @@ class SequenceRun:
 
 
 @pytest.fixture(scope="session")
-def c23(target, mechclaims_settings, mechclaims_progress) -> SequenceRun:
+def c23(target, mechclaims_settings, mechclaims_progress, mechclaims_expectations, pytestconfig) -> SequenceRun:
     """Claims 2 and 3 of a target: the exploration split fixes the fit range, the feature
     direction, the causal heads and the MLP means; the confirmation split is measured."""
     s = mechclaims_settings
     model, n_layers, n_heads = target.model, target.info.n_layers, target.info.n_heads
     try:
-        exp = load(path_for(CLAIMS_DIR, target.name), target.name)
-        task = exp.task()
+        exp = mechclaims_expectations(CLAIMS_DIR, target.name)
+        task = task_for(exp, pytestconfig)
         c2p = claim2.params_from(exp, n_layers)
         c3p = claim3.params_from(exp, n_layers, n_heads)
     except MechclaimsError as exc:
@@ -140,25 +147,25 @@ def c23(target, mechclaims_settings, mechclaims_progress) -> SequenceRun:
     confirm = make_prompts(task, n_prompts=n, n_examples=c2p.n_examples, seed=split_seed(s.seed, "confirmation"))
     show("confirmation forward (attention, residual)")
     reading = claim2.read_sequences(model, confirm, resid_layers=[c2p.feature_layer], attention=True)
-    ok, accuracy = claim2.precondition(reading, s.n_examples)
+    ok, accuracy = claim2.precondition(reading, N_EXAMPLES)
     if not ok:
-        reason = f"task {task.name}: accuracy after {s.n_examples} examples {accuracy} is below {MIN_ACCURACY} (lower bound)"
-        return SequenceRun(task, accuracy, False, reason, s.n_examples, seed=s.seed)
+        reason = f"task {task.name}: accuracy after {N_EXAMPLES} examples {accuracy} is below {MIN_ACCURACY} (lower bound)"
+        return SequenceRun(task, accuracy, False, reason, N_EXAMPLES, seed=s.seed)
     explore = make_prompts(task, n_prompts=n, n_examples=c2p.n_examples, seed=split_seed(s.seed, "exploration"))
     show("exploration forward (direction, head attribution, MLP means)")
-    found = claim3.explore(model, explore, dla_example=s.n_examples, resid_layers=[c2p.feature_layer])
+    found = claim3.explore(model, explore, dla_example=N_EXAMPLES, resid_layers=[c2p.feature_layer])
     shuffled = claim2.read_sequences(
         model, claim2.shuffled_labels(explore, s.seed), resid_layers=[c2p.feature_layer], examples=[]
     )
     show(f"MLPs {'+'.join(map(str, c3p.mlp_layers))} mean-ablated")
-    ablated = claim3.mlp_ablated(model, confirm, c3p.mlp_layers, found.mlp_means, s.n_examples)
+    ablated = claim3.mlp_ablated(model, confirm, c3p.mlp_layers, found.mlp_means, N_EXAMPLES)
     control_layers = claim3.control_layers(c3p.mlp_layers, n_layers)
     control = None
     if control_layers:
         show(f"control: MLPs {'+'.join(map(str, control_layers))} mean-ablated")
-        control = claim3.mlp_ablated(model, confirm, control_layers, found.mlp_means, s.n_examples)
+        control = claim3.mlp_ablated(model, confirm, control_layers, found.mlp_means, N_EXAMPLES)
     return SequenceRun(
-        task, accuracy, True, "", s.n_examples, c2p, c3p, reading,
+        task, accuracy, True, "", N_EXAMPLES, c2p, c3p, reading,
         span=claim2.fitted_range(c2p, found.reading),
         direction=claim2.feature_direction(found.reading, shuffled, c2p.feature_layer),
         heads=tuple(claim3.causal_heads(found, c3p.n_causal_heads)),

@@ -7,16 +7,17 @@ the mechanistic claims to explain; they report it as not applicable.
 
 import pytest
 
-from mechclaims import claim0
-from mechclaims.answers import greedy_is, greedy_numbers
-from mechclaims.tasks import CANONICAL, make_prompts, split_seed
+from mechclaims_icl import claim0
+from mechclaims_icl.answers import greedy_is, greedy_numbers
+from mechclaims_icl.expectations import N_EXAMPLES
+from mechclaims_icl.tasks import BLOG_PROMPT, CANONICAL, make_prompts, split_seed
 
 
 @pytest.mark.claim(id="C0.in-context", source="claims-spec §1, §6 (precondition)")
-def test_target_learns_the_task_in_context(target, claim, mechclaims_settings, blog_prompt):
+def test_target_learns_the_task_in_context(target, claim, mechclaims_settings):
     s = mechclaims_settings
     seed = split_seed(s.seed, "confirmation")
-    with_context = make_prompts(CANONICAL, n_prompts=s.n_prompts, n_examples=s.n_examples, seed=seed)
+    with_context = make_prompts(CANONICAL, n_prompts=s.n_prompts, n_examples=N_EXAMPLES, seed=seed)
     no_context = make_prompts(CANONICAL, n_prompts=s.n_prompts, n_examples=0, seed=seed)
 
     finding = claim0.in_context(
@@ -26,6 +27,6 @@ def test_target_learns_the_task_in_context(target, claim, mechclaims_settings, b
     )
     claim.judge(
         finding,
-        blog_prompt_answer=int(greedy_numbers(target.model, [blog_prompt.text])[0]),
-        blog_prompt_expected=blog_prompt.answer,
+        blog_prompt_answer=int(greedy_numbers(target.model, [BLOG_PROMPT.text])[0]),
+        blog_prompt_expected=BLOG_PROMPT.answer,
     )

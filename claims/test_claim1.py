@@ -8,7 +8,7 @@ for llama-3-8b, the post's own layers 10-16), on the target's task (its
 
 import pytest
 
-from mechclaims import claim1
+from mechclaims_icl import claim1
 
 SOURCE = "claims-spec §2 (blog Claim 1)"
 

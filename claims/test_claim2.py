@@ -9,7 +9,7 @@ with the range, layer and direction fixed on the exploration split
 
 import pytest
 
-from mechclaims import claim2
+from mechclaims_icl import claim2
 
 SOURCE = "claims-spec §3 (blog Claim 2)"
 

@@ -9,7 +9,7 @@ claims/expectations/<target>.toml (for llama-3-8b, the post's heads).
 
 import pytest
 
-from mechclaims import claim3
+from mechclaims_icl import claim3
 
 SOURCE = "claims-spec §4 (blog Claim 3)"
 

@@ -10,7 +10,7 @@ import pytest
 # run, and re-importing transformer_lens (through datasets/pyarrow) fails.
 import transformer_lens.model_bridge  # noqa: F401
 
-import mechclaims.claim1  # noqa: F401,E402  (patched by tests; must stay one module object)
+import mechclaims_icl.claim1  # noqa: F401,E402  (patched by tests; must stay one module object)
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mechclaims import claim1
-from mechclaims.discover import discover, to_toml
+from mechclaims_icl import claim1
+from mechclaims_icl.discover import discover, write
 from mechclaims.errors import ConfigError
 from mechclaims.expectations import load
-from mechclaims.experiments import AblationStudy, Condition, ablation_study
-from mechclaims.patching import Sweep
-from mechclaims.scores import HeadScores
-from mechclaims.tasks import CANONICAL, make_patch_pairs
+from mechclaims_icl.experiments import AblationStudy, Condition, ablation_study
+from mechclaims_icl.patching import Sweep
+from mechclaims_icl.scores import HeadScores
+from mechclaims_icl.tasks import CANONICAL, make_patch_pairs
 
 N, LAYERS, HEADS = 200, 8, 4
 PARAMS = claim1.C1Params(onset=2, stages=((0, 1), (3,), (5,)), backup_layers=(3, 5), read_layer=7)
@@ -149,7 +149,7 @@ def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch
     monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # claim1 binds C0's threshold at import  # a random model: force the full procedure
     found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lambda m: None)
     path = tmp_path / "organism.toml"
-    path.write_text(to_toml("organism", found, "python -m mechclaims.discover --target organism"))
+    write(path, "organism", found, "python -m mechclaims_icl.discover --target organism")
     exp = load(path, "organism")
     params = claim1.params_from(exp, n_layers=2)
     assert params.read_layer == 1 and len(params.stages) == 3
@@ -161,11 +161,11 @@ def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch
 
 
 def test_one_a_forward_per_condition_gives_the_same_measurements(tiny, tiny_llama, monkeypatch):
-    from mechclaims.answers import greedy_is
-    from mechclaims.experiments import measure
+    from mechclaims_icl.answers import greedy_is
+    from mechclaims_icl.experiments import measure
     from mechclaims.interventions import AblateHeads
-    from mechclaims.patching import patch_sweep
-    from mechclaims.scores import head_scores
+    from mechclaims_icl.patching import patch_sweep
+    from mechclaims_icl.scores import head_scores
 
     pairs = make_patch_pairs(CANONICAL, n_pairs=10, n_examples=6, seed=3)
     answers = [p.a.answer for p in pairs.pairs]
@@ -180,10 +180,10 @@ def test_one_a_forward_per_condition_gives_the_same_measurements(tiny, tiny_llam
 def test_one_teacher_forced_pass_of_a_reads_what_separate_passes_read(digit_model):
     """Digit-by-digit answers: A's correctness and last-position residual come from
     one forward over prompt + answer, equal to greedy checking and a prompt-only pass."""
-    from mechclaims.answers import MAX_NUMBER_TOKENS, greedy_is, greedy_numbers
-    from mechclaims.experiments import measure
+    from mechclaims_icl.answers import MAX_NUMBER_TOKENS, greedy_is, greedy_numbers
+    from mechclaims_icl.experiments import measure
     from mechclaims.interventions import AblateHeads
-    from mechclaims.patching import patch_sweep
+    from mechclaims_icl.patching import patch_sweep
 
     pairs = make_patch_pairs(CANONICAL, n_pairs=8, n_examples=4, seed=2)
     answers = [p.a.answer for p in pairs.pairs]
@@ -218,3 +218,21 @@ def test_a_pre_registered_confirmation_of_no_pairs_is_rejected_with_the_fix(tmp_
     path.write_text("[c1]\nmin_pairs = 0\n")
     with pytest.raises(ConfigError, match=r"\[c1\] min_pairs = 0 is out of range; expected 1 to 20000"):
         claim1.confirmation_pairs(load(path, "organism"), 100)
+
+
+def test_an_onset_placed_on_too_few_pairs_is_inconclusive_not_a_negative_control():
+    """Eight pairs whose rates hover near the threshold cannot place the onset within ±1 layer:
+    discovery pre-registers that inconclusive; a clean, well-powered onset elsewhere is refuted."""
+    from mechclaims_icl.discover import verdict_of
+
+    rng = np.random.default_rng(0)
+    outcomes = (rng.random((LAYERS, 8)) < np.linspace(0.2, 0.8, LAYERS)[:, None]).astype(np.int8)
+    few = AblationStudy(pairs=None, conditions=(Condition(
+        name="c", layers=(), correct=np.ones(8, bool),
+        sweep=Sweep(tuple(range(LAYERS)), np.zeros((LAYERS, 8), dtype=np.int64), outcomes),
+        scores=HeadScores(dla=np.zeros((8, LAYERS, HEADS)), dot=np.zeros((8, LAYERS, HEADS)), read_layer=7)),))
+    finding = claim1.task_onset(few, PARAMS)
+    assert not finding.supported and not finding.decided and "too few pairs" in finding.message
+    assert verdict_of(finding) == "inconclusive"
+    wrong = claim1.task_onset(REDUNDANT, claim1.C1Params(**{**PARAMS.__dict__, "onset": 5}))
+    assert not wrong.supported and wrong.decided and verdict_of(wrong) == "refuted"

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from mechclaims import claim2
-from mechclaims.claim2 import C2Params, Reading
+from mechclaims_icl.expectations import task as task_of
+from mechclaims_icl import claim2
+from mechclaims_icl.claim2 import C2Params, Reading
 from mechclaims.fits import fit_range, growth, logit, sigmoid
 
 K = 16
@@ -187,9 +188,9 @@ def test_the_feature_direction_is_the_mean_difference():
 def test_selective_unembedding_equals_the_model_logits(tiny_model):
     import torch
 
-    from mechclaims.answers import encode, greedy_is
-    from mechclaims.roles import roles
-    from mechclaims.tasks import CANONICAL, Prompt, make_prompts
+    from mechclaims_icl.answers import encode, greedy_is
+    from mechclaims_icl.roles import roles
+    from mechclaims_icl.tasks import CANONICAL, Prompt, make_prompts
 
     prompts = make_prompts(CANONICAL, n_prompts=6, n_examples=5, seed=4)
     got = claim2.read_sequences(tiny_model, prompts)
@@ -210,7 +211,7 @@ def test_selective_unembedding_equals_the_model_logits(tiny_model):
 
 
 def test_a_partial_forward_reads_the_same_residual(tiny_model):
-    from mechclaims.tasks import CANONICAL, make_prompts
+    from mechclaims_icl.tasks import CANONICAL, make_prompts
 
     prompts = make_prompts(CANONICAL, n_prompts=4, n_examples=5, seed=5)
     full = claim2.read_sequences(tiny_model, prompts, resid_layers=[1])
@@ -220,7 +221,7 @@ def test_a_partial_forward_reads_the_same_residual(tiny_model):
 
 
 def test_shuffled_labels_keep_the_values_and_break_the_task():
-    from mechclaims.tasks import CANONICAL, make_prompts
+    from mechclaims_icl.tasks import CANONICAL, make_prompts
 
     prompts = make_prompts(CANONICAL, n_prompts=20, n_examples=8, seed=0)
     shuffled = claim2.shuffled_labels(prompts, 0)
@@ -239,7 +240,7 @@ def test_c2_params_read_back_and_are_range_checked(tmp_path):
     exp = load(path, "organism")
     p = claim2.params_from(exp, n_layers=2)
     assert p.feature_layer == 1 and p.fit_last is None and p.c_expected == 0.693
-    assert exp.task().name == "x"
+    assert task_of(exp).name == "x"
     path.write_text("[c2]\nfeature_layer = 1\nparity_from = 30\n")
     with pytest.raises(ConfigError, match="parity_from"):
         claim2.params_from(load(path, "organism"), n_layers=2)
@@ -265,7 +266,7 @@ def _assert_same_reading(got, want):
 
 def test_readings_through_the_store_equal_direct_ones(tiny_model, tmp_path):
     from mechclaims.store import ActivationStore, attach
-    from mechclaims.tasks import CANONICAL, make_prompts
+    from mechclaims_icl.tasks import CANONICAL, make_prompts
 
     prompts = make_prompts(CANONICAL, n_prompts=4, n_examples=5, seed=11)
     direct = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
@@ -288,12 +289,12 @@ def test_readings_through_the_store_equal_direct_ones(tiny_model, tmp_path):
 
 def test_a_reading_split_into_one_row_per_pass_is_the_same(tiny_model, monkeypatch):
     """On CPU the rows per pass shrink to keep a pass under a memory budget; the reading does not change."""
-    from mechclaims import answers
-    from mechclaims.tasks import CANONICAL, make_prompts
+    from mechclaims import batching
+    from mechclaims_icl.tasks import CANONICAL, make_prompts
 
     prompts = make_prompts(CANONICAL, n_prompts=6, n_examples=5, seed=12)
     whole = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
-    monkeypatch.setattr(answers, "CPU_PASS_BYTES", 1)
+    monkeypatch.setattr(batching, "CPU_PASS_BYTES", 1)
     forwards = []
     real = claim2.group_by_length
     monkeypatch.setattr(claim2, "group_by_length", lambda *a: forwards.extend(real(*a).values()) or real(*a))

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from mechclaims import claim3
-from mechclaims.claim2 import Reading, read_sequences, role_links
-from mechclaims.claim3 import AblateMLP, C3Params
+from mechclaims_icl.expectations import task as task_of
+from mechclaims_icl import claim3
+from mechclaims_icl.claim2 import Reading, read_sequences, role_links
+from mechclaims.interventions import AblateMLP
+from mechclaims_icl.claim3 import C3Params
 from mechclaims.fits import role_attention, role_mass, role_weights, top_heads, uniform_pattern
-from mechclaims.roles import Roles
+from mechclaims_icl.roles import Roles
 
 LAYERS, HEADS, K = 4, 8, 10  # 32 heads: one named head can beat random draws at p < 0.05
 X_HEAD, PREY_HEAD = (1, 2), (2, 0)
@@ -137,8 +139,8 @@ def test_mlp_drop_known_answers():
 
 def test_attention_masses_from_the_hook_equal_the_full_pattern(tiny_model):
     from mechclaims.interventions import capture
-    from mechclaims.roles import roles
-    from mechclaims.tasks import CANONICAL, make_prompts
+    from mechclaims_icl.roles import roles
+    from mechclaims_icl.tasks import CANONICAL, make_prompts
 
     prompts = make_prompts(CANONICAL, n_prompts=5, n_examples=6, seed=1)
     got = read_sequences(tiny_model, prompts, attention=True, examples=[])
@@ -157,8 +159,8 @@ def test_attention_masses_from_the_hook_equal_the_full_pattern(tiny_model):
 
 def test_mlp_mean_ablation_changes_the_answer_positions_but_not_bos(tiny_model):
     from mechclaims.interventions import run_with
-    from mechclaims.tasks import CANONICAL, make_prompts
-    from mechclaims.answers import encode
+    from mechclaims_icl.tasks import CANONICAL, make_prompts
+    from mechclaims_icl.answers import encode
 
     prompts = make_prompts(CANONICAL, n_prompts=4, n_examples=4, seed=2)
     found = claim3.explore(tiny_model, prompts, dla_example=2)
@@ -175,8 +177,8 @@ def test_mlp_mean_ablation_changes_the_answer_positions_but_not_bos(tiny_model):
 
 
 def test_head_attribution_at_an_example_equals_the_claim1_score(tiny_model):
-    from mechclaims.scores import head_scores
-    from mechclaims.tasks import CANONICAL, Prompt, make_prompts
+    from mechclaims_icl.scores import head_scores
+    from mechclaims_icl.tasks import CANONICAL, Prompt, make_prompts
 
     prompts = make_prompts(CANONICAL, n_prompts=4, n_examples=5, seed=3)
     j = 3
@@ -200,17 +202,17 @@ def test_c3_params_read_back_and_are_range_checked(tmp_path):
 
 
 def test_discovery_preregisters_claims_2_and_3(tiny_model, tmp_path):
-    from mechclaims import claim2
-    from mechclaims.discover import discover_sequences, to_toml
+    from mechclaims_icl import claim2
+    from mechclaims_icl.discover import discover_sequences, write
     from mechclaims.expectations import load
-    from mechclaims.tasks import AffineTask
+    from mechclaims_icl.tasks import AffineTask
 
     found = discover_sequences(tiny_model, AffineTask(1, 0), n_prompts=10, seed=0, example=4, n_examples=8, log=lambda m: None)
     found = {**found, "c1": {}}
     path = tmp_path / "organism.toml"
-    path.write_text(to_toml("organism", found, "python -m mechclaims.discover --target organism"))
+    write(path, "organism", found, "python -m mechclaims_icl.discover --target organism")
     exp = load(path, "organism")
-    assert exp.task() == AffineTask(1, 0)
+    assert task_of(exp) == AffineTask(1, 0)
     c2p = claim2.params_from(exp, tiny_model.cfg.n_layers)
     c3p = claim3.params_from(exp, tiny_model.cfg.n_layers, tiny_model.cfg.n_heads)
     assert c2p.n_examples == 8 and c2p.max_prompts == 10 and c3p.n_causal_heads == 2

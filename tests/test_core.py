@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from mechclaims import ConfigError, Interval, load_target, proportion, settings
-from mechclaims.answers import encode, greedy_is, greedy_numbers, numbers_are_single_tokens
+from mechclaims_icl.answers import encode, greedy_is, greedy_numbers, numbers_are_single_tokens
 from mechclaims.interventions import run_with
-from mechclaims.tasks import CANONICAL, AffineTask, make_prompts
+from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts
 
 
 def test_wilson_interval_matches_the_closed_form():
@@ -72,15 +72,16 @@ def test_teacher_forced_check_agrees_with_greedy_decoding(as_organism):
 
 def test_the_teacher_forced_check_is_the_same_one_row_per_pass(as_organism, monkeypatch):
     """On CPU the rows per pass shrink to keep full-vocabulary logits under a budget; answers do not change."""
-    from mechclaims import answers
+    from mechclaims import batching
+    from mechclaims_icl import answers
 
     model = load_target("organism").model
     prompts = make_prompts(CANONICAL, n_prompts=12, n_examples=3, seed=1)
     decoded = greedy_numbers(model, prompts.texts)
     whole = greedy_is(model, prompts.texts, decoded)
-    assert 1 <= answers.rows_per_pass(model, 20) <= answers.MAX_ROWS
-    monkeypatch.setattr(answers, "CPU_PASS_BYTES", 1)
-    assert answers.rows_per_pass(model, 20) == 1
+    assert 1 <= batching.rows_per_pass(model, 20) <= batching.MAX_ROWS
+    monkeypatch.setattr(batching, "CPU_PASS_BYTES", 1)
+    assert batching.rows_per_pass(model, 20) == 1
     calls = []
     monkeypatch.setattr(answers, "run_with", lambda m, tokens, *a, **k: calls.append(len(tokens)) or run_with(m, tokens, *a, **k))
     assert (greedy_is(model, prompts.texts, decoded) == whole).all() and whole.all()

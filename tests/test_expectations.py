@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mechclaims_icl.expectations import task as task_of
 from mechclaims import ConfigError
 from mechclaims.expectations import load
 
@@ -56,22 +57,22 @@ def test_invalid_toml_says_so(tmp_path):
 
 
 def test_the_task_of_claims_2_and_3_defaults_to_the_canonical_one(tmp_path):
-    from mechclaims.tasks import CANONICAL, AffineTask
+    from mechclaims_icl.tasks import CANONICAL, AffineTask
 
     path = tmp_path / "organism.toml"
     path.write_text('target = "organism"\n')
-    assert load(path, "organism").task() == CANONICAL
+    assert task_of(load(path, "organism")) == CANONICAL
     path.write_text("[task]\na = 1\nb = 0\n")
-    assert load(path, "organism").task() == AffineTask(1, 0)
+    assert task_of(load(path, "organism")) == AffineTask(1, 0)
     path.write_text("[task]\na = 0\nb = 0\n")
     with pytest.raises(ConfigError, match=r"\[task\]"):
-        load(path, "organism").task()
+        task_of(load(path, "organism"))
 
 
 def test_every_shipped_expectations_file_reads_back_for_claims_2_and_3():
     from pathlib import Path
 
-    from mechclaims import claim2, claim3
+    from mechclaims_icl import claim2, claim3
 
     shapes = {"llama-3-8b": (32, 32), "organism": (8, 4), "organism-control": (8, 4), "smollm2-135m": (30, 9)}
     claims_dir = Path(__file__).resolve().parents[1] / "claims" / "expectations"

@@ -1,5 +1,5 @@
 """A claim run under faults: SIGKILL during writes, a full disk, planted symlinks, two runs at
-once, a run that selects no claim. Each test fails when its protection is removed (README,
+once, a run that selects no claim. Each test fails when its protection is removed (docs/reliability.md,
 Reliability)."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _claim_run(workdir: Path, reports: Path, cache: Path | None, env: dict | Non
     cache_args = ["--mechclaims-cache", "off"] if cache is None else [
         "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache)]
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "test_claim0.py", "--mechclaims-target", "organism", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "--mechclaims-exploratory", "test_claim0.py", "--mechclaims-target", "organism", "-p", "no:cacheprovider",
          "--mechclaims-report-dir", str(reports), *cache_args, *args],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "MECHCLAIMS_CACHE_DIR": str(workdir / "home-cache"),
@@ -185,7 +185,7 @@ def test_a_symlink_planted_in_the_cache_or_report_directory_never_carries_a_writ
     # the activation cache: every shard directory planted as a link to `outside`
     from mechclaims.interventions import capture, resid_pre
     from mechclaims.store import ActivationStore, CacheWriteWarning, attach
-    from mechclaims.tasks import CANONICAL, make_prompts
+    from mechclaims_icl.tasks import CANONICAL, make_prompts
 
     acts = tmp_path / "acts"
     acts.mkdir()
@@ -196,7 +196,7 @@ def test_a_symlink_planted_in_the_cache_or_report_directory_never_carries_a_writ
     try:
         import torch
 
-        from mechclaims.answers import encode
+        from mechclaims_icl.answers import encode
 
         prompts = make_prompts(CANONICAL, n_prompts=2, n_examples=3, seed=0)
         tokens = torch.tensor([encode(tiny_model.tokenizer, t) for t in prompts.texts])
@@ -245,7 +245,7 @@ def test_two_claim_runs_at_once_share_one_cache_and_one_report_directory(workdir
 
 def test_a_run_that_selects_no_claim_writes_no_report_and_keeps_latest(workdir, tmp_path):
     """`pytest claims/ -k nothing` exits 5 (pytest's "no tests ran"), writes no report and
-    leaves `latest` where it was (README, Exit status)."""
+    leaves `latest` where it was (docs/reliability.md, Exit status)."""
     reports = tmp_path / "reports"
     code, out = _finish(_claim_run(workdir, reports, None))
     assert code == 0, out

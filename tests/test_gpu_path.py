@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import mechclaims.claim2  # noqa: F401  (patched below; imported before pytester runs so it stays one module object)
-from mechclaims.organism.tokenizer import build_tokenizer
+import mechclaims_icl.claim2  # noqa: F401  (patched below; imported before pytester runs so it stays one module object)
+from organisms.tokenizer import build_tokenizer
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 PACK = ("conftest.py", "test_claim0.py", "test_claim1.py", "test_claim2.py", "test_claim3.py")
@@ -50,7 +50,7 @@ def gpu_claims(pytester, stand_in, monkeypatch):
 
 def _run(pytester, *args):
     # the stand-in is not the model llama-3-8b.toml was registered on: allowed, and recorded
-    result = pytester.runpytest(
+    result = pytester.runpytest("--mechclaims-exploratory", 
         "-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32", "-p", "no:cacheprovider",
         "--mechclaims-allow-other-model", *args,
     )
@@ -60,7 +60,7 @@ def _run(pytester, *args):
 
 
 def test_a_pre_registration_is_refused_on_another_model_unless_allowed(gpu_claims):
-    result = gpu_claims.runpytest("-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32",
+    result = gpu_claims.runpytest("--mechclaims-exploratory", "-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32",
                                   "-p", "no:cacheprovider", "-k", "C0 or onset")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*llama-3-8b.toml: registered on d_model = 4096, but this llama-3-8b has 128; "
@@ -78,7 +78,7 @@ def test_gpu_claims_run_on_the_stand_in_and_are_not_applicable(gpu_claims):
 
 
 def test_the_post_layers_drive_the_full_study_on_the_stand_in(gpu_claims, monkeypatch):
-    from mechclaims import claim1, claim2
+    from mechclaims_icl import claim1, claim2
 
     # a random model: run past the precondition (claim1 and claim2 bind C0's threshold at import)
     monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)

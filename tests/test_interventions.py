@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from mechclaims import ConfigError
-from mechclaims.answers import OUTCOMES, classify, encode
+from mechclaims_icl.answers import OUTCOMES, classify, encode
 from mechclaims.interventions import AblateHeads, SetResidual, capture, head_means, resid_pre, run_with
-from mechclaims.patching import patch_sweep, patch_sweep_loop
-from mechclaims.tasks import CANONICAL, MIN_QUERY_GAP, make_patch_pairs, make_prompts
+from mechclaims_icl.patching import patch_sweep, patch_sweep_loop
+from mechclaims_icl.tasks import CANONICAL, MIN_QUERY_GAP, make_patch_pairs, make_prompts
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_classification_of_patched_answers():
 
 
 def test_head_outputs_sum_to_the_attention_output(model):
-    from mechclaims.scores import head_outputs
+    from mechclaims_icl.scores import head_outputs
     from mechclaims.interventions import head_z
 
     tokens = _same_length_prompts(model, 3, seed=9)
@@ -138,7 +138,7 @@ def test_head_outputs_sum_to_the_attention_output(model):
 
 
 def test_direct_logit_attribution_of_all_components_is_the_logit(model):
-    from mechclaims.scores import FINAL_SCALE, final_norm_weight, head_scores
+    from mechclaims_icl.scores import FINAL_SCALE, final_norm_weight, head_scores
 
     prompts = make_prompts(CANONICAL, n_prompts=3, n_examples=4, seed=10)
     scores = head_scores(model, prompts.texts, prompts.answers, read_layer=1)
@@ -157,7 +157,7 @@ def test_direct_logit_attribution_of_all_components_is_the_logit(model):
 def test_head_scores_through_the_store_equal_direct_ones_and_need_no_weights_from_disk(model, tmp_path):
     """Scores depend on weights too; memoised by the digest of the activations, a run
     served from the disk cache reads them back bitwise equal without computing."""
-    from mechclaims.scores import head_scores
+    from mechclaims_icl.scores import head_scores
     from mechclaims.store import ActivationStore, attach
 
     prompts = make_prompts(CANONICAL, n_prompts=3, n_examples=4, seed=12)
@@ -183,7 +183,7 @@ def test_cached_decoding_of_multi_token_answers_equals_full_forwards(digit_model
 
 
 def test_a_small_key_value_budget_splits_pairs_and_layers_alike(model, monkeypatch):
-    import mechclaims.patching as patching
+    import mechclaims_icl.patching as patching
 
     pairs = make_patch_pairs(CANONICAL, n_pairs=6, n_examples=5, seed=0)
     whole = patch_sweep(model, pairs)
@@ -197,7 +197,7 @@ def test_a_small_key_value_budget_splits_pairs_and_layers_alike(model, monkeypat
 
 
 def test_an_empty_key_value_cache_is_refused_with_the_versions_to_install():
-    from mechclaims.patching import _prefill
+    from mechclaims_icl.patching import _prefill
 
     class NoCache:
         def __call__(self, tokens, return_type, logits_to_keep):

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechclaims.organism import measure, train
-from mechclaims.organism.data import CANONICAL, Family
-from mechclaims.organism.tokenizer import BOS_ID, build_tokenizer
+from organisms import measure, train
+from organisms.data import CANONICAL, Family
+from organisms.tokenizer import BOS_ID, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -160,7 +160,7 @@ def _train_short(out, threads=1, seed=0, env=None):
         finally:
             torch.set_num_threads(before)
     else:
-        subprocess.run([sys.executable, "-m", "mechclaims.organism.train", *args], env={**_env(), **env},
+        subprocess.run([sys.executable, "-m", "organisms.train", *args], env={**_env(), **env},
                        check=True, capture_output=True, timeout=600)
     return out
 
@@ -173,7 +173,7 @@ def _seeded_logits(directory):
     """Logits at every position of 100 seeded prompts of 13 lines (the card's prompt shape)."""
     import numpy as np
 
-    from mechclaims.organism.data import task_batch
+    from organisms.data import task_batch
 
     model, _ = measure.load(directory)
     data = task_batch(np.random.default_rng(5), 100, 13, *CANONICAL, Family())
@@ -310,7 +310,7 @@ def test_several_prompts_b_per_sequence_share_that_sequences_head_masks():
 def test_canonical_share_draws_the_canonical_pair_that_often_and_reaches_the_card():
     import numpy as np
 
-    from mechclaims.organism.data import training_batch
+    from organisms.data import training_batch
 
     family = Family(held_out=(4, 17))
     uniform = training_batch(np.random.default_rng(0), 4000, 3, family, 0.1)
@@ -398,7 +398,7 @@ def test_invalid_arguments_exit_2_with_message(argv, bad, capsys, tmp_path):
 
 def test_cli_rejects_negative_steps_without_traceback(tmp_path):
     out = tmp_path / "m"
-    proc = subprocess.run([sys.executable, "-m", "mechclaims.organism.train", "--out", str(out), "--steps", "-3"],
+    proc = subprocess.run([sys.executable, "-m", "organisms.train", "--out", str(out), "--steps", "-3"],
                           capture_output=True, text=True, env=_env(), timeout=120)
     assert proc.returncode == 2
     assert "-3" in proc.stderr and "Traceback" not in proc.stderr
@@ -407,7 +407,7 @@ def test_cli_rejects_negative_steps_without_traceback(tmp_path):
 
 def test_sigterm_leaves_no_weights(tmp_path):
     out = tmp_path / "m"
-    proc = subprocess.Popen([sys.executable, "-m", "mechclaims.organism.train", "--out", str(out), *TINY],
+    proc = subprocess.Popen([sys.executable, "-m", "organisms.train", "--out", str(out), *TINY],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
     deadline = time.time() + 120
     for line in proc.stderr:
@@ -484,7 +484,7 @@ def test_patch_loss_is_the_measured_patching_protocol(models, samples):
     several samples per sequence, each prompt B reads from its own sequence."""
     import numpy as np
 
-    from mechclaims.organism.data import training_batch
+    from organisms.data import training_batch
 
     model, info = models["organism"]
     family = measure.family_of(info)
@@ -541,7 +541,7 @@ def test_patch_above_dropout_draws_layers_above_the_removed_prefix_and_idles_the
     k-1 only; one that lost every layer below the range's end carries no patching loss."""
     import numpy as np
 
-    from mechclaims.organism.data import training_batch
+    from organisms.data import training_batch
 
     model, info = models["organism"]
     family = measure.family_of(info)

@@ -52,7 +52,7 @@ def _report(pytester: pytest.Pytester) -> dict:
 
 def test_outcomes_become_verdicts_and_the_report_is_written(pytester, as_organism):
     pytester.makepyfile(test_claims=CLAIMS)
-    result = pytester.runpytest("--mechclaims-target", "organism", "--mechclaims-seed", "7")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "--mechclaims-seed", "7")
     result.assert_outcomes(passed=1, failed=4, skipped=1)
     report = _report(pytester)
     assert report["schema_version"] == 1
@@ -92,7 +92,7 @@ def test_{i}(target, claim):
     )
     pytester.makepyfile(test_many=f"import pytest\nfrom mechclaims import proportion\n{tests}")
     pytester.makepyfile(test_more=f"import pytest\nfrom mechclaims import proportion\n{tests}")
-    result = pytester.runpytest("--mechclaims-target", "organism")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     result.assert_outcomes(passed=10)
     assert _report(pytester)["run"]["load_counts"] == {"organism": 1}
 
@@ -122,7 +122,7 @@ def test_one_model_is_booted_at_a_time_and_each_boots_once(pytester, tiny_llama,
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_CONTROL_DIR", str(tiny_llama))
     pytester.makepyfile(test_two=TWO_TARGETS)
-    result = pytester.runpytest("--mechclaims-target", "organism", "--mechclaims-target", "organism-control")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "--mechclaims-target", "organism-control")
     result.assert_outcomes(passed=4)
     run = _report(pytester)["run"]
     assert run["boots"] == {"organism": 1, "organism-control": 1}
@@ -146,7 +146,7 @@ def test_after(target, claim):
     claim.record(proportion(1, 1))
 '''
     )
-    result = pytester.runpytest("--mechclaims-target", "organism")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     result.stdout.fnmatch_lines(["*test left hooks on organism: blocks.0.hook_in (1)*remove hooks in a finally block*"])
     result.assert_outcomes(passed=2, errors=1)
     verdicts = {c["id"]: c["verdict"] for c in _report(pytester)["claims"]}
@@ -155,7 +155,7 @@ def test_after(target, claim):
 
 def test_unknown_target_is_one_line_without_traceback(pytester):
     pytester.makepyfile(test_x="def test_x(): pass")
-    result = pytester.runpytest("--mechclaims-target", "gpt-9")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "gpt-9")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: unknown target 'gpt-9'; valid targets: llama-3-8b, smollm2-135m, organism, organism-control; add your own model as a [[]tool.mechclaims.targets.gpt-9[]] table*"])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
@@ -164,7 +164,7 @@ def test_unknown_target_is_one_line_without_traceback(pytester):
 def test_missing_weights_fail_the_claims_in_one_line(pytester, monkeypatch, tmp_path):
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tmp_path / "missing"))
     pytester.makepyfile(test_claims=CLAIMS)
-    result = pytester.runpytest("--mechclaims-target", "organism", "-k", "supported or refuted")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-k", "supported or refuted")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*weights directory *missing does not exist; point to an HF model directory"])
     assert "Traceback" not in result.stdout.str()
@@ -184,7 +184,7 @@ def test_any(target, claim):
 def test_plain_run_deselects_gpu_targets(pytester, as_organism, monkeypatch):
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_CONTROL_DIR", str(as_organism))
     pytester.makepyfile(test_gpu=GPU_CLAIM)
-    result = pytester.runpytest("-v")
+    result = pytester.runpytest("--mechclaims-exploratory", "-v")
     result.assert_outcomes(passed=3, deselected=1)
     result.stdout.fnmatch_lines(["*test_any?smollm2-135m? PASSED*", "*test_any?organism-control? PASSED*"])
     assert "test_any[llama-3-8b]" not in result.stdout.str()
@@ -193,7 +193,7 @@ def test_plain_run_deselects_gpu_targets(pytester, as_organism, monkeypatch):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-CUDA failure")
 def test_explicit_gpu_run_fails_loudly_without_cuda(pytester):
     pytester.makepyfile(test_gpu=GPU_CLAIM)
-    result = pytester.runpytest("-m", "gpu")
+    result = pytester.runpytest("--mechclaims-exploratory", "-m", "gpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: -m gpu cannot run: target llama-3-8b needs CUDA*--mechclaims-device cpu"])
 
@@ -202,7 +202,7 @@ def test_explicit_gpu_run_fails_loudly_without_weights(pytester, monkeypatch, tm
     monkeypatch.delenv("MECHCLAIMS_LLAMA_3_8B_DIR", raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
     pytester.makepyfile(test_gpu=GPU_CLAIM)
-    result = pytester.runpytest("-m", "gpu", "--mechclaims-device", "cpu")
+    result = pytester.runpytest("--mechclaims-exploratory", "-m", "gpu", "--mechclaims-device", "cpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: -m gpu cannot run: llama-3-8b weights not found*MECHCLAIMS_LLAMA_3_8B_DIR*"])
 
@@ -210,7 +210,7 @@ def test_explicit_gpu_run_fails_loudly_without_weights(pytester, monkeypatch, tm
 def test_gpu_claims_run_on_a_stand_in_through_the_same_loader(pytester, tiny_llama, monkeypatch):
     monkeypatch.setenv("MECHCLAIMS_LLAMA_3_8B_DIR", str(tiny_llama))
     pytester.makepyfile(test_gpu=GPU_CLAIM)
-    result = pytester.runpytest("-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32", "-v")
+    result = pytester.runpytest("--mechclaims-exploratory", "-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32", "-v")
     result.stdout.fnmatch_lines(["*test_any?llama-3-8b? PASSED*"])
     assert _report(pytester)["run"]["targets"]["llama-3-8b"]["dtype"] == "float32"
 
@@ -223,7 +223,7 @@ import pytest
 def test_x(target, claim):
     pass
 ''')
-    result = pytester.runpytest("--mechclaims-target", "organism")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *test_x*needs id=*"])
 
@@ -235,14 +235,14 @@ import pytest
 @pytest.mark.gpu
 def test_x(): pass
 ''')
-    result = pytester.runpytest("--strict-markers", "-m", "not gpu")
+    result = pytester.runpytest("--mechclaims-exploratory", "--strict-markers", "-m", "not gpu")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED or result.ret == 0
     assert "not found in `markers`" not in result.stdout.str() + result.stderr.str()
 
 
 def test_no_report_without_claims(pytester):
     pytester.makepyfile(test_x="def test_x(): pass")
-    pytester.runpytest().assert_outcomes(passed=1)
+    pytester.runpytest("--mechclaims-exploratory").assert_outcomes(passed=1)
     assert not (pytester.path / "reports").exists()
 
 
@@ -263,7 +263,7 @@ def test_a_preregistered_refutation_is_a_strict_xfail(pytester, as_organism):
     (pytester.path / "expectations" / "organism.toml").write_text(
         'target = "organism"\nsource = "test"\n[verdicts]\n"T.control" = "refuted"\n'
     )
-    result = pytester.runpytest("--mechclaims-target", "organism")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     result.assert_outcomes(xfailed=1)
     assert result.ret == 0
     (claim,) = _report(pytester)["claims"]
@@ -274,7 +274,7 @@ def test_an_unexpected_support_of_a_negative_control_fails_the_run(pytester, as_
     pytester.makepyfile(test_control=NEGATIVE_CONTROL.replace("proportion(1, 10)", "proportion(10, 10)"))
     (pytester.path / "expectations").mkdir()
     (pytester.path / "expectations" / "organism.toml").write_text('[verdicts]\n"T.control" = "refuted"\n')
-    result = pytester.runpytest("--mechclaims-target", "organism")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     assert result.ret == 1
     (claim,) = _report(pytester)["claims"]
     assert (claim["verdict"], claim["as_expected"]) == ("supported", False)
@@ -284,9 +284,9 @@ def test_a_bad_expectations_file_is_a_one_line_usage_error(pytester, as_organism
     pytester.makepyfile(test_control=NEGATIVE_CONTROL)
     (pytester.path / "expectations").mkdir()
     (pytester.path / "expectations" / "organism.toml").write_text('[verdicts]\n"T.control" = "maybe"\n')
-    result = pytester.runpytest("--mechclaims-target", "organism")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] 'T.control' = 'maybe'; valid expected verdicts: supported, refuted, not-applicable"])
+    result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] 'T.control' = 'maybe'; valid expected verdicts: supported, refuted, inconclusive, not-applicable"])
 
 
 SLOW_CLAIMS = '''
@@ -315,12 +315,12 @@ def test_an_interrupted_run_writes_a_partial_report_and_keeps_latest_complete(py
     import time
 
     pytester.makepyfile(test_fast=GPU_CLAIM)
-    pytester.runpytest("--mechclaims-target", "organism").assert_outcomes(passed=1)
+    pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism").assert_outcomes(passed=1)
     complete = (pytester.path / "reports" / "latest").resolve()
 
     pytester.makepyfile(test_slow=SLOW_CLAIMS)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "test_slow.py", "--mechclaims-target", "organism", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "--mechclaims-exploratory", "test_slow.py", "--mechclaims-target", "organism", "-p", "no:cacheprovider"],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
         # a shell's background job inherits SIGINT ignored; the run under test must see it as a user would
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -357,7 +357,7 @@ def test_two(target, claim):
 def test_none(target, claim):
     claim.record(proportion(1, 1))
 ''')
-    pytester.runpytest("--mechclaims-target", "organism").assert_outcomes(passed=2)
+    pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism").assert_outcomes(passed=2)
     report = _report(pytester)
     figures = {c["id"]: (c["figures"]["forward_calls"], c["figures"]["forward_tokens"]) for c in report["claims"]}
     assert figures == {"T.two": (2, 19), "T.none": (0, 0)}
@@ -368,7 +368,7 @@ def test_claim_properties_land_in_junit_xml(pytester, as_organism):
     import xml.etree.ElementTree as ET
 
     pytester.makepyfile(test_claims=CLAIMS)
-    pytester.runpytest("--mechclaims-target", "organism", "-k", "supported or refuted", "--junitxml", "junit.xml")
+    pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-k", "supported or refuted", "--junitxml", "junit.xml")
     cases = {
         case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
         for case in ET.parse(pytester.path / "junit.xml").iter("testcase")
@@ -387,9 +387,9 @@ def test_xdist_workers_report_through_the_controller(pytester, as_organism):
 def test_{i}(target, claim):
     claim.record(proportion({i}, 10))
 ''' for i in range(6)))
-    single = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:randomly")
+    single = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-p", "no:randomly")
     first = _report(pytester)
-    parallel = pytester.runpytest_subprocess("--mechclaims-target", "organism", "-n", "2")
+    parallel = pytester.runpytest_subprocess("--mechclaims-exploratory", "--mechclaims-target", "organism", "-n", "2")
     second = _report(pytester)
     assert single.ret == parallel.ret == 1
     verdicts = lambda r: sorted((c["id"], c["verdict"], c["statistic"]) for c in r["claims"])  # noqa: E731
@@ -402,7 +402,7 @@ def test_an_expectation_for_an_unknown_claim_id_is_a_usage_error(pytester, as_or
     pytester.makepyfile(test_control=NEGATIVE_CONTROL)
     (pytester.path / "expectations").mkdir()
     (pytester.path / "expectations" / "organism.toml").write_text('[verdicts]\n"T.contrl" = "refuted"\n')
-    result = pytester.runpytest("--mechclaims-target", "organism")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] names unknown claim ids T.contrl; claims defined in *: T.control"])
 
@@ -420,6 +420,6 @@ def test_two(target, claim):
     pass
 """)
     for expression in ("Q7", "alpha", "Q7 and not beta"):
-        result = pytester.runpytest("-k", expression, "--collect-only", "-q")
+        result = pytester.runpytest("--mechclaims-exploratory", "-k", expression, "--collect-only", "-q")
         out = result.stdout.str()
         assert "test_one" in out and "test_two" not in out, (expression, out)

@@ -38,7 +38,7 @@ def test_the_report_records_the_expectations_file_bytes_and_each_claims_wall_tim
     toml = pytester.path / "expectations" / "organism.toml"
     toml.write_text('target = "organism"\n[verdicts]\n"T.x" = "supported"\n')
     pytester.makepyfile(test_x=ONE_CLAIM)
-    assert pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider").ret == 0
+    assert pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-p", "no:cacheprovider").ret == 0
     run = _report(pytester)["run"]
     assert run["expectations"]["organism"] == {"path": str(toml), "sha256": hashlib.sha256(toml.read_bytes()).hexdigest()}
     assert "git_dirty" in run and run["git_dirty"] is None  # not a git checkout here
@@ -66,7 +66,7 @@ def test_git_dirty_says_whether_tracked_files_changed(tmp_path):
 def test_a_claim_limited_to_some_targets_runs_only_on_them(pytester, as_organism, monkeypatch):
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_CONTROL_DIR", str(as_organism))
     pytester.makepyfile(test_x=ONE_CLAIM)
-    result = pytester.runpytest("--mechclaims-target", "organism", "--mechclaims-target", "organism-control",
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "--mechclaims-target", "organism-control",
                                 "-p", "no:cacheprovider")
     assert result.ret == 0
     ran = sorted((c["id"], c["target"]) for c in _report(pytester)["claims"])
@@ -82,7 +82,7 @@ import pytest
 def test_x(target, claim):
     pass
 ''')
-    result = pytester.runpytest("--mechclaims-target", "organism")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*targets='organism'; expected a list of target names*"])
 

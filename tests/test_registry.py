@@ -45,7 +45,7 @@ def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
     assert f"registered by: {project / 'pyproject.toml'}" in block
     assert f"weights: present: {project / 'models' / 'my-model'}" in block and "(none yet: run discover)" in block
 
-    found = _run(project, "-m", "mechclaims.discover", "--target", "my-model")
+    found = _run(project, "-m", "mechclaims_icl.discover", "--target", "my-model")
     assert found.returncode == 0, found.stderr[-3000:]
     assert (project / "claims" / "expectations" / "my-model.toml").is_file()
 
@@ -90,7 +90,7 @@ def test_a_bad_target_table_is_one_line_naming_file_key_and_choices(tmp_path, ta
 def test_a_bad_table_or_a_missing_path_stops_a_claim_run_in_one_line(tmp_path):
     project = _project(tmp_path, '[tool.mechclaims.targets.mine]\npath = "nowhere"\n', claims=True)
     missing = _run(project, "-m", "pytest", "claims/test_claim0.py", "--mechclaims-target", "mine", "-p",
-                   "no:cacheprovider")
+                   "no:cacheprovider", "--mechclaims-exploratory")
     assert missing.returncode != 0
     assert f"weights directory {project / 'nowhere'} does not exist" in missing.stdout + missing.stderr
     (project / "pyproject.toml").write_text('[tool.mechclaims.targets.mine]\npath = "m"\ndevise = "cpu"\n')

@@ -15,7 +15,7 @@ CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 
 def _claim_run(pytester, *args):
     shutil.copy(CLAIMS_DIR / "test_claim0.py", pytester.path / "test_claim0.py")
-    result = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider", *args)
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-p", "no:cacheprovider", *args)
     record = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())
     return result, record
 
@@ -112,7 +112,7 @@ def test_two_xdist_workers_run_the_claim_suite_on_one_cache_like_one_process(pyt
     cache = tmp_path / "acts"
 
     def run(report, *args):
-        pytester.runpytest_subprocess(
+        pytester.runpytest_subprocess("--mechclaims-exploratory", 
             "claims/", "--mechclaims-target", "organism", "-p", "no:cacheprovider", "--mechclaims-report-dir",
             str(tmp_path / report), *args,
         )

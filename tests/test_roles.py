@@ -6,9 +6,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from mechclaims import ConfigError
-from mechclaims.organism.tokenizer import build_tokenizer
-from mechclaims.roles import roles
-from mechclaims.tasks import BLOG_PROMPT
+from organisms.tokenizer import build_tokenizer
+from mechclaims_icl.roles import roles
+from mechclaims_icl.tasks import BLOG_PROMPT
 
 
 def test_roles_of_the_blog_prompt_with_one_token_numbers():

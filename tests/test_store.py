@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from mechclaims import ConfigError
-from mechclaims.answers import encode, greedy_is
-from mechclaims.experiments import measure
+from mechclaims_icl.answers import encode, greedy_is
+from mechclaims_icl.experiments import measure
 from mechclaims.interventions import AblateHeads, SetResidual, capture, forward, resid_pre, run_with
 from mechclaims.store import ActivationStore, CacheCorruptionWarning, attach, store_of
-from mechclaims.tasks import CANONICAL, make_patch_pairs, make_prompts
+from mechclaims_icl.tasks import CANONICAL, make_patch_pairs, make_prompts
 
 
 @pytest.fixture
@@ -209,8 +209,8 @@ FORWARD_CLAIMS = '''
 import numpy as np
 import pytest
 from mechclaims import proportion_of
-from mechclaims.experiments import measure
-from mechclaims.tasks import CANONICAL, make_patch_pairs
+from mechclaims_icl.experiments import measure
+from mechclaims_icl.tasks import CANONICAL, make_patch_pairs
 
 PAIRS = make_patch_pairs(CANONICAL, n_pairs=8, n_examples=4, seed=5)
 
@@ -230,7 +230,7 @@ def test_ablated(target, claim):
 
 
 def _claim_run(pytester, cache, reports, *args):
-    pytester.runpytest_subprocess(
+    pytester.runpytest_subprocess("--mechclaims-exploratory", 
         "--mechclaims-target", "organism", "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache),
         "--mechclaims-report-dir", str(reports), "-p", "no:cacheprovider", *args,
     )
@@ -316,8 +316,8 @@ def test_a_tail_beyond_the_batch_is_refused(model):
 SAME_WORK = """
 import pytest
 from mechclaims import proportion_of
-from mechclaims.answers import greedy_is
-from mechclaims.tasks import CANONICAL, make_prompts
+from mechclaims_icl.answers import greedy_is
+from mechclaims_icl.tasks import CANONICAL, make_prompts
 
 PROMPTS = make_prompts(CANONICAL, n_prompts=6, n_examples=3, seed=0)
 

@@ -10,8 +10,8 @@ import torch
 from transformers import LlamaForCausalLM
 
 from mechclaims import TARGETS, TargetError, load_target
-from mechclaims.answers import encode, greedy_is
-from mechclaims.tasks import AffineTask, make_prompts
+from mechclaims_icl.answers import encode, greedy_is
+from mechclaims_icl.tasks import AffineTask, make_prompts
 from mechclaims.targets import _smollm2_gguf, attached_hooks, default_cache_dir, read_shape
 
 
@@ -52,7 +52,7 @@ def test_config_without_the_sizes_names_the_missing_field(tiny_llama, tmp_path):
     config = json.loads((broken / "config.json").read_text())
     del config["intermediate_size"]
     (broken / "config.json").write_text(json.dumps(config))
-    with pytest.raises(TargetError, match="lacks 'intermediate_size'; mechclaims loads Llama-family HF configs"):
+    with pytest.raises(TargetError, match=r"gives no d_mlp \(looked for intermediate_size, n_inner, ffn_dim\)"):
         read_shape(broken)
 
 

@@ -1,4 +1,4 @@
-"""Bad and hostile input never becomes a wrong verdict or a green run (README, Reliability).
+"""Bad and hostile input never becomes a wrong verdict or a green run (docs/reliability.md).
 Each test fails without the protection it names."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _c0_run(workdir: Path, organism_dir: Path, cache: Path | None, *args: str) -
     cache_args = ["--mechclaims-cache", "off"] if cache is None else [
         "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache)]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "test_claim0.py", "--mechclaims-target", "organism", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "--mechclaims-exploratory", "test_claim0.py", "--mechclaims-target", "organism", "-p", "no:cacheprovider",
          "--mechclaims-report-dir", str(reports), *cache_args, *args],
         cwd=workdir, capture_output=True, text=True, timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "MECHCLAIMS_ORGANISM_DIR": str(organism_dir),
@@ -141,18 +141,18 @@ def test_a_self_referencing_symlink_in_the_model_directory_is_one_line(tmp_path,
 
 HIDDEN_FAILURES = {
     "errored-negative-control": ('[verdicts]\n"T.x" = "refuted"\n', "raise RuntimeError('boom')"),
-    "skip-inside-a-claim": ("", "pytest.skip('no reason given')"),
-    "xfail-inside-a-claim": ("", "pytest.xfail('no reason given')"),
-    "unexpected-not-applicable": ("", "claim.not_applicable('cannot do the task', proportion(0, 10))"),
+    "skip-inside-a-claim": ('[verdicts]\n"T.x" = "supported"\n', "pytest.skip('no reason given')"),
+    "xfail-inside-a-claim": ('[verdicts]\n"T.x" = "supported"\n', "pytest.xfail('no reason given')"),
+    "unexpected-not-applicable": ('[verdicts]\n"T.x" = "supported"\n',
+                                  "claim.not_applicable('cannot do the task', proportion(0, 10))"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(HIDDEN_FAILURES))
 def test_a_verdict_unlike_its_preregistration_fails_the_run_whatever_pytest_thinks(pytester, as_organism, case):
     expectations, body = HIDDEN_FAILURES[case]
-    if expectations:
-        (pytester.path / "expectations").mkdir()
-        (pytester.path / "expectations" / "organism.toml").write_text(expectations)
+    (pytester.path / "expectations").mkdir()
+    (pytester.path / "expectations" / "organism.toml").write_text(expectations)
     pytester.makepyfile(test_x=f'''
 import pytest
 from mechclaims import proportion
@@ -161,7 +161,7 @@ from mechclaims import proportion
 def test_x(target, claim):
     {body}
 ''')
-    result = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*T.x [[]organism[]] (UNEXPECTED: pre-registered *"])
 
@@ -178,7 +178,7 @@ from mechclaims import proportion
 def test_x(target, claim):
     claim.not_applicable("cannot do the task", proportion(0, 10))
 ''')
-    assert pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider").ret == pytest.ExitCode.OK
+    assert pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-p", "no:cacheprovider").ret == pytest.ExitCode.OK
 
 
 def test_a_broken_gguf_fails_a_c0_run(tmp_path):
@@ -188,7 +188,7 @@ def test_a_broken_gguf_fails_a_c0_run(tmp_path):
     workdir.mkdir()
     shutil.copy(REPO / "claims" / "test_claim0.py", workdir / "test_claim0.py")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "test_claim0.py", "--mechclaims-target", "smollm2-135m", "-k", "C0",
+        [sys.executable, "-m", "pytest", "--mechclaims-exploratory", "test_claim0.py", "--mechclaims-target", "smollm2-135m", "-k", "C0",
          "-p", "no:cacheprovider", "--mechclaims-report-dir", str(workdir / "reports")],
         cwd=workdir, capture_output=True, text=True, timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "MECHCLAIMS_SMOLLM2_GGUF": str(gguf),
@@ -225,7 +225,7 @@ def test_a_stand_in_is_flagged_in_every_view(tmp_path):
     workdir.mkdir()
     shutil.copy(REPO / "claims" / "test_claim0.py", workdir / "test_claim0.py")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "test_claim0.py", "--mechclaims-target", "llama-3-8b", "-m", "gpu or not gpu",
+        [sys.executable, "-m", "pytest", "--mechclaims-exploratory", "test_claim0.py", "--mechclaims-target", "llama-3-8b", "-m", "gpu or not gpu",
          "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32", "-p", "no:cacheprovider",
          "--mechclaims-report-dir", str(workdir / "reports")],
         cwd=workdir, capture_output=True, text=True, timeout=600,
@@ -291,7 +291,7 @@ def test_an_unwritable_report_directory_still_prints_the_verdicts(tmp_path, kind
     shutil.copy(REPO / "claims" / "test_claim0.py", workdir / "test_claim0.py")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "test_claim0.py", "--mechclaims-target", "organism", "-p",
+            [sys.executable, "-m", "pytest", "--mechclaims-exploratory", "test_claim0.py", "--mechclaims-target", "organism", "-p",
              "no:cacheprovider", "--mechclaims-report-dir", str(reports), "--mechclaims-cache", "off"],
             cwd=workdir, capture_output=True, text=True, timeout=600,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "MECHCLAIMS_ORGANISM_DIR": str(ORGANISM),
@@ -323,7 +323,7 @@ def test_first(target, claim):
 def test_second(target, claim):
     claim.record(proportion(9, 10), threshold=0.5)
 ''')
-    result = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider", "-x")
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-p", "no:cacheprovider", "-x")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     run = pytester.path / "reports"
     (record,) = [json.loads((p / "claims.json").read_text()) for p in run.iterdir() if not p.is_symlink()]
@@ -333,7 +333,7 @@ def test_second(target, claim):
 
 @pytest.mark.parametrize("seed", ["-1", "4294967296", "x"])
 def test_a_bad_seed_is_a_usage_error_naming_the_range(pytester, seed):
-    result = pytester.runpytest("--mechclaims-seed", seed)
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-seed", seed)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*invalid seed '{seed}': expected an integer from 0 to 4294967295*"])
 
@@ -344,3 +344,38 @@ def test_a_fifo_named_like_weights_is_refused_not_read(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(broken))
     with pytest.raises(TargetError, match="extra.safetensors is not a regular file"):
         load_target("organism", cache_dir=tmp_path / "cache")
+
+
+# ------------------------------------------------------------------ 4. no pre-registration
+
+
+def test_a_target_without_expectations_is_one_line_unless_run_as_exploratory(pytester, as_organism):
+    pytester.makepyfile(test_x='''
+import pytest
+from mechclaims import proportion
+
+@pytest.mark.claim(id="T.x")
+def test_x(target, claim):
+    claim.record(proportion(9, 10))
+''')
+    refused = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in refused.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "organism.toml: no pre-registration for target 'organism'" in errors[0]
+    assert "--mechclaims-exploratory" in errors[0]
+    explored = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider",
+                                  "--mechclaims-exploratory", "--mechclaims-n-prompts", "7")
+    assert explored.ret == pytest.ExitCode.OK
+    explored.stdout.fnmatch_lines(["*level 0.95, 7 prompts | organism EXPLORATORY*",
+                                   "*EXPLORATORY: organism has no pre-registration*",
+                                   "*supported  T.x [[]organism[]]  0.9 *"])
+    run = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())["run"]
+    assert run["expectations"]["organism"] == {"path": None, "sha256": None, "exploratory": True}
+    assert run["settings"]["n_prompts"] == 7
+
+
+@pytest.mark.parametrize("value", ["1", "x", "100001"])
+def test_a_bad_number_of_prompts_is_a_usage_error_naming_the_range(pytester, value):
+    result = pytester.runpytest("--mechclaims-n-prompts", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*invalid number of prompts {value!r}: expected an integer from 2 to 100000*"])

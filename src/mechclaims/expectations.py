@@ -9,16 +9,17 @@ One TOML file per target, ``claims/expectations/<target>.toml``::
     [verdicts]            # expected verdict per claim id; absent ids expect "supported"
     "C1.redundancy" = "refuted"
 
-    [c1]                  # read by the Claim 1 tests
-    onset = 3             # expected first layer of the ≈ a*p stage
-    ...
+    [registered]          # the model the values were found on (written by discovery)
+    weights = "sha256:..."
+    n_layers = 8
 
-    [task]                # the task of the Claim 2 and 3 tests (default a = 2, b = 3)
-    a = 1
-    b = 0
+    [induction]           # a section a claim pack owns: its keys, types and ranges
+    heads = [[1, 0]]      # are registered with mechclaims.register_section
 
-    [c2]                  # read by the Claim 2 tests, [c3] by the Claim 3 tests
-    ...
+The core knows only ``target``, ``source``, ``[verdicts]`` and ``[registered]``; every
+other section belongs to a claim pack, which declares it with :func:`register_section`
+(a pack installed as a package does so through the ``mechclaims.packs`` entry-point group,
+whose objects map section names to their keys).
 
 A claim expected to be ``refuted`` is a negative control: the plugin marks it
 ``xfail(strict=True)``, so a claim run exits 0 exactly when every verdict
@@ -35,10 +36,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, did_you_mean
-from .results import NOT_APPLICABLE, REFUTED, SUPPORTED
-from .tasks import CANONICAL, AffineTask
+from .results import INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
 
-EXPECTABLE = (SUPPORTED, REFUTED, NOT_APPLICABLE)
+EXPECTABLE = (SUPPORTED, REFUTED, INCONCLUSIVE, NOT_APPLICABLE)
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,6 @@ class Expectations:
         if not isinstance(value, kind):
             raise ConfigError(f"{where} = {value!r} has type {type(value).__name__}; expected a {_names(kind)}")
         return value
-
-    def task(self) -> AffineTask:
-        """The task the target's Claim 2 and 3 tests run on: ``[task] a, b`` (default y = 2x + 3)."""
-        a = self.get("task", "a", int, default=CANONICAL.a)
-        b = self.get("task", "b", int, default=CANONICAL.b)
-        if a < 1 or b < 0:
-            raise ConfigError(f"{self.path or self.target}: [task] a = {a}, b = {b}; expected a >= 1 and b >= 0")
-        return AffineTask(a, b)
 
     def layer(self, section: str, key: str, n_layers: int) -> int:
         """A layer index, checked to lie in ``0..n_layers-1``."""
@@ -113,46 +105,69 @@ class Key:
     why: str = ""
 
 
-_LAYERS = Key(list, why="layer numbers, checked against the model's layers")
-_LAYER = Key(int, 0, 4096, "a layer number, checked against the model's layers")
-_RATE = Key(float, 0.01, 0.99, "a rate threshold strictly between 0 and 1")
-_SHARE = Key(float, 0.01, 1.0, "a share of at most 1")
+LAYERS = Key(list, why="layer numbers, checked against the model's layers")
+LAYER = Key(int, 0, 4096, "a layer number, checked against the model's layers")
+RATE = Key(float, 0.01, 0.99, "a rate threshold strictly between 0 and 1")
+SHARE = Key(float, 0.01, 1.0, "a share of at most 1")
+
+# The model a pre-registration was made on (written by discovery; by hand for a published
+# model): a run on other weights or another shape is an error unless the user allows it
+# (--mechclaims-allow-other-model), and then the report records it.
+REGISTERED: dict[str, Key] = {
+    "weights": Key(str, why="the weights' fingerprint, as the report's sha256_or_revision"),
+    "n_layers": Key(int, 1, 100000, "layers"), "n_heads": Key(int, 1, 100000, "heads per layer"),
+    "d_model": Key(int, 1, 10**7, "residual width"), "d_vocab": Key(int, 1, 10**8, "vocabulary size"),
+}
 
 # Every key a pre-registration may hold, by section; anything else is refused, naming the
-# nearest valid key (a typo would otherwise silently run on the default).
-KEYS: dict[str, dict[str, Key]] = {
-    "task": {"a": Key(int, 1, 999, "the slope of y = a x + b"), "b": Key(int, 0, 999, "the intercept")},
-    "c1": {
-        "onset": _LAYER, "read_layer": _LAYER, "stage1": _LAYERS, "stage2": _LAYERS, "stage3": _LAYERS,
-        "backup_layers": _LAYERS, "threshold": _RATE,
-        "onset_tolerance": Key(int, 0, 3, "layers; a wider tolerance lets almost any onset pass"),
-        "margin": Key(float, 0.01, 0.25, "an equivalence margin in accuracy; a wider one calls any change equivalent"),
-        "backup_share": _SHARE,
-        "min_pairs": Key(int, 1, 20000, "prompt pairs; more would run for days on a CPU"),
-    },
-    "c2": {
-        "n_examples": Key(int, 2, 64, "examples per sequence"), "fit_first": Key(int, 0, 63, "an example index"),
-        "fit_last": Key(int, 0, 63, "an example index"), "parity_from": Key(int, 0, 63, "an example index"),
-        "feature_layer": _LAYER, "saturation": _RATE, "min_r2": Key(float, 0.5, 1.0, "a fit quality"),
-        "parity_threshold": _RATE, "c_expected": Key(float, 0.01, 10.0, "a log-odds step"),
-        "c_margin": Key(float, 0.01, 1.0, "an equivalence margin in log-odds"),
-        "parity_reference": Key(list, why="reference rates"),
-        "max_prompts": Key(int, 1, 10000, "prompts; more would run for days on a CPU"),
-    },
-    "c3": {
-        "x_to_y_heads": Key(list, why="[layer, head] pairs"), "n_causal_heads": Key(int, 1, 64, "heads"),
-        "mlp_layers": _LAYERS, "min_excess": _SHARE, "min_drop": _SHARE,
-    },
-    # The model a pre-registration was made on (written by discovery; by hand for a published
-    # model): a run on other weights or another shape is an error unless the user allows it
-    # (--mechclaims-allow-other-model), and then the report records it.
-    "registered": {
-        "weights": Key(str, why="the weights' fingerprint, as the report's sha256_or_revision"),
-        "n_layers": Key(int, 1, 100000, "layers"), "n_heads": Key(int, 1, 100000, "heads per layer"),
-        "d_model": Key(int, 1, 10**7, "residual width"), "d_vocab": Key(int, 1, 10**8, "vocabulary size"),
-    },
-}
-TOP_LEVEL = ("target", "source", "verdicts", *KEYS)
+# nearest valid key (a typo would otherwise silently run on the default). Packs add theirs.
+_SECTIONS: dict[str, dict[str, Key]] = {"registered": REGISTERED}
+_CORE_TOP_LEVEL = ("target", "source", "verdicts")
+PACK_GROUP = "mechclaims.packs"
+_packs_loaded = False
+
+
+def register_section(name: str, keys: Mapping[str, Key]) -> None:
+    """Declare the ``[name]`` section of expectations files and the keys it may hold.
+
+    Registering the same keys again is harmless; different keys under a taken name are an
+    error (two packs would read one section two ways)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"section name {name!r} is not an identifier; use letters, digits and _ (e.g. 'induction')")
+    if name in _CORE_TOP_LEVEL:
+        raise ConfigError(f"section name {name!r} is the core's; choose another (taken: {', '.join(_CORE_TOP_LEVEL)})")
+    for key, rule in keys.items():
+        if not isinstance(rule, Key):
+            raise ConfigError(f"[{name}] {key}: {rule!r} is not a mechclaims.Key; declare it as Key(type, low, high, why)")
+    if name in _SECTIONS and dict(_SECTIONS[name]) != dict(keys):
+        raise ConfigError(f"section [{name}] is already registered with other keys ({', '.join(_SECTIONS[name])}); "
+                          "give the pack's section its own name")
+    _SECTIONS[name] = dict(keys)
+
+
+def sections() -> dict[str, dict[str, Key]]:
+    """Every registered section, the installed packs' included (loaded once)."""
+    global _packs_loaded
+    if not _packs_loaded:
+        _packs_loaded = True
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=PACK_GROUP):
+            try:
+                declared = ep.load()
+            except Exception as exc:  # a broken pack names itself
+                raise ConfigError(f"entry point {ep.name} = {ep.value!r} in group {PACK_GROUP!r} failed to load: "
+                                  f"{type(exc).__name__}: {exc}; fix or uninstall the package that declares it") from None
+            for name, keys in dict(declared).items():
+                register_section(name, keys)
+    return _SECTIONS
+
+
+def registered_model(loaded: Any) -> dict[str, Any]:
+    """What ``[registered]`` records of a loaded target: its weights' fingerprint and sizes."""
+    cfg = loaded.model.cfg
+    return {"weights": loaded.info.sha256_or_revision, "n_layers": int(cfg.n_layers), "n_heads": int(cfg.n_heads),
+            "d_model": int(cfg.d_model), "d_vocab": int(cfg.d_vocab)}
 
 
 def model_mismatch(exp: "Expectations", weights: str, shape: Mapping[str, int]) -> str | None:
@@ -171,13 +186,16 @@ def _check_sections(path: Path, data: Mapping[str, Any]) -> None:
     """Refuse unknown sections and keys, wrong types, non-finite numbers and values out of range."""
     import math
 
+    known = sections()
+    top_level = (*_CORE_TOP_LEVEL, *known)
     for name, value in data.items():
-        if name not in TOP_LEVEL:
-            raise ConfigError(f"{path}: unknown key or section {name!r}; {did_you_mean(name, TOP_LEVEL)}"
-                              f"valid: {', '.join(TOP_LEVEL)}")
-        if name in KEYS and not isinstance(value, dict):
+        if name not in top_level:
+            raise ConfigError(f"{path}: unknown key or section {name!r}; {did_you_mean(name, top_level)}"
+                              f"valid: {', '.join(top_level)} (a claim pack declares its sections with "
+                              "mechclaims.register_section)")
+        if name in known and not isinstance(value, dict):
             raise ConfigError(f"{path}: {name} = {value!r}; expected a [{name}] table")
-    for section, rules in KEYS.items():
+    for section, rules in known.items():
         for key, value in data.get(section, {}).items():
             where = f"{path}: [{section}] {key}"
             if key not in rules:
@@ -236,3 +254,87 @@ def load(path: Path, target: str) -> Expectations:
 
 def path_for(claims_dir: Path, target: str) -> Path:
     return claims_dir / "expectations" / f"{target}.toml"
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(float(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to an expectations file; use numbers, "
+                      "strings, booleans or lists of them")
+
+
+def _blocks(text: str) -> list[tuple[str | None, list[str]]]:
+    """The file's lines split at each ``[section]`` header: (name or None for the top, lines).
+    Comment lines right above a header belong to its section."""
+    blocks: list[tuple[str | None, list[str]]] = [(None, [])]
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and not stripped.startswith("[["):
+            above = blocks[-1][1]
+            k = len(above)
+            while k > 0 and above[k - 1].lstrip().startswith("#"):
+                k -= 1
+            lead, above[k:] = above[k:], []
+            blocks.append((stripped[1:stripped.index("]")].strip().strip('"'), [*lead, line]))
+        else:
+            blocks[-1][1].append(line)
+    return blocks
+
+
+def merge_write(
+    path: Path, target: str, *, source: str, verdicts: Mapping[str, str], sections: Mapping[str, Mapping[str, Any]],
+    comment: str = "", registered: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a pack's pre-registration into ``path`` without clobbering anyone else's.
+
+    The named ``sections`` (and ``[registered]``, when given) are replaced whole; the given
+    ``verdicts`` are set and every other verdict kept; other sections, comments and the
+    header stay as they were. The result is validated like any expectations file before
+    it atomically replaces the old one, so a bad value leaves the old file in place.
+    """
+    from .files import write_text_atomic
+
+    old = path.read_text(encoding="utf-8") if path.is_file() else None
+    previous = load(path, target) if old is not None else None
+    blocks = _blocks(old if old is not None else
+                     f"target = {_toml_value(target)}\nsource = {_toml_value(source)}\n")
+    owned = dict(sections) | ({"registered": registered} if registered is not None else {})
+    kept_verdicts = dict(previous.verdicts) if previous else {}
+    kept_verdicts.update(verdicts)
+    for verdict in kept_verdicts.values():
+        if verdict not in EXPECTABLE:
+            raise ConfigError(f"verdict {verdict!r} cannot be pre-registered; valid: {', '.join(EXPECTABLE)}")
+    rendered: dict[str, list[str]] = {
+        "verdicts": ["[verdicts]", *(f"{_toml_value(cid)} = {_toml_value(v)}" for cid, v in kept_verdicts.items()), ""],
+    }
+    for i, (name, table) in enumerate(owned.items()):  # the note goes above the first section written
+        note = [f"# {line}" for line in (f"{source}\n{comment}".strip().splitlines())] if i == 0 else []
+        rendered[name] = [*note, f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None), ""]
+    out: list[str] = []
+    for name, lines in blocks:
+        if name is None:
+            out += lines if old is not None else lines + [""]
+        elif name in rendered:
+            out += rendered.pop(name)
+        else:
+            out += lines
+    for lines in rendered.values():
+        if out and out[-1].strip():  # a blank line keeps the comments above from joining the new section
+            out.append("")
+        out += lines
+    text = "\n".join(out).rstrip("\n") + "\n"
+    _check_sections(path, tomllib.loads(text))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text)
+    load(path, target)
+    return path

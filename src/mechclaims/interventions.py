@@ -18,19 +18,12 @@ import torch
 
 from . import memory
 from .errors import ConfigError
+from .hooks import head_z, mlp_out, resid_pre
 from .store import Forward, Request, store_of, tensor_digest
 
 Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]
 
 ABLATION_MODES = ("zero", "mean")
-
-
-def resid_pre(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
-
-
-def head_z(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +109,56 @@ class AblateHeads:
         return ablate
 
 
-Intervention = SetResidual | AblateHeads
+@dataclass(frozen=True, eq=False)
+class AblateMLP:
+    """Replace the MLP outputs (``hook_mlp_out``) of ``layers`` with their mean, or zero.
+
+    ``means`` maps a layer to a ``[d_model]`` tensor, the MLP's mean output over a
+    reference prompt set disjoint from the one being ablated; it is required unless
+    ``means`` is ``None`` and ``mode="zero"``. Every position but the first (BOS, whose
+    activations are atypical) is ablated unless ``keep_bos`` is False.
+    """
+
+    layers: tuple[int, ...]
+    means: dict[int, torch.Tensor] | None = field(default=None, repr=False)
+    keep_bos: bool = True
+    mode: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ABLATION_MODES:
+            raise ConfigError(f"MLP ablation mode {self.mode!r} is not one of {', '.join(ABLATION_MODES)}")
+        missing = sorted(set(self.layers) - set(self.means or {})) if self.mode == "mean" else []
+        if missing:
+            raise ConfigError(f"MLP mean ablation needs means for layers {missing}; compute them on a disjoint "
+                              "reference prompt set (hook mechclaims.hooks.mlp_out), or pass mode='zero'")
+
+    def hook_names(self) -> list[str]:
+        return [mlp_out(layer) for layer in self.layers]
+
+    def key(self) -> str:
+        """Identity for the activation store (the means are hashed)."""
+        if self.mode == "zero":
+            return f"AblateMLP({sorted(self.layers)},{self.keep_bos},zero)"
+        means = ",".join(f"{layer}:{tensor_digest(self.means[layer])}" for layer in sorted(self.layers))
+        return f"AblateMLP({sorted(self.layers)},{self.keep_bos},{means})"
+
+    def hooks(self) -> list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]]:
+        start = 1 if self.keep_bos else 0
+
+        def make(layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+            def ablate(act: torch.Tensor, hook: Any) -> torch.Tensor:
+                if self.mode == "zero":
+                    act[:, start:] = 0.0
+                else:
+                    act[:, start:] = self.means[layer].to(act.dtype).to(act.device)
+                return act
+
+            return ablate
+
+        return [(mlp_out(layer), make(layer)) for layer in self.layers]
+
+
+Intervention = SetResidual | AblateHeads | AblateMLP
 
 
 def _index_key(index: int | slice | None) -> str:

@@ -22,7 +22,7 @@ from .errors import MechclaimsError
 from .recorder import ClaimRecorder
 from .report import write_run
 from .report.claims_json import new_run_id
-from .results import ERRORED, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult
+from .results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult
 from .session import ClaimSession
 from .settings import PROFILES, settings
 from .store import STORE_MODES
@@ -42,6 +42,19 @@ def _seed(text: str) -> int:
         value = -1
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer from 0 to {2**32 - 1}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """A --mechclaims-n-prompts value: a whole number from 2 (a paired interval needs two) to 100000."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 2 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"invalid number of prompts {text!r}: expected an integer from 2 to 100000")
     return value
 
 
@@ -89,10 +102,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "the report records each such target",
     )
     group.addoption(
+        "--mechclaims-exploratory", action="store_true",
+        help="run targets that have no expectations file without one: verdicts are recorded, none is "
+        "judged against a pre-registration, and the report marks the target exploratory",
+    )
+    group.addoption(
+        "--mechclaims-n-prompts", type=_positive, default=None, metavar="N",
+        help="prompts per claim, overriding the profile's (a quick run; claims that pre-register a "
+        "minimum still use at least that many)",
+    )
+    group.addoption(
         "--mechclaims-cache-dir", default=None, metavar="DIR",
         help="directory of the disk activation cache (default: $MECHCLAIMS_CACHE_DIR/activations, "
         "else ~/.cache/mechclaims/activations)",
     )
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _expectations_path(config: pytest.Config, claims_dir: Path, target: str) -> Path:
+    chosen = config.hook.pytest_mechclaims_expectations_path(config=config, claims_dir=claims_dir, target=target)
+    return chosen if chosen is not None else _expectations.path_for(claims_dir, target)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -108,7 +142,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     root = config.rootpath
     state = ClaimSession(
-        settings=settings(config.getoption("mechclaims_profile"), seed=config.getoption("mechclaims_seed")),
+        settings=settings(config.getoption("mechclaims_profile"), seed=config.getoption("mechclaims_seed"),
+                          **({"n_prompts": config.getoption("mechclaims_n_prompts")}
+                             if config.getoption("mechclaims_n_prompts") else {})),
         root=root,
         device=config.getoption("mechclaims_device"),
         dtype=config.getoption("mechclaims_dtype"),
@@ -162,8 +198,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    defined = _claim_ids_by_dir(items)  # before deselection, so every id of a directory counts
     _limit_to_claim_targets(config, items)
-    _check_expected_ids(config, items)
+    _check_expected_ids(config, items, defined)
     for item in items:
         marker = item.get_closest_marker("claim")
         if marker is not None and not marker.kwargs.get("id"):
@@ -204,23 +241,31 @@ def _limit_to_claim_targets(config: pytest.Config, items: list[pytest.Item]) -> 
         items[:] = [i for i in items if id(i) not in gone]
 
 
-def _check_expected_ids(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """An expectations file may only name claim ids that its claim directory defines.
-
-    Checked when every test file of the directory was collected (before -k / -m
-    deselection), so running one file alone never raises a false alarm.
-    """
-    by_dir: dict[Path, set[str]] = {}
-    files: dict[Path, set[Path]] = {}
+def _claim_ids_by_dir(items: list[pytest.Item]) -> dict[Path, tuple[set[str], set[Path]]]:
+    """Per claim directory: the claim ids its collected tests define, and their files."""
+    by_dir: dict[Path, tuple[set[str], set[Path]]] = {}
     for item in items:
         marker = item.get_closest_marker("claim")
         if marker is not None and marker.kwargs.get("id"):
-            by_dir.setdefault(item.path.parent, set()).add(marker.kwargs["id"])
-            files.setdefault(item.path.parent, set()).add(item.path)
-    for claims_dir, ids in by_dir.items():
-        if files[claims_dir] != set(claims_dir.glob("test_*.py")):
+            ids, files = by_dir.setdefault(item.path.parent, (set(), set()))
+            ids.add(marker.kwargs["id"])
+            files.add(item.path)
+    return by_dir
+
+
+def _check_expected_ids(config: pytest.Config, items: list[pytest.Item],
+                        defined: dict[Path, tuple[set[str], set[Path]]]) -> None:
+    """An expectations file may only name claim ids that its claim directory defines.
+
+    Checked when every test file of the directory was collected (before -k / -m
+    deselection), so running one file alone never raises a false alarm; only for the
+    targets some claim of the directory runs on.
+    """
+    for claims_dir, (ids, files) in defined.items():
+        if files != set(claims_dir.glob("test_*.py")):
             continue
-        for name in _selected_targets(config):
+        running = {_target_name(i) for i in items if i.path.parent == claims_dir}
+        for name in [n for n in _selected_targets(config) if n in running]:
             exp = _expectations_for(config, claims_dir, name)
             unknown = sorted(set(exp.verdicts) - ids)
             if unknown:
@@ -235,18 +280,29 @@ def _expectations_for(config: pytest.Config, claims_dir: Path, target: str) -> _
     key = (claims_dir, target)
     if key not in cache:
         try:
-            cache[key] = _expectations.load(_expectations.path_for(claims_dir, target), target)
+            cache[key] = _expectations.load(_expectations_path(config, claims_dir, target), target)
         except MechclaimsError as exc:
             raise pytest.UsageError(str(exc)) from None
         if cache[key].path is not None:  # the report names the exact file each verdict was judged against
             config.stash[session_key].expectation_files[target] = {
                 "path": str(cache[key].path), "sha256": cache[key].sha256}
+        elif config.getoption("mechclaims_exploratory"):
+            config.stash[session_key].expectation_files[target] = {"path": None, "sha256": None, "exploratory": True}
+        else:
+            path = _expectations_path(config, claims_dir, target)
+            raise pytest.UsageError(
+                f"{path}: no pre-registration for target {target!r}; pre-register its claims first (a pack's "
+                "discovery writes this file, or write it by hand: docs/writing-claims.md), or pass "
+                "--mechclaims-exploratory to run without expectations (the report marks the run exploratory)")
     return cache[key]
 
 
 def _apply_expectation(item: pytest.Item, claim_id: str) -> None:
     """Store the pre-registered verdict; an expected refutation becomes a strict xfail."""
-    expected = _expectations_for(item.config, item.path.parent, _target_name(item)).verdict(claim_id)
+    exp = _expectations_for(item.config, item.path.parent, _target_name(item))
+    if exp.path is None:  # exploratory: nothing was pre-registered, so nothing is expected
+        return
+    expected = exp.verdict(claim_id)
     item.stash[expected_key] = expected
     if expected == REFUTED:
         item.add_marker(pytest.mark.xfail(strict=True, reason=f"pre-registered negative control: {claim_id} expected refuted"))
@@ -324,6 +380,13 @@ def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession, mec
     loaded.model.release()
 
 
+@pytest.fixture(scope="session")
+def mechclaims_expectations(request: pytest.FixtureRequest):
+    """``load(claims_dir, target_name)``: a target's pre-registration for the claims in ``claims_dir``,
+    loaded once per run (what ``expectations`` gives a test), for session-scoped fixtures of a pack."""
+    return lambda claims_dir, target: _expectations_for(request.config, Path(claims_dir), target)
+
+
 @pytest.fixture
 def expectations(request: pytest.FixtureRequest):
     """The pre-registered :class:`~mechclaims.expectations.Expectations` of the test's target."""
@@ -331,14 +394,6 @@ def expectations(request: pytest.FixtureRequest):
     if name is None:
         raise pytest.UsageError("the `expectations` fixture needs the `target` fixture in the same test")
     return _expectations_for(request.config, request.node.path.parent, name)
-
-
-@pytest.fixture(scope="session")
-def blog_prompt():
-    """The post's exact prompt A (twelve examples of y = 2x + 3, query 42, answer 87)."""
-    from .tasks import BLOG_PROMPT
-
-    return BLOG_PROMPT
 
 
 @pytest.fixture
@@ -350,7 +405,8 @@ def claim(request: pytest.FixtureRequest) -> ClaimRecorder:
             f"{request.node.nodeid} uses the `claim` fixture without @pytest.mark.claim(id=...)"
         )
     recorder = ClaimRecorder(
-        id=marker.kwargs["id"], target=_target_name(request.node), source=marker.kwargs.get("source")
+        id=marker.kwargs["id"], target=_target_name(request.node), source=marker.kwargs.get("source"),
+        seed=request.config.stash[session_key].settings.seed,
     )
     request.node.stash[recorder_key] = recorder
     return recorder
@@ -482,6 +538,9 @@ def _verdict(call: pytest.CallInfo, recorder: ClaimRecorder) -> tuple[str, str]:
     excinfo = call.excinfo
     if excinfo is not None:
         text = _first_line(excinfo.value) or excinfo.typename
+        if excinfo.errisinstance(pytest.skip.Exception) and text.startswith("inconclusive: ") \
+                and recorder.effect is not None:
+            return INCONCLUSIVE, text.removeprefix("inconclusive: ")
         if excinfo.errisinstance(pytest.skip.Exception):
             return NOT_APPLICABLE, text.removeprefix("not applicable: ")
         if call.when == "call" and excinfo.errisinstance(AssertionError):
@@ -553,6 +612,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             tr.write_line(f"WARNING: {name} is a stand-in, not the model it names: {t['stand_in']}", yellow=True)
     for name, why in state.expectation_overrides.items():
         tr.write_line(f"WARNING: {name} runs on another model than its pre-registration (allowed): {why}", yellow=True)
+    for name, entry in state.expectation_files.items():
+        if entry.get("exploratory"):
+            tr.write_line(f"EXPLORATORY: {name} has no pre-registration; its verdicts were judged against none",
+                          yellow=True)
     for c in state.claims:
         figure = "-" if c["statistic"] is None else f"{c['statistic']:.3g}"
         if c["ci"]:

@@ -21,6 +21,7 @@ class ClaimRecorder:
     threshold: float | None = None
     message: str = ""
     figures: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # the run's --mechclaims-seed: every resampling and random control of the claim uses it
 
     def record(
         self, effect: Effect, *, threshold: float | None = None, message: str = "", **figures: Any
@@ -34,13 +35,17 @@ class ClaimRecorder:
         self.effect = effect
         self.threshold = threshold
         self.message = message
+        self.figures.setdefault("statistics_seed", self.seed)
         self.figures.update(figures)
         return effect
 
     def judge(self, finding: Finding, **notes: Any) -> None:
         """Record ``finding`` (effect, threshold, message, figures, plus ``notes``) and
-        assert it: a refuted finding fails the test with the evidence."""
+        assert it: a refuted finding fails the test with the evidence; an undecided one
+        (``finding.decided`` False) makes the claim inconclusive."""
         self.record(finding.effect, threshold=finding.threshold, message=finding.message, **finding.figures, **notes)
+        if not finding.supported and not finding.decided:
+            pytest.skip(f"inconclusive: {self.evidence()}")
         assert finding.supported, self.evidence()
 
     def note(self, **figures: Any) -> None:
@@ -54,6 +59,16 @@ class ClaimRecorder:
         self.message = reason
         self.figures.update(figures)
         pytest.skip(f"not applicable: {reason}")
+
+    def require(self, effect: Effect, *, at_least: float, what: str, **figures: Any) -> None:
+        """A precondition: unless ``effect``'s lower bound reaches ``at_least``, the claim is
+        not applicable (recorded with the effect, and the test skipped). A claim about how a
+        model does a task has nothing to explain on a model that cannot do it."""
+        if not isinstance(effect, Effect):
+            raise TypeError(f"claim.require takes an Effect, got {type(effect).__name__}")
+        if effect.ci.low < at_least:
+            self.not_applicable(f"precondition: {what} {effect} is below {at_least:g} (lower bound)", effect, **figures)
+        self.figures.setdefault("precondition", f"{what} {effect}")
 
     def evidence(self) -> str:
         """The recorded figures as one line, for assertion messages."""

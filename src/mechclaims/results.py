@@ -18,7 +18,8 @@ SUPPORTED = "supported"
 REFUTED = "refuted"
 NOT_APPLICABLE = "not-applicable"
 ERRORED = "errored"
-VERDICTS = (SUPPORTED, REFUTED, NOT_APPLICABLE, ERRORED)
+INCONCLUSIVE = "inconclusive"  # the interval straddles the rule: too little evidence for a verdict either way
+VERDICTS = (SUPPORTED, REFUTED, INCONCLUSIVE, NOT_APPLICABLE, ERRORED)
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,6 @@ class Finding:
     message: str
     threshold: float | None = None
     figures: Mapping[str, Any] = field(default_factory=dict)
+    # False when the evidence decides neither way (an interval across the threshold): the claim is
+    # then inconclusive, never refuted; an under-powered result is not a verdict.
+    decided: bool = True

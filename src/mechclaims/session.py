@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .results import SCHEMA_VERSION, ClaimResult
-from .settings import Settings
+from .settings import PROFILES, Settings
 from .store import ActivationStore, StoreStats, attach
 from .targets import LoadedTarget, load_target
 
@@ -186,7 +186,11 @@ class ClaimSession:
         return (
             f"mechclaims {v['mechclaims']} | {models} | torch {v['torch']}, "
             f"transformers {v['transformers']}, transformer-lens {v['transformer-lens']} | "
-            f"seed {self.settings.seed}, profile {self.settings.profile}"
+            f"seed {self.settings.seed}, profile {self.settings.profile}, level {self.settings.level:g}"
+            + (f", {self.settings.n_prompts} prompts" if self.settings.n_prompts != PROFILES[self.settings.profile].n_prompts
+               else "")
+            + "".join(f" | {name} EXPLORATORY (no pre-registration)"
+                      for name, e in self.expectation_files.items() if e.get("exploratory"))
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -17,15 +17,12 @@ class Settings:
 
     profile: str = "ci"
     n_prompts: int = 100
-    n_examples: int = 12
     seed: int = 0
     level: float = 0.95
 
     def __post_init__(self) -> None:
         if self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
-        if self.n_examples < 1:
-            raise ConfigError(f"n_examples must be >= 1, got {self.n_examples}")
         if not 0.5 < self.level < 1.0:
             raise ConfigError(f"level must be in (0.5, 1), got {self.level}")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy import stats as _st
 
@@ -162,3 +164,41 @@ def onset_shift(
     )
     point = onset_layer(after, threshold, level=level) - onset_layer(before, threshold, level=level)
     return Effect(float(point), _percentile(shift, level), n)
+
+
+def bootstrap_mean(values: np.ndarray, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Effect:
+    """Mean of ``values`` with a percentile bootstrap interval (resampling the values; ``seed``
+    from the run's seed, so the interval is reproducible)."""
+    values = np.asarray(values, dtype=float).ravel()
+    n = values.size
+    if n < 2:
+        raise ValueError(f"bootstrap_mean needs at least 2 values, got {n}")
+    if not np.isfinite(values).all():
+        raise ValueError(f"bootstrap_mean got non-finite values: {values[~np.isfinite(values)][:3]}")
+    means = _resample_weights(n, n_boot, seed) @ values / n
+    return Effect(float(values.mean()), _percentile(means, level), n)
+
+
+def random_sets(n_layers: int, n_heads: int, k: int, n_sets: int, *, seed: int = 0,
+                exclude: Sequence[tuple[int, int]] = ()) -> list[tuple[tuple[int, int], ...]]:
+    """``n_sets`` random sets of ``k`` distinct (layer, head) pairs, none in ``exclude``: the
+    random-head control a claim about particular heads is compared with."""
+    pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in set(exclude)]
+    if not 1 <= k <= len(pool):
+        raise ValueError(f"cannot draw {k} heads from {len(pool)} ({n_layers} layers x {n_heads} heads, "
+                         f"{len(exclude)} excluded)")
+    rng = np.random.default_rng(seed)
+    return [tuple(sorted(pool[i] for i in rng.choice(len(pool), size=k, replace=False))) for _ in range(n_sets)]
+
+
+def beats_random(observed: float, random_values: np.ndarray) -> Effect:
+    """How ``observed`` compares with the same statistic on random controls (random head sets):
+    the statistic is ``observed``, the interval the controls' 2.5-97.5 percentiles, ``n`` the
+    number of controls and the p-value ``(1 + #controls >= observed) / (n + 1)`` (one-sided, exact
+    under exchangeability; with n controls it is never below ``1 / (n + 1)``)."""
+    draws = np.asarray(random_values, dtype=float).ravel()
+    if draws.size < 1:
+        raise ValueError("beats_random needs at least one random control")
+    p = float((1 + (draws >= observed - 1e-12).sum()) / (draws.size + 1))
+    low, high = np.quantile(draws, [0.025, 0.975])
+    return Effect(float(observed), Interval(float(low), float(high), 0.95), int(draws.size), p)

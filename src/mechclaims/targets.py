@@ -301,7 +301,7 @@ def _resolve_fixture(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> R
     if not path.is_dir():
         raise TargetError(
             f"{spec.name} weights not found at {path}: train them with "
-            f"`python -m mechclaims.organism.train` or set {spec.env_var} to an HF directory"
+            f"`python -m organisms.train` or set {spec.env_var} to an HF directory"
         )
     return Resolved(path, f"fixture:{spec.name}", _dir_fingerprint(path))
 
@@ -438,7 +438,7 @@ def load_target(
 
 
 def read_shape(path: Path) -> ModelShape:
-    """The sizes of the HF model in ``path`` (a Llama-family ``config.json``)."""
+    """The sizes of the HF model in ``path``, from its ``config.json`` (any family: :data:`SHAPE_KEYS`)."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
@@ -447,22 +447,45 @@ def read_shape(path: Path) -> ModelShape:
     if not isinstance(config, dict):
         raise TargetError(f"{path / 'config.json'} is not a JSON object; it must be the model's config")
     try:
-        return ModelShape(
-            n_layers=int(config["num_hidden_layers"]),
-            n_heads=int(config["num_attention_heads"]),
-            n_key_value_heads=int(config.get("num_key_value_heads", config["num_attention_heads"])),
-            d_model=int(config["hidden_size"]),
-            d_mlp=int(config["intermediate_size"]),
-            d_vocab=int(config["vocab_size"]),
-        )
+        return ModelShape(**{name: _size(config, name) for name in SHAPE_KEYS})
     except KeyError as exc:
         raise TargetError(
-            f"{path / 'config.json'} lacks {exc.args[0]!r}; mechclaims loads Llama-family HF configs "
-            "(num_hidden_layers, num_attention_heads, hidden_size, intermediate_size, vocab_size)"
+            f"{path / 'config.json'} gives no {exc.args[0]} (looked for {', '.join(SHAPE_KEYS[exc.args[0]])}); "
+            "mechclaims reads the sizes of causal LMs that transformers and TransformerBridge support "
+            "(Llama, Qwen2, Gemma, GPT-2, GPT-NeoX, ...)"
         ) from None
     except (TypeError, ValueError) as exc:
         raise TargetError(f"{path / 'config.json'} has a size that is not an integer ({_first_line(exc)}); "
                           "correct config.json") from None
+
+
+# Where each size lives in the config.json of the model families transformers knows: the
+# first key present wins. Families name them differently (GPT-2 n_layer, n_head, n_embd,
+# n_inner); a missing MLP width is 4 x d_model for GPT-2-like families, and missing key-value heads are
+# the attention heads (no grouped-query attention).
+SHAPE_KEYS: dict[str, tuple[str, ...]] = {
+    "n_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "n_heads": ("num_attention_heads", "n_head", "num_heads"),
+    "n_key_value_heads": ("num_key_value_heads", "multi_query_group_num"),
+    "d_model": ("hidden_size", "n_embd", "d_model"),
+    "d_mlp": ("intermediate_size", "n_inner", "ffn_dim"),
+    "d_vocab": ("vocab_size",),
+}
+
+
+FOUR_X_MLP = ("gpt2", "gpt_bigcode", "gptj", "gpt_neo")  # families whose unset MLP width is 4 x d_model
+
+
+def _size(config: dict, name: str) -> int:
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    for key in SHAPE_KEYS[name]:
+        if text.get(key) is not None:
+            return int(text[key])
+    if name == "n_key_value_heads":
+        return _size(config, "n_heads")
+    if name == "d_mlp" and text.get("model_type") in FOUR_X_MLP:
+        return 4 * _size(config, "d_model")
+    raise KeyError(name)
 
 
 FAST_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")  # one class in transformers 5
@@ -561,12 +584,14 @@ def _check_same_model(deferred: DeferredBridge, bridge: Any) -> None:
     early = {**deferred.shape.__dict__, "dtype": deferred.cfg.dtype, "device": torch.device(deferred.cfg.device).type}
     booted = {name: getattr(bridge.cfg, name, None) for name in deferred.shape.__dict__}
     booted |= {"dtype": bridge.cfg.dtype, "device": torch.device(bridge.cfg.device).type}
+    if booted.get("n_key_value_heads") is None:  # no grouped-query attention: as many as the heads
+        booted["n_key_value_heads"] = booted.get("n_heads")
     if booted != early:
         raise TargetError(
             f"the booted bridge's config {booted} differs from what config.json gave {early}: mechclaims reads "
             "sizes from config.json before booting, so this model directory is not supported"
         )
-    probe = "(12, 27)\n(3, "
+    probe = "The 3 cats, 42 dogs;\n  naïve café → 2026!"  # digits, spaces, newline, non-ASCII
     ours, theirs = deferred.tokenizer, bridge.tokenizer
     if (ours(probe, add_special_tokens=False)["input_ids"] != theirs(probe, add_special_tokens=False)["input_ids"]
             or ours.bos_token_id != theirs.bos_token_id):

@@ -7,6 +7,8 @@ the cache directory keyed by (path, size, mtime).
 
 from __future__ import annotations
 
+from typing import Any
+
 import hashlib
 import json
 from pathlib import Path
@@ -127,6 +129,22 @@ def companion_digest(model_dir: Path) -> str:
     return combined.hexdigest()
 
 
+def _loaded_name(model: Any, name: str) -> str:
+    """The parameter a checkpoint tensor loads into: transformers renames some on load (GPT-NeoX
+    saves ``lm_head`` as ``embed_out``), by the renamings it declares for the architecture."""
+    import re
+
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    for rule in get_model_conversion_mapping(model):
+        if isinstance(rule, WeightRenaming):
+            for source, target in zip(rule.source_patterns, rule.target_patterns):
+                if re.search(source, name):
+                    return re.sub(source, target, name)
+    return name
+
+
 def check_checkpoint(model_dir: Path) -> None:
     """Refuse a checkpoint whose tensors do not match its ``config.json``: a missing tensor (which
     transformers would initialise at random), an unexpected one, or one of the wrong shape. The
@@ -144,6 +162,7 @@ def check_checkpoint(model_dir: Path) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TargetError(f"cannot build the architecture of {model_dir / 'config.json'}: {first}") from None
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {_loaded_name(model, name): shape for name, shape in found.items()}
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     if getattr(text_config, "tie_word_embeddings", False):
         expected.pop("lm_head.weight", None)  # the output matrix is the embedding, stored once

@@ -28,10 +28,11 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from ..results import ERRORED, NOT_APPLICABLE, REFUTED, SUPPORTED
+from ..results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
 from .plots import PLOT_KINDS, Plot, PlotError, plots_for
 
-VERDICT_CLASSES = {SUPPORTED: "supported", REFUTED: "refuted", ERRORED: "errored", NOT_APPLICABLE: "na"}
+VERDICT_CLASSES = {SUPPORTED: "supported", REFUTED: "refuted", ERRORED: "errored", NOT_APPLICABLE: "na",
+                   INCONCLUSIVE: "inconclusive"}
 
 _CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg:#f6f8fa; --accent:#0969da; }
@@ -60,6 +61,7 @@ td.num { font-variant-numeric:tabular-nums; white-space:nowrap; }
 .v-refuted { background:#ffebe9; color:#a40e26; border-color:#ff8182; }
 .v-errored { background:#fff1c2; color:#7d4e00; border-color:#d4a72c; }
 .v-na { background:#eef1f4; color:#59636e; border-color:#c8d1da; }
+.v-inconclusive { background:#fff; color:#7d4e00; border-color:#d4a72c; border-style:dashed; }
 .e-yes { background:#fff; color:#0550ae; border-color:#80ccff; }
 .e-no { background:#8250df; color:#fff; border-color:#8250df; }
 .e-none { background:#fff; color:#59636e; border-color:#d1d9e0; }

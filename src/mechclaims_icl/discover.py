@@ -2,7 +2,7 @@
 EXPLORATION split and pre-register them, with the verdicts of C0-C3 they imply,
 for the confirming claim run.
 
-    python -m mechclaims.discover --target organism [--n-pairs 200] [--seed 0]
+    python -m mechclaims_icl.discover --target organism [--n-pairs 200] [--seed 0]
         [--task A,B] [--n-sequences 100]
 
 Procedure, following the post's own reasoning:
@@ -31,13 +31,13 @@ examples read in one teacher-forced forward each:
 8. every C2/C3 finding is evaluated on this exploration split for its verdict.
 
 The confirming run (``pytest claims/``) uses prompts from the disjoint
-confirmation split.  An existing file is never overwritten without ``--force``.
+confirmation split.  This pack's sections of an existing file are never replaced without
+``--force``; other sections of the file are always kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,13 +47,16 @@ import numpy as np
 
 from . import claim0, claim1, claim2, claim3
 from .answers import greedy_is
-from .errors import MechclaimsError
+from mechclaims.errors import MechclaimsError
 from .experiments import AblationStudy, Condition, measure
-from .expectations import load as load_expectations
-from .fits import fit_range, separation, top_heads
-from .results import NOT_APPLICABLE, REFUTED, SUPPORTED
-from .stats import onset_layer
-from .targets import TARGETS, load_target
+from mechclaims.expectations import load as load_expectations
+from mechclaims.expectations import merge_write, registered_model
+from .expectations import task as task_of
+from mechclaims.fits import fit_range, separation, top_heads
+from mechclaims.results import INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
+from mechclaims.stats import onset_layer
+from mechclaims.targets import TARGETS, load_target
+from .plugin import parse_task, task_path
 from .tasks import CANONICAL, AffineTask, make_patch_pairs, make_prompts, split_seed
 
 C1_IDS = (
@@ -73,7 +76,7 @@ def backup_layer(before: Condition, after: Condition, excluded: set[int]) -> int
 def discover(
     model: Any, *, n_pairs: int, seed: int, threshold: float, margin: float, task: AffineTask = CANONICAL, log=print,
 ) -> dict:
-    """Run the procedure; returns the expectations as a dict (see :func:`to_toml`).
+    """Run the procedure; returns the expectations as a dict (see :func:`write`).
 
     C0 is always the post's y = 2x + 3; Claim 1 runs on ``task``."""
     n_layers = model.cfg.n_layers
@@ -84,14 +87,12 @@ def discover(
     correct = greedy_is(model, canonical.a_texts, [p.a.answer for p in canonical.pairs])
     c0 = claim0.in_context(correct, greedy_is(model, no_context.texts, no_context.answers), CANONICAL.name)
     log(f"C0.in-context: {c0.message}")
-    c0_verdict = {"C0.in-context": SUPPORTED if c0.supported else REFUTED}
+    c0_verdict = {"C0.in-context": verdict_of(c0)}
     figures = {"C0.in-context": c0.message}
-    pairs = canonical
+    pairs, ok, accuracy = canonical, *claim1.precondition(correct)
     if task != CANONICAL:
-        figures["C1 on 2x+3"] = f"not run: Claim 1 runs on {task.name}; clean accuracy on 2x+3 {claim1.precondition(correct)[1]}"
-        pairs = make_patch_pairs(task, n_pairs=n_pairs, n_examples=12, seed=explore)
-        correct = greedy_is(model, pairs.a_texts, [p.a.answer for p in pairs.pairs])
-    ok, accuracy = claim1.precondition(correct)
+        figures["C1 on 2x+3"] = f"not run: Claim 1 runs on {task.name}; clean accuracy on 2x+3 {accuracy}"
+        pairs, ok, accuracy = claim1.task_pairs(model, task, n_pairs, explore)
     log(f"C1 on {task.name}: clean accuracy {accuracy}")
     if not ok:
         return {
@@ -119,20 +120,11 @@ def discover(
         onset=min(onset0, n_layers - 1), stages=tuple(tuple(s) for s in stages),
         backup_layers=tuple(backups), read_layer=read_layer, threshold=threshold, margin=margin,
     )
-    findings = {
-        "C1.onset": claim1.task_onset(study, params),
-        "C1.ablate-10-11": claim1.ablate(study, 0, params),
-        "C1.backup-13": claim1.backup(study, 0, params),
-        "C1.ablate-13": claim1.ablate(study, 1, params),
-        "C1.backup-15": claim1.backup(study, 1, params),
-        "C1.ablate-15": claim1.no_task_stage(study, 2, params),
-        "C1.parity-late": claim1.parity_late(study, params),
-        "C1.redundancy": claim1.redundancy(study, params),
-    }
+    findings = claim1.findings(study, params, seed=seed)
     for cid, f in findings.items():
         log(f"{cid}: {'supported' if f.supported else 'refuted'}: {f.message}")
     return {
-        "verdicts": {**c0_verdict, **{cid: SUPPORTED if f.supported else REFUTED for cid, f in findings.items()}},
+        "verdicts": {**c0_verdict, **{cid: verdict_of(f) for cid, f in findings.items()}},
         "c1": {
             "onset": params.onset, "onset_tolerance": params.onset_tolerance,
             "stage1": list(stages[0]), "stage2": list(stages[1]), "stage3": list(stages[2]),
@@ -220,71 +212,46 @@ def discover_sequences(
         log(f"{cid}: {'supported' if f.supported else 'refuted'}: {f.message}")
     return {
         **params,
-        "verdicts": {cid: SUPPORTED if f.supported else REFUTED for cid, f in findings.items()},
+        "verdicts": {cid: verdict_of(f) for cid, f in findings.items()},
         "figures": {cid: f.message for cid, f in findings.items()},
     }
 
 
-def registered_model(loaded: Any) -> dict[str, Any]:
-    """The fingerprint and sizes a pre-registration records of the model it was made on."""
-    cfg = loaded.model.cfg
-    return {"weights": loaded.info.sha256_or_revision, "n_layers": int(cfg.n_layers), "n_heads": int(cfg.n_heads),
-            "d_model": int(cfg.d_model), "d_vocab": int(cfg.d_vocab)}
+def verdict_of(finding) -> str:
+    """What discovery pre-registers: the exploration's verdict; an undecided finding (too little
+    evidence either way) is pre-registered inconclusive, never as a negative control."""
+    return SUPPORTED if finding.supported else REFUTED if finding.decided else INCONCLUSIVE
 
 
-def to_toml(target: str, found: dict, command: str) -> str:
-    """Render the expectations file (flat tables of ints, floats, strings and int lists)."""
+def write(path: Path, target: str, found: dict, command: str) -> Path:
+    """Merge ``found`` into the expectations file ``path``: this pack's sections ([c1], [task], [c2],
+    [c3]), its verdicts and [registered] are replaced; any other section, verdict or comment is kept."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    lines = [
-        f"# Pre-registered by discovery on the exploration split, {stamp}.",
-        f"# Command: {command}",
-        f'target = "{target}"',
-        f'source = "discovery on the exploration split: {command}"',
-        "",
-        *(["[registered]  # the model these values were found on; another is refused unless allowed",
-            *(f"{k} = {json.dumps(v)}" for k, v in found["registered"].items()), ""] if "registered" in found else []),
-        "[verdicts]",
-        *(f'"{cid}" = "{v}"' for cid, v in found["verdicts"].items()),
-        "",
-        "[c1]",
-        *(f"{k} = {_toml(v)}" for k, v in found["c1"].items()),
-        "",
-        *(
-            line
-            for section in ("task", "c2", "c3") if section in found
-            for line in (f"[{section}]", *(f"{k} = {_toml(v)}" for k, v in found[section].items() if v is not None), "")
-        ),
-        "# Exploration figures behind these values:",
-        *(f"# {cid}: {text}" for cid, text in found["figures"].items()),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, float):
-        return repr(float(value))
-    return str(int(value))
+    return merge_write(
+        path, target, source=f"discovery on the exploration split: {command}",
+        verdicts=found["verdicts"], registered=found.get("registered"),
+        sections={name: found[name] for name in ("c1", "task", "c2", "c3") if found.get(name)},
+        comment=f"Pre-registered {stamp}. Exploration figures behind these values:\n"
+                + "\n".join(f"{cid}: {text}" for cid, text in found["figures"].items()),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import registry
+    from mechclaims import registry
 
     try:  # the targets this project configures, besides those packages ship
         registry.load_config(registry.find_pyproject(Path.cwd()))
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="python -m mechclaims.discover", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mechclaims_icl.discover", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True, choices=list(TARGETS), help="target to study (any registered one)")
     parser.add_argument("--n-pairs", type=_positive, default=200, help="exploration (A, B) pairs (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; the exploration split derives from it")
     parser.add_argument("--threshold", type=_fraction, default=0.5, help="onset rate threshold (default 0.5)")
     parser.add_argument("--margin", type=_fraction, default=0.1, help="equivalence margin on accuracy (default 0.1)")
     parser.add_argument("--out", type=Path, default=None, help="file to write (default claims/expectations/<target>.toml)")
-    parser.add_argument("--task", type=_task, default=None,
+    parser.add_argument("--task", type=parse_task, default=None,
                         help="Claim 1-3 task as A,B for y = A*x + B (default: the existing file's [task], else 2,3)")
     parser.add_argument("--n-sequences", type=_positive, default=None,
                         help="exploration sequences for Claims 2 and 3, also their cap on confirmation "
@@ -292,13 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="override the target's device")
     parser.add_argument("--force", action="store_true", help="overwrite an existing expectations file")
     args = parser.parse_args(argv)
-    out = args.out or Path("claims") / "expectations" / f"{args.target}.toml"
-    if out.exists() and not args.force:
-        parser.error(f"{out} exists: pre-registrations are not overwritten silently; pass --force to replace it")
+    default = Path("claims") / "expectations" / f"{args.target}.toml"
+    out = args.out or (task_path(default.parent.parent, args.target, args.task) if args.task else default)
+    if out.exists() and not args.force and _owned(out, args.target):
+        parser.error(f"{out} already pre-registers this pack's claims; they are not overwritten silently: pass "
+                     "--force to replace them (other sections of the file are kept)")
     log = lambda msg: print(f"[discover] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         previous = load_expectations(out, args.target) if out.exists() else None
-        task = args.task or (previous.task() if previous else CANONICAL)
+        task = args.task or (task_of(previous) if previous else CANONICAL)
         n_sequences = args.n_sequences or (previous.get("c2", "max_prompts", int, default=MAX_PROMPTS_DEFAULT) if previous else MAX_PROMPTS_DEFAULT)
         loaded = load_target(args.target, device=args.device)
         model = loaded.model
@@ -316,13 +285,24 @@ def main(argv: list[str] | None = None) -> int:
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    command = " ".join(["python -m mechclaims.discover", *(argv if argv is not None else sys.argv[1:])])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(to_toml(args.target, found, command))
-    tmp.replace(out)
+    command = " ".join(["python -m mechclaims_icl.discover", *(argv if argv is not None else sys.argv[1:])])
+    try:  # this pack's sections and verdicts only: any other pack's sections in the file are kept
+        write(out, args.target, found, command)
+    except MechclaimsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _owned(path: Path, target: str) -> bool:
+    """Whether ``path`` already holds this pack's pre-registration ([c1], [c2] or [c3])."""
+    import tomllib
+
+    try:
+        return any(name in tomllib.loads(path.read_text(encoding="utf-8")) for name in ("c1", "c2", "c3"))
+    except (OSError, ValueError):
+        return True  # unreadable: let the loader say why, never overwrite it unasked
 
 
 def _positive(text: str) -> int:
@@ -330,16 +310,6 @@ def _positive(text: str) -> int:
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be an integer >= 2, got {text}")
     return value
-
-
-def _task(text: str) -> AffineTask:
-    try:
-        a, b = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected A,B (integers, e.g. 1,0 for y = x), got {text!r}") from None
-    if a < 1 or b < 0:
-        raise argparse.ArgumentTypeError(f"expected A >= 1 and B >= 0, got {text!r}")
-    return AffineTask(a, b)
 
 
 def _fraction(text: str) -> float:

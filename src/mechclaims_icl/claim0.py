@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .results import Finding
-from .stats import proportion_of
+from mechclaims.results import Finding
+from mechclaims.stats import proportion_of
 
 MIN_ACCURACY = 0.8  # lower 95% bound of accuracy with context
 MAX_ACCURACY_WITHOUT_CONTEXT = 0.2  # upper 95% bound of accuracy without examples

@@ -38,25 +38,26 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import memory
-from .answers import device_of, group_by_length, numbers_are_single_tokens, rows_per_pass
+from mechclaims import memory
+from mechclaims.batching import device_of, group_by_length, rows_per_pass
+from .answers import numbers_are_single_tokens
 from .claim0 import MIN_ACCURACY
-from .fits import (
+from mechclaims.fits import (
     MIN_R2, SATURATION, fit_range, growth, logit, mean_ci, mean_difference, role_mass, role_weights,
     slope_c, uniform_pattern,
 )
-from .interventions import resid_pre
-from .results import Effect, Finding, Interval
+from mechclaims.interventions import resid_pre
+from mechclaims.results import Effect, Finding, Interval
 from .roles import Roles, roles
-from .stats import proportion_of
-from .store import derived
+from mechclaims.stats import proportion_of
+from mechclaims.hooks import FINAL_NORM, attn_pattern
+from mechclaims.store import derived
 from .tasks import Prompt, PromptSet
 
 N_EXAMPLES = 16  # examples per Claim 2 sequence (the companion post saturates by ~14)
 
 
-def pattern_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
+pattern_hook = attn_pattern  # the name this module's readers use
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def role_links(r: Roles) -> tuple[list[tuple[int, list[int]]], list[tuple[int, l
     return x_to_y, prey
 
 
-FINAL = "ln_final.hook_out"  # the final-norm output that the unembedding reads
+FINAL = FINAL_NORM  # the final-norm output that the unembedding reads
 
 
 class _Stop(Exception):
@@ -442,7 +443,7 @@ def params_from(exp: Any, n_layers: int) -> C2Params:
     parity_from = exp.get("c2", "parity_from", int)
     for key, value in (("fit_first", fit_first), ("fit_last", fit_last), ("parity_from", parity_from)):
         if value is not None and not 0 <= value < n_examples:
-            from .errors import ConfigError
+            from mechclaims.errors import ConfigError
 
             raise ConfigError(f"{exp.path or exp.target}: [c2] {key} = {value} is outside 0..{n_examples - 1}")
     c_expected = exp.get("c2", "c_expected", float, default=None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from mechclaims.errors import ConfigError
 
 X_RANGE = (10, 99)
 SPLITS = ("exploration", "confirmation")

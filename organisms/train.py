@@ -1,6 +1,6 @@
 """Train a small LlamaForCausalLM on the in-context linear-function task.
 
-    python -m mechclaims.organism.train --out fixtures/organism --head-dropout 0.25 --layer-dropout 0.15
+    python -m organisms.train --out fixtures/organism --head-dropout 0.25 --layer-dropout 0.15
 
 Weights are written to a temporary directory next to --out and moved into place only when
 training and saving are complete, so an interrupted run never leaves half-written weights;
@@ -141,7 +141,7 @@ def _layer_range(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig(out="")
     p = argparse.ArgumentParser(
-        prog="python -m mechclaims.organism.train",
+        prog="python -m organisms.train",
         description="Train a small Llama on BOS \\n (x, y)\\n ... with y = a*x + b.",
     )
     p.add_argument("--out", required=True, help="output HF directory (replaced only when training completes; "

@@ -22,11 +22,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .answers import answer_tokens, device_of, encode, group_by_length, rows_per_pass
-from .interventions import Intervention, capture, head_z, resid_pre
-from .store import derived, tensor_digest
+from mechclaims.batching import device_of, encode, group_by_length, rows_per_pass
+from .answers import answer_tokens
+from mechclaims.interventions import Intervention, capture, head_z, resid_pre
+from mechclaims.hooks import FINAL_SCALE
+from mechclaims.store import derived, tensor_digest
 
-FINAL_SCALE = "ln_final.hook_scale"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Measure an organism and write its model card.
 
-    python -m mechclaims.organism.measure fixtures/organism --twin fixtures/organism-control
+    python -m organisms.measure fixtures/organism --twin fixtures/organism-control
 
 Measures, on seeded noise-free prompts: greedy accuracy and mean P(correct) by number of
 examples 0..12 for y = 2x + 3 and for the held-out pair; accuracy after 12 examples over every
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 from transformers import LlamaForCausalLM
+
+from mechclaims import proportion
 
 from .data import CANONICAL, Family, task_batch, y_pos
 from .tokenizer import BOS_ID, COMMA_ID, NEWLINE_ID, NUMBER_OFFSET, OPEN_ID, SPACE_ID, VOCAB_SIZE, id_to_number
@@ -42,7 +43,7 @@ def load(directory: str | Path) -> tuple[LlamaForCausalLM, dict]:
     """The HF model (fp32, eval) and its training record."""
     directory = Path(directory)
     if not (directory / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{directory} has no model.safetensors: train it with python -m mechclaims.organism.train")
+        raise FileNotFoundError(f"{directory} has no model.safetensors: train it with python -m organisms.train")
     model = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     info_path = directory / TRAINING_INFO
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -68,8 +69,9 @@ def ablate_layers(model: LlamaForCausalLM, layers: list[int]):
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
-    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
+    """The 95% Wilson interval of k in n: the core's, so cards and claims use one interval."""
+    ci = proportion(int(k), int(n)).ci
+    return ci.low, ci.high
 
 
 # ---------------------------------------------------------------- accuracy curve
@@ -269,7 +271,7 @@ def _ci(ci) -> str:
 
 def train_command(cfg: dict, out: str) -> str:
     """The command line that reproduces a training record's configuration into `out`."""
-    parts = ["python -m mechclaims.organism.train", f"--out {shlex.quote(out)}"]
+    parts = ["python -m organisms.train", f"--out {shlex.quote(out)}"]
     for key in ("seed", "steps", "batch", "lines", "lr", "weight_decay", "d_model", "layers", "heads", "kv_heads",
                 "mlp", "head_dropout", "layer_dropout", "dropout_ramp", "noise", "a_max", "b_max", "held_out", "number_init", "threads"):
         value = cfg.get(key, {"number_init": "random", "dropout_ramp": 0.0}.get(key))
@@ -593,7 +595,7 @@ def _to_jsonable(obj):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mechclaims.organism.measure", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m organisms.measure", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="organism directory (HF format, with training.json)")
     p.add_argument("--twin", help="the twin organism, for the ablation comparison")
     p.add_argument("--n-prompts", type=int, default=200)
@@ -613,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_card:
         json.dump(_to_jsonable({"model": m, "twin": twin}), sys.stdout, indent=1)
         return 0
-    command = "python -m mechclaims.organism.measure " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m organisms.measure " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     card = render_card(Path(args.model).name, m, twin, command)
     if args.notes:
         card += "\n## Notes\n\n" + Path(args.notes).read_text().strip() + "\n"

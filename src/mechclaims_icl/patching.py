@@ -21,15 +21,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .answers import (
-    OUTCOMES, NumberReader, answer_steps, classify, decode_numbers, device_of, encode, group_by_length, rows_per_pass,
-)
-from . import memory
-from .errors import ConfigError
-from .interventions import Intervention, SetResidual, capture, resid_pre
-from .results import Effect
-from .stats import proportion_of
-from .store import derived, tensor_digest
+from mechclaims.batching import device_of, encode, group_by_length, rows_per_pass
+from .answers import OUTCOMES, NumberReader, answer_steps, classify, decode_numbers
+from mechclaims import memory
+from mechclaims.errors import ConfigError
+from mechclaims.interventions import Intervention, SetResidual, capture, resid_pre
+from mechclaims.results import Effect
+from mechclaims.stats import proportion_of
+from mechclaims.store import derived, tensor_digest
 from .tasks import PatchSet
 
 

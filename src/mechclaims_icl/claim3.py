@@ -16,7 +16,7 @@ before y_j attends to earlier y_i (i < j) and adds the transformation feature.
   by at least ``min_drop`` (paired lower bound).  As many MLPs outside the band
   (:func:`control_layers`) are ablated too and reported beside it.
 
-Attention masses come from :func:`mechclaims.claim2.read_sequences` (hook
+Attention masses come from :func:`mechclaims_icl.claim2.read_sequences` (hook
 ``blocks.{L}.attn.hook_pattern``, ``[batch, head, query, key]``), reduced to
 per-head role masses inside the hook by :mod:`mechclaims.fits`.
 """
@@ -25,66 +25,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .claim2 import Reading, _reading_arrays, _reading_from, read_sequences
-from .errors import ConfigError
-from .fits import RoleAttention, role_attention, top_heads
-from .interventions import head_z, resid_pre
-from .results import Finding
+from mechclaims.errors import ConfigError
+from mechclaims.fits import RoleAttention, role_attention, top_heads
+from mechclaims.hooks import head_z, mlp_out, resid_pre
+from mechclaims.interventions import AblateMLP
+from mechclaims.results import Finding
 from .roles import Roles, roles
 from .scores import FINAL_SCALE, scores_from
-from .stats import paired_increase, proportion_of
-from .store import derived, tensor_digest
+from mechclaims.stats import paired_increase, proportion_of
+from mechclaims.store import derived
 
 ALPHA = 0.05
-
-
-def mlp_out(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"
-
-
-@dataclass(frozen=True, eq=False)
-class AblateMLP:
-    """Replace the MLP outputs (``hook_mlp_out``) of ``layers`` with their mean.
-
-    ``means`` maps a layer to a ``[d_model]`` tensor, the MLP's mean output over a
-    reference prompt set disjoint from the one being ablated (:func:`mlp_means`).
-    Every position but the first (BOS, whose activations are atypical) is ablated.
-    """
-
-    layers: tuple[int, ...]
-    means: dict[int, torch.Tensor] = field(repr=False)
-    keep_bos: bool = True
-
-    def __post_init__(self) -> None:
-        missing = sorted(set(self.layers) - set(self.means))
-        if missing:
-            raise ConfigError(f"MLP mean ablation needs means for layers {missing}; compute them with mlp_means")
-
-    def hook_names(self) -> list[str]:
-        return [mlp_out(layer) for layer in self.layers]
-
-    def key(self) -> str:
-        """Identity for the activation store (the means are hashed)."""
-        means = ",".join(f"{layer}:{tensor_digest(self.means[layer])}" for layer in sorted(self.layers))
-        return f"AblateMLP({sorted(self.layers)},{self.keep_bos},{means})"
-
-    def hooks(self) -> list[tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]]:
-        start = 1 if self.keep_bos else 0
-
-        def make(layer: int) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-            def ablate(act: torch.Tensor, hook: Any) -> torch.Tensor:
-                act[:, start:] = self.means[layer].to(act.dtype).to(act.device)
-                return act
-
-            return ablate
-
-        return [(mlp_out(layer), make(layer)) for layer in self.layers]
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ import numpy as np
 
 import torch
 
-from .answers import (
-    answer_tokens, at_prompt_end, device_of, encode, numbers_are_single_tokens, predicts_answer, with_answers,
-)
-from .interventions import AblateHeads, capture, resid_pre
+from mechclaims.batching import at_prompt_end, device_of, encode, with_answers
+from .answers import answer_tokens, numbers_are_single_tokens, predicts_answer
+from mechclaims.interventions import AblateHeads, capture, resid_pre
 from .patching import Sweep, patch_sweep
 from .scores import HeadScores, score_hooks, scores_from
 from .tasks import PatchSet

@@ -1,6 +1,6 @@
 """Claim 1 of the post as findings: each a statistic, a decision and its evidence.
 
-Every function takes an :class:`~mechclaims.experiments.AblationStudy` and the
+Every function takes an :class:`~mechclaims_icl.experiments.AblationStudy` and the
 pre-registered parameters, and returns a :class:`Finding`.  The claim tests
 assert on them; the discovery command evaluates the same functions on the
 exploration split to pre-register the expected verdicts.
@@ -15,8 +15,8 @@ import numpy as np
 
 from .experiments import AblationStudy, Condition
 from .claim0 import MIN_ACCURACY
-from .results import Effect, Finding
-from .stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
+from mechclaims.results import Effect, Finding
+from mechclaims.stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
 
 ALPHA = 0.05
 
@@ -60,11 +60,16 @@ def task_onset(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
     effect = onset(flags, p.threshold, seed=seed)
     low, high = p.onset - p.onset_tolerance, p.onset + p.onset_tolerance
     ok = effect.ci.high < flags.shape[0] and low <= effect.ci.low and effect.ci.high <= high
+    # An interval wider than the tolerance window could fit in it with no data at all: too few
+    # pairs to place the onset, which is inconclusive, not a refutation.
+    decided = ok or effect.ci.high - effect.ci.low <= 2 * p.onset_tolerance
     return Finding(
         effect, ok,
-        f"onset {effect} (n_layers means none); pre-registered {p.onset} ± {p.onset_tolerance}",
+        f"onset {effect} (n_layers means none); pre-registered {p.onset} ± {p.onset_tolerance}"
+        + ("" if decided else f"; the interval is wider than the ±{p.onset_tolerance} window: too few pairs"),
         threshold=float(p.onset),
         figures={"rates": rates_by_layer(study.clean), "expected_onset": p.onset},
+        decided=decided,
     )
 
 
@@ -196,6 +201,32 @@ def redundancy(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
         threshold=ALPHA,
         figures={"stages": [list(s) for s in p.stages], "stage_supported": [f.supported for f in parts]},
     )
+
+
+def findings(study: AblationStudy, p: C1Params, seed: int = 0) -> dict[str, Finding]:
+    """Every Claim 1 finding of ``study``, by claim id: what discovery pre-registers from the
+    exploration split, with the functions the claim tests judge on the confirmation split."""
+    return {
+        "C1.onset": task_onset(study, p, seed=seed),
+        "C1.ablate-10-11": ablate(study, 0, p, seed=seed),
+        "C1.backup-13": backup(study, 0, p),
+        "C1.ablate-13": ablate(study, 1, p, seed=seed),
+        "C1.backup-15": backup(study, 1, p),
+        "C1.ablate-15": no_task_stage(study, 2, p),
+        "C1.parity-late": parity_late(study, p, seed=seed),
+        "C1.redundancy": redundancy(study, p, seed=seed),
+    }
+
+
+def task_pairs(model: Any, task: Any, n_pairs: int, seed: int) -> tuple[Any, bool, Effect]:
+    """The (A, B) prompt pairs of ``task`` at ``seed`` (12 examples each) and Claim 1's precondition
+    on them: whether the model answers A right (lower bound >= C0's), and that accuracy."""
+    from .answers import greedy_is
+    from .tasks import make_patch_pairs
+
+    pairs = make_patch_pairs(task, n_pairs=n_pairs, n_examples=12, seed=seed)
+    ok, accuracy = precondition(greedy_is(model, pairs.a_texts, [p.a.answer for p in pairs.pairs]))
+    return pairs, ok, accuracy
 
 
 def confirmation_pairs(exp: Any, requested: int) -> int:

@@ -1,0 +1,14 @@
+"""Hooks a claim pack may implement (pytest hook specifications, registered by the plugin)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_mechclaims_expectations_path(config: pytest.Config, claims_dir: Path, target: str) -> Path | None:
+    """The expectations file of ``target`` for the claims in ``claims_dir``; None for the default,
+    ``claims_dir/expectations/<target>.toml``. A pack with variants of its claims (the post's pack:
+    one pre-registration per task, ``--mechclaims-task``) points at the variant's own file."""

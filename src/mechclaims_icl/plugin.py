@@ -1,0 +1,56 @@
+"""The post's pack in pytest: ``--mechclaims-task A,B`` runs Claims 1-3 on y = A x + B.
+
+Each task has its own pre-registration: the target's ``expectations/<target>.toml`` when its
+``[task]`` is that task, else ``expectations/<target>@<task>.toml`` (``organism@4x+17.toml``),
+which ``python -m mechclaims_icl.discover --target T --task A,B`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from .tasks import CANONICAL, AffineTask
+
+
+def parse_task(text: str) -> AffineTask:
+    """``A,B`` -> y = A x + B (A >= 1, B >= 0)."""
+    try:
+        a, b = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid task {text!r}: expected A,B (integers, e.g. 1,0 for y = x)") from None
+    if not (1 <= a <= 999 and 0 <= b <= 999):
+        raise argparse.ArgumentTypeError(f"invalid task {text!r}: expected 1 <= A <= 999 and 0 <= B <= 999")
+    return AffineTask(a, b)
+
+
+def task_path(claims_dir: Path, target: str, task: AffineTask) -> Path:
+    """Where ``task``'s own pre-registration of ``target`` lives (see the module docstring)."""
+    default = claims_dir / "expectations" / f"{target}.toml"
+    if not default.is_file():  # the target's first pre-registration is its main file, whatever the task
+        return default
+    try:
+        table = tomllib.loads(default.read_text(encoding="utf-8")).get("task", {})
+    except (OSError, ValueError):
+        return default  # let the loader say what is wrong with it
+    if isinstance(table, dict) and AffineTask(table.get("a", CANONICAL.a), table.get("b", CANONICAL.b)) == task:
+        return default
+    return claims_dir / "expectations" / f"{target}@{task.name}.toml"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("mechclaims").addoption(
+        "--mechclaims-task", type=parse_task, default=None, metavar="A,B",
+        help="run the post's Claims 1-3 on y = A x + B, judged against that task's own pre-registration "
+        "(expectations/<target>@<task>.toml unless the target's file is for that task)",
+    )
+
+
+def pytest_mechclaims_expectations_path(config: pytest.Config, claims_dir: Path, target: str) -> Path | None:
+    task = config.getoption("mechclaims_task", None)
+    if task is None or not (claims_dir / "test_claim1.py").is_file():  # only the post's claim directory
+        return None
+    return task_path(claims_dir, target, task)

@@ -1,0 +1,87 @@
+"""The core knows no task: no module of ``src/mechclaims`` imports a claim pack.
+
+Packs import the core, never the other way. The walk reads every import statement
+(top-level and inside functions) with ``ast``, so a lazy import is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "src" / "mechclaims"
+# Everything importable from this tree that is not the core: the post's pack, the organism
+# tooling and the example packs.
+PACKS = ("mechclaims_icl", "organisms", "examples", "claims")
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in ``path``; relative imports resolved against the core."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = ".".join(path.relative_to(CORE.parent).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            if node.module is None:  # from . import a, b: the modules a and b
+                found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, module))
+    return found
+
+
+def pack_imports(root: Path) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)}:{line}: imports {module}"
+        for path in sorted(root.rglob("*.py"))
+        for line, module in imports_of(path)
+        if module.split(".")[0] in PACKS
+    ]
+
+
+def test_no_core_module_imports_a_pack():
+    offenders = pack_imports(CORE)
+    assert not offenders, "the core must not import a claim pack:\n" + "\n".join(offenders)
+
+
+def test_the_walk_finds_a_pack_import_where_there_is_one(tmp_path):
+    """Negative control: a planted lazy import of the post's pack is reported."""
+    core = tmp_path / "src" / "mechclaims"
+    core.mkdir(parents=True)
+    (core / "fine.py").write_text("from .stats import proportion\nimport numpy\n")
+    (core / "leaky.py").write_text("def f():\n    from mechclaims_icl.tasks import CANONICAL\n")
+    global CORE, ROOT
+    saved = CORE, ROOT
+    CORE, ROOT = core, tmp_path
+    try:
+        assert pack_imports(core) == ["src/mechclaims/leaky.py:2: imports mechclaims_icl.tasks"]
+    finally:
+        CORE, ROOT = saved
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from . import plots", "mechclaims.report.plots"),
+    ("from .. import memory", "mechclaims.memory"),
+    ("from ..results import SUPPORTED", "mechclaims.results"),
+    ("import mechclaims_icl.claim1", "mechclaims_icl.claim1"),
+])
+def test_relative_imports_resolve_inside_the_core(tmp_path, source, expected):
+    sub = tmp_path / "src" / "mechclaims" / "report"
+    sub.mkdir(parents=True)
+    (sub / "x.py").write_text(source + "\n")
+    global CORE
+    saved, CORE = CORE, tmp_path / "src" / "mechclaims"
+    try:
+        modules = [m for _, m in imports_of(sub / "x.py")]
+    finally:
+        CORE = saved
+    assert modules == [expected]
