@@ -22,8 +22,9 @@ def attend_to_the_next_token(target, prompts, expectations, claim):
     masses, uniform = induction_attention(target.model, prompts)
     per_seq = np.mean([masses[:, layer, h] for layer, h in heads], axis=0)
     excess = paired_increase(np.full(len(per_seq), uniform), per_seq)
-    sets = random_sets(*masses.shape[1:], len(heads), 999, seed=claim.seed)
-    control = beats_random(per_seq.mean(), [np.mean([masses[:, layer, h].mean() for layer, h in s]) for s in sets])
+    per_head = masses.mean(0)  # [layer, head]
+    sets = random_sets(*per_head.shape, len(heads), 999, seed=claim.seed)
+    control = beats_random(per_seq.mean(), [per_head[tuple(zip(*s))].mean() for s in sets])
     claim.judge(all_of(at_least(excess, expectations.get("induction", "min_excess", float), "attention above uniform"),
                        significant(control, "against random head sets")), heads=str(heads))
 

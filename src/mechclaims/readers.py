@@ -19,13 +19,12 @@ prompts are grouped by length (:mod:`mechclaims.batching`).
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .batching import device_of, encode, rows_per_pass
+from .batching import device_of, encode, rows_per_pass, with_answers
 from .errors import ConfigError
 from .hooks import attn_pattern, resid_pre
 from .interventions import Intervention, forward
@@ -81,20 +80,14 @@ def string_probability(
     for text, ids in zip(continuations, tails):
         if not ids:
             raise ConfigError(f"continuation {text!r} encodes to no tokens; pass a non-empty string")
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, (h, t) in enumerate(zip(heads, tails)):
-        groups[len(h), len(t)].append(i)
     out = np.zeros(len(prompts))
-    for (n_head, n_tail), rows in groups.items():
-        step = rows_per_pass(model, n_head + n_tail, logits=n_tail + 1)
-        for start in range(0, len(rows), step):
-            batch = rows[start : start + step]
-            tokens = torch.tensor([heads[i] + tails[i] for i in batch], device=device_of(model))
-            logits = forward(model, tokens, interventions=interventions, logits="all", tail=n_tail + 1).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position k predicts tail token k
-            want = tokens[:, -n_tail:]
-            total = logp.gather(-1, want[:, :, None])[..., 0].sum(-1)
-            out[batch] = total.exp().cpu().numpy()
+    for batch in with_answers(model, heads, tails):  # equal prompt and continuation lengths, within memory
+        n_tail = len(tails[batch[0]])
+        tokens = torch.tensor([heads[i] + tails[i] for i in batch], device=device_of(model))
+        logits = forward(model, tokens, interventions=interventions, logits="all", tail=n_tail + 1).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position k predicts tail token k
+        total = logp.gather(-1, tokens[:, -n_tail:, None])[..., 0].sum(-1)
+        out[batch] = total.exp().cpu().numpy()
     return out
 
 
