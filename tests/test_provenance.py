@@ -106,3 +106,20 @@ def test_resampling_statistics_are_seeded_by_the_run_seed_and_record_it(tmp_path
     for seed, record in records.items():
         (onset,) = [c for c in record["claims"] if c["id"] == "C1.onset"]
         assert onset["figures"]["statistics_seed"] == seed and record["run"]["seed"] == seed
+
+
+def test_two_pre_registrations_of_one_target_are_both_recorded(tmp_path):
+    """Claims from two directories judged against two files for one target: the report keeps
+    both (the second under ``also``), also when an xdist worker reports them."""
+    from mechclaims.session import ClaimSession
+    from mechclaims.settings import Settings
+
+    first, second = {"path": "claims/expectations/organism.toml", "sha256": "a"}, {"path": "ex/organism.toml", "sha256": "b"}
+    session = ClaimSession(Settings(), tmp_path)
+    session.note_expectations("organism", first)
+    session.note_expectations("organism", dict(first))
+    session.note_expectations("organism", second)
+    assert session.expectation_files == {"organism": {**first, "also": [second]}}
+    controller = ClaimSession(Settings(), tmp_path)
+    controller.record({"claim": {}, "targets": {}, "worker": "gw0", "expectation_files": session.expectation_files})
+    assert controller.expectation_files == {"organism": {**first, "also": [second]}}

@@ -284,10 +284,10 @@ def _expectations_for(config: pytest.Config, claims_dir: Path, target: str) -> _
         except MechclaimsError as exc:
             raise pytest.UsageError(str(exc)) from None
         if cache[key].path is not None:  # the report names the exact file each verdict was judged against
-            config.stash[session_key].expectation_files[target] = {
-                "path": str(cache[key].path), "sha256": cache[key].sha256}
+            config.stash[session_key].note_expectations(target, {
+                "path": str(cache[key].path), "sha256": cache[key].sha256})
         elif config.getoption("mechclaims_exploratory"):
-            config.stash[session_key].expectation_files[target] = {"path": None, "sha256": None, "exploratory": True}
+            config.stash[session_key].note_expectations(target, {"path": None, "sha256": None, "exploratory": True})
         else:
             path = _expectations_path(config, claims_dir, target)
             raise pytest.UsageError(

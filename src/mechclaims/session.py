@@ -147,11 +147,24 @@ class ClaimSession:
             },
         }
 
+    def note_expectations(self, target: str, entry: dict[str, Any]) -> None:
+        """Record the pre-registration a target's verdicts were judged against. A second file for
+        the same target (claims from two directories in one run) goes under the first's ``also``."""
+        entry = {k: v for k, v in entry.items() if k != "also"}
+        first = self.expectation_files.setdefault(target, entry)
+        if first is not entry and first.get("path") != entry.get("path"):
+            also = first.setdefault("also", [])
+            if entry not in also:
+                also.append(entry)
+
     def record(self, payload: dict[str, Any]) -> None:
         """Collect one claim's payload (from this process or an xdist worker)."""
         self.claims.append(payload["claim"])
         self.expectation_overrides.update(payload.get("overrides", {}))
-        self.expectation_files.update(payload.get("expectation_files", {}))
+        for target, entry in payload.get("expectation_files", {}).items():
+            self.note_expectations(target, entry)
+            for more in entry.get("also", ()):
+                self.note_expectations(target, more)
         for name, record in payload["targets"].items():
             self.target_records[payload["worker"], name] = record
 
