@@ -14,11 +14,11 @@ from mechclaims_icl.claim0 import MIN_ACCURACY
 from mechclaims_icl.claim1 import C1Params, confirmation_pairs, params_from
 from mechclaims_icl.claim2 import C2Params, Reading
 from mechclaims_icl.claim3 import C3Params
-from mechclaims_icl.experiments import AblationStudy, ablation_study
+from mechclaims_icl.experiments import AblationStudy, ablation_study, probe_sweeps
 from mechclaims.results import Effect
 from mechclaims_icl.expectations import N_EXAMPLES
 from mechclaims_icl.expectations import task as task_of
-from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts, split_seed
+from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts, probe_text, split_seed
 
 CLAIMS_DIR = Path(__file__).parent
 
@@ -44,6 +44,8 @@ class C1Run:
     reason: str
     canonical: dict | None = None  # the post's 2x+3 on a target whose [task] differs
     seed: int = 0  # of every resampling statistic: the run's --mechclaims-seed
+    probe: str = "post"  # B's pre-registered format
+    probe_sweeps: dict | None = None  # the clean sweep under every pre-registered format of B
 
     def require(self, claim) -> None:
         """Skip ``claim`` as not applicable when the precondition failed."""
@@ -54,8 +56,8 @@ class C1Run:
     def notes(self) -> dict:
         """Figures every Claim 1 result carries: the task and A's clean accuracy
         (and, where the target's task is not the post's, the post's task's verdict)."""
-        return {"task": self.task.name, "precondition_accuracy": self.accuracy, "statistics_seed": self.seed,
-                **(self.canonical or {})}
+        return {"task": self.task.name, "probe": self.probe, "probe_b": probe_text(self.probe, 15),
+                "precondition_accuracy": self.accuracy, "statistics_seed": self.seed, **(self.canonical or {})}
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +70,11 @@ def c1(target, mechclaims_settings, mechclaims_progress, mechclaims_expectations
         exp = mechclaims_expectations(CLAIMS_DIR, target.name)
         task = task_for(exp, pytestconfig)
         n_pairs = confirmation_pairs(exp, s.n_prompts)
+        probe, _ = claim1.probes_from(exp)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
     confirm = split_seed(s.seed, "confirmation")
-    pairs, ok, accuracy = claim1.task_pairs(target.model, task, n_pairs, confirm)
+    pairs, ok, accuracy = claim1.task_pairs(target.model, task, n_pairs, confirm, probe)
     canonical = None
     if task != CANONICAL:  # the post's task as well: the report says why Claim 1 runs on another
         post_ok, post_accuracy = claim1.task_pairs(target.model, CANONICAL, n_pairs, confirm)[1:]
@@ -82,16 +85,17 @@ def c1(target, mechclaims_settings, mechclaims_progress, mechclaims_expectations
         }
     if not ok:
         reason = f"task {task.name}: clean accuracy {accuracy} is below {MIN_ACCURACY} (lower bound)"
-        return C1Run(task, None, None, accuracy, False, reason, canonical, s.seed)
+        return C1Run(task, None, None, accuracy, False, reason, canonical, s.seed, probe)
     try:
         params = params_from(exp, target.info.n_layers)
     except MechclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
-    study = ablation_study(
-        target.model, pairs, params.stages, read_layer=params.read_layer,
-        progress=lambda message: mechclaims_progress(f"{target.name} C1 study ({task.name}): {message}"),
-    )
-    return C1Run(task, params, study, accuracy, True, "", canonical, s.seed)
+    show = lambda message: mechclaims_progress(f"{target.name} C1 study ({task.name}, B {probe}): {message}")  # noqa: E731
+    study = ablation_study(target.model, pairs, params.stages, read_layer=params.read_layer, progress=show)
+    others = [v for v in params.probe_variants if v != probe]
+    show(f"clean sweep with B as {', '.join(others)}" if others else "no other format of B pre-registered")
+    sweeps = probe_sweeps(target.model, study, params.probe_variants)
+    return C1Run(task, params, study, accuracy, True, "", canonical, s.seed, probe, sweeps)
 
 
 @dataclass(frozen=True)

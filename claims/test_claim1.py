@@ -3,7 +3,8 @@
 Each test is one sentence of the post, measured on the confirmation split with
 the layers pre-registered for the target (claims/expectations/<target>.toml;
 for llama-3-8b, the post's own layers 10-16), on the target's task (its
-``[task]``: y = 2x + 3 unless a target cannot learn it in context).
+``[task]``: y = 2x + 3 unless a target cannot learn it in context), with prompt B
+in the pre-registered format (``[c1] probe``; llama-3-8b: the post's ``<bos>(15, ``).
 """
 
 import pytest
@@ -17,6 +18,12 @@ SOURCE = "claims-spec §2 (blog Claim 1)"
 def test_patching_makes_b_answer_about_a_times_p_from_the_preregistered_layer(c1, claim):
     c1.require(claim)
     claim.judge(claim1.task_onset(c1.study, c1.params, seed=c1.seed), **c1.notes)
+
+
+@pytest.mark.claim(id="C1.onset-robust", source="claims-spec §1-2: the onset under every pre-registered format of B")
+def test_the_onset_holds_whatever_the_format_of_prompt_b(c1, claim):
+    c1.require(claim)
+    claim.judge(claim1.onset_robust(c1.probe_sweeps, c1.params, seed=c1.seed), **c1.notes)
 
 
 @pytest.mark.claim(id="C1.ablate-10-11", source=SOURCE)

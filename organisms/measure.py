@@ -6,8 +6,10 @@ Measures, on seeded noise-free prompts: greedy accuracy and mean P(correct) by n
 examples 0..12 for y = 2x + 3 and for the held-out pair; accuracy after 12 examples over every
 pair of the family, pooled by slope (the held-out pair beside its slope's trained pairs); a
 per-layer ablation scan (all heads of one layer zeroed at the input of o_proj, all positions);
-and a last-position resid_pre patching sweep from prompt A (12 examples + query q) into
-prompt B = BOS "\\n" "(p, ".
+and Claim 1's last-position resid_pre patching sweep from prompt A (12 examples + query q) into
+prompt B, under every format of B the claim pack knows (``mechclaims_icl.tasks.PROBES``: the
+post's ``<bos>(p, ``, ``<bos>\\n(p, `` as in training, and B after a neutral line), run with the
+pack's own code on the bridge the claim run loads.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ import hashlib
 import json
 import shlex
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,11 @@ from transformers import LlamaForCausalLM
 from mechclaims import proportion
 
 from .data import CANONICAL, Family, task_batch, y_pos
-from .tokenizer import BOS_ID, COMMA_ID, NEWLINE_ID, NUMBER_OFFSET, OPEN_ID, SPACE_ID, VOCAB_SIZE, id_to_number
-from .train import FOURIER_PERIODS, TRAINING_INFO, replace_last_position
+from .tokenizer import VOCAB_SIZE
+from .train import FOURIER_PERIODS, TRAINING_INFO
 
 MAX_EXAMPLES = 12
+TRAINED_PROBE = "newline"  # the format of B the auxiliary patching objective trains on
 FAMILY_PROMPTS = 40  # seeded prompts per (a, b) pair in the family scan
 CARD = "MODEL_CARD.md"
 NOTES = "TRAINING_NOTES.md"
@@ -155,67 +157,46 @@ def layer_scan(model, a: int, b: int, n_prompts: int, seed: int, family: Family)
 
 # ---------------------------------------------------------------- patching sweep
 
-CATEGORIES = ("approx", "exact", "copy", "other")
+def bridge(directory: str | Path):
+    """The organism as the claim run loads it: a TransformerBridge on CPU, fp32."""
+    from mechclaims.targets import boot, load_tokenizer
+
+    directory = Path(directory)
+    return boot(directory, device="cpu", dtype=torch.float32, tokenizer=load_tokenizer(directory))
 
 
-def classify(answer: int | None, a: int, b: int, p: int, q: int) -> str:
-    """exact a*p+b; copy a*q+b; approx |answer - a*p| <= b (not exact, not copy); other."""
-    if answer is None:
-        return "other"
-    if answer == a * p + b:
-        return "exact"
-    if answer == a * q + b:
-        return "copy"
-    if abs(answer - a * p) <= b:
-        return "approx"
-    return "other"
+def patch_sweeps(model, a: int, b: int, n_pairs: int, seed: int, family: Family) -> dict:
+    """Claim 1's clean patch sweep under every format of prompt B, with the claim pack's own code
+    (``mechclaims_icl``: pairs, batched sweep, outcome classes), on a bridge (:func:`bridge`).
+
+    A is 12 examples and the query q; p is not among A's examples and lies >= 5 from q. For each
+    layer, A's resid_pre at its last position replaces B's at B's last position; B's greedy answer
+    is classified as exact a·p+b, copy a·q+b, ≈a·p (within b, neither) or other."""
+    from mechclaims_icl.answers import OUTCOMES, classify, greedy_numbers
+    from mechclaims_icl.experiments import ablation_study, probe_sweeps
+    from mechclaims_icl.tasks import PROBES, AffineTask, make_patch_pairs
+
+    pairs = make_patch_pairs(AffineTask(a, b), n_pairs=n_pairs, n_examples=MAX_EXAMPLES, seed=seed,
+                             x_range=(family.x_min, family.x_max), probe="newline")
+    study = ablation_study(model, pairs, (), read_layer=model.cfg.n_layers - 1)
+    out = {"a": a, "b": b, "n": n_pairs, "clean_a_acc": float(study.clean.correct.mean()), "probes": {}}
+    for probe, sweep in probe_sweeps(model, study, PROBES).items():
+        variant = pairs.with_probe(probe)
+        unpatched = classify(greedy_numbers(model, variant.b_texts), variant.p, variant.q, a, b)
+        out["probes"][probe] = {
+            "b_text": variant.b_texts[0],
+            "layers": [{"layer": layer, **_rates(row, OUTCOMES)} for layer, row in zip(sweep.layers, sweep.outcomes)],
+            "clean_b": _rates(unpatched, OUTCOMES),
+        }
+    return out
 
 
-@torch.no_grad()
-def patch_sweep(model, a: int, b: int, n_pairs: int, seed: int, family: Family) -> dict:
-    """Patch A's resid_pre at its last position into B's last position, layer by layer."""
-    rng = np.random.default_rng(seed)
-    data = task_batch(rng, n_pairs, MAX_EXAMPLES + 1, a, b, family)
-    a_ids = torch.from_numpy(data.ids[:, : y_pos(MAX_EXAMPLES)])  # 12 examples then "(q, "
-    q = data.xs[:, MAX_EXAMPLES]
-    pool = np.arange(family.x_min, family.x_max + 1)
-    # p is not among A's x values (examples and query) and differs from the query q by at least 5
-    p = np.array([rng.choice(np.setdiff1d(pool[np.abs(pool - row[-1]) >= 5], row)) for row in data.xs])
-    b_ids = torch.tensor([[BOS_ID, NEWLINE_ID, OPEN_ID, NUMBER_OFFSET + int(v), COMMA_ID, SPACE_ID] for v in p])
-    out_a = model(input_ids=a_ids, output_hidden_states=True)
-    a_answers = out_a.logits[:, -1].argmax(-1)
-    n_layers = model.config.num_hidden_layers
-    resid = torch.stack([out_a.hidden_states[layer][:, -1] for layer in range(n_layers)])  # [L, pairs, d]
-    clean_b = model(input_ids=b_ids).logits[:, -1].argmax(-1)
-
-    rows_ids = b_ids.repeat(n_layers, 1)  # row layer*n_pairs + i
-    handles = []
-    for layer in range(n_layers):
-        rows = torch.arange(layer * n_pairs, (layer + 1) * n_pairs)
-        handles.append(model.model.layers[layer].register_forward_pre_hook(
-            replace_last_position(rows, resid[layer]), with_kwargs=True))
-    try:
-        patched = model(input_ids=rows_ids).logits[:, -1].argmax(-1).view(n_layers, n_pairs)
-    finally:
-        for h in handles:
-            h.remove()
-
-    def rates(answers: torch.Tensor) -> dict:
-        numbers = [id_to_number(int(t)) for t in answers]
-        cats = [classify(n, a, b, int(pi), int(qi)) for n, pi, qi in zip(numbers, p, q)]
-        counts = {c: cats.count(c) for c in CATEGORIES}
-        task = counts["approx"] + counts["exact"]
-        misses = Counter(n - (a * int(pi) + b) for n, pi in zip(numbers, p) if n is not None and n != a * pi + b)
-        return {**{c: counts[c] / n_pairs for c in CATEGORIES}, "task": task / n_pairs,
-                "task_ci": wilson(task, n_pairs), "copy_ci": wilson(counts["copy"], n_pairs),
-                "misses": misses.most_common(3)}
-
-    return {
-        "a": a, "b": b, "n": n_pairs,
-        "layers": [{"layer": layer, **rates(patched[layer])} for layer in range(n_layers)],
-        "clean_b": rates(clean_b),
-        "clean_a_acc": float((a_answers == NUMBER_OFFSET + torch.from_numpy(a * q + b)).float().mean()),
-    }
+def _rates(outcomes: np.ndarray, names: tuple[str, ...]) -> dict:
+    counts = {name: int((outcomes == k).sum()) for k, name in enumerate(names)}
+    n = len(outcomes)
+    task = counts["approx"] + counts["exact"]
+    return {"approx": counts["approx"] / n, "exact": counts["exact"] / n, "copy": counts["copy"] / n,
+            "other": counts["none"] / n, "task": task / n, "task_ci": wilson(task, n), "copy_ci": wilson(counts["copy"], n)}
 
 
 def sweep_stages(sweep: dict, threshold: float = 0.5) -> dict:
@@ -231,6 +212,7 @@ def sweep_stages(sweep: dict, threshold: float = 0.5) -> dict:
 
 def measure(directory: str | Path, n_prompts: int = 200, seed: int = 1234) -> dict:
     model, info = load(directory)
+    claim_model = bridge(directory)
     family = family_of(info)
     a, b = CANONICAL
     ha, hb = family.held_out
@@ -242,8 +224,8 @@ def measure(directory: str | Path, n_prompts: int = 200, seed: int = 1234) -> di
         "held_out_curve": accuracy_curve(model, ha, hb, n_prompts, seed + 1, family).rows(),
         "scan": layer_scan(model, a, b, n_prompts, seed, family),
         "family_scan": family_scan(model, family, FAMILY_PROMPTS, seed + 4),
-        "sweep": patch_sweep(model, a, b, n_prompts, seed + 2, family),
-        "held_out_sweep": patch_sweep(model, ha, hb, n_prompts, seed + 3, family),
+        "sweep": patch_sweeps(claim_model, a, b, n_prompts, seed + 2, family),
+        "held_out_sweep": patch_sweeps(claim_model, ha, hb, n_prompts, seed + 3, family),
         "sha256": hashlib.sha256((Path(directory) / "model.safetensors").read_bytes()).hexdigest(),
         "size_bytes": sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file() and f.name not in (CARD, NOTES)),
     }
@@ -292,6 +274,8 @@ def train_command(cfg: dict, out: str) -> str:
             parts.append(f"--patch-samples {cfg['patch_samples']}")
         if cfg.get("patch_above_dropout"):
             parts.append("--patch-above-dropout")
+        if tuple(cfg.get("patch_formats", ("newline",))) != ("newline",):
+            parts.append("--patch-formats " + ",".join(cfg["patch_formats"]))
     if cfg.get("group_dropout", 0) > 0:
         parts.append(f"--group-dropout {cfg['group_dropout']} --group-max {cfg['group_max']} "
                      f"--group-positions {cfg.get('group_positions', 'all')}")
@@ -336,6 +320,17 @@ def _sweep_table(sweep: dict) -> list[str]:
     c = sweep["clean_b"]
     lines.append(f"| B unpatched | {_pct(c['approx'])} | {_pct(c['exact'])} | {_pct(c['copy'])} | {_pct(c['other'])} "
                  f"| {_pct(c['task'])} {_ci(c['task_ci'])} |")
+    return lines
+
+
+def _probe_table(sweep: dict) -> list[str]:
+    probes = list(sweep["probes"])
+    lines = ["| patched layer | " + " | ".join(f"task rate, B as {p}" for p in probes) + " |",
+             "|---|" + "---|" * len(probes)]
+    for k, layer in enumerate(r["layer"] for r in sweep["probes"][probes[0]]["layers"]):
+        cells = [sweep["probes"][p]["layers"][k] for p in probes]
+        lines.append(f"| {layer} | " + " | ".join(f"{_pct(c['task'])} {_ci(c['task_ci'])}" for c in cells) + " |")
+    lines.append("| B unpatched | " + " | ".join(f"{_pct(sweep['probes'][p]['clean_b']['task'])}" for p in probes) + " |")
     return lines
 
 
@@ -389,12 +384,20 @@ def _patch_text(cfg: dict) -> str:
             f"line i from the second half of the sequence and a query p from the x range that is not among the "
             f"sequence's x values. The residual stream entering layer L at the position before line i's y (exactly "
             f"the last position of a prompt A with i examples and query x_i) replaces the last position of the "
-            f"no-context prompt B = `<bos>` `\\n` `(p, ` at layer L (a forward pre-hook on decoder layer L, same "
+            f"no-context prompt B = {_formats_text(cfg)} at layer L (a forward pre-hook on decoder layer L, same "
             f"head-dropout masks as the main pass, gradients through both passes), and B's answer is trained by "
             f"cross-entropy towards the noise-free a*p+b with weight {cfg['patch_weight']}, added to the main loss. "
             f"This plants the stage the patching protocol looks for: the residual at layers {first}..{last} must "
             f"carry the task (a, b) but not yet A's query; layers after {last} are not constrained by it. These are "
             f"model organisms for exercising the claim tests, so the mechanism is put there on purpose")
+
+
+def _formats_text(cfg: dict) -> str:
+    formats = tuple(cfg.get("patch_formats", ("newline",)))
+    if formats == ("newline",):
+        return "`<bos>` `\\n` `(p, `"
+    return (f"`(p, ` in one of the formats {', '.join(formats)} (one drawn per step; `--patch-formats`, "
+            "mechclaims_icl.tasks.PROBES)")
 
 
 def _phase_text(info: dict) -> str:
@@ -453,8 +456,8 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
     clean12 = m["curve"][MAX_EXAMPLES]["acc"]
     drops = [clean12 - r["acc"] for r in m["scan"]]
     worst = int(np.argmax(drops))
-    stages = sweep_stages(m["sweep"])
-    h_stages = sweep_stages(m["held_out_sweep"])
+    stages = sweep_stages(m["sweep"]["probes"][TRAINED_PROBE])
+    h_stages = sweep_stages(m["held_out_sweep"]["probes"][TRAINED_PROBE])
     dropout = _has_dropout(cfg)
     L = [f"# {name}", ""]
     L += [
@@ -556,17 +559,27 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
             "",
             f"## Residual patching sweep, {title} ({sweep['n']} seeded (A, p) pairs)",
             "",
-            "A: `<bos>` `\\n` + 12 example lines + `(q, `; B: `<bos>` `\\n` `(p, ` with p not among A's x values and |p - q| >= 5. "
-            "For each layer L, B's residual stream entering layer L at its last position is overwritten with A's at A's "
-            "last position; B's greedy next token is classified as exact a·p+b, copy of A's answer a·q+b, "
-            "≈a·p (|answer - a·p| <= b, neither exact nor copy) or other. "
-            f"A's own accuracy on these prompts: {sweep['clean_a_acc']:.3f}.",
+            "A: `<bos>` `\\n` + 12 example lines + `(q, `; B: `<bos>` `\\n` `(p, ` (the training format) with p not among "
+            "A's x values and |p - q| >= 5. For each layer L, B's residual stream entering layer L at its last position is "
+            "overwritten with A's at A's last position; B's greedy answer is classified as exact a·p+b, copy of A's answer "
+            "a·q+b, ≈a·p (|answer - a·p| <= b, neither exact nor copy) or other. Measured with the claim pack's own sweep "
+            f"(`mechclaims_icl`). A's own accuracy on these prompts: {sweep['clean_a_acc']:.3f}.",
             "",
-            *_sweep_table(sweep),
+            *_sweep_table(sweep["probes"][TRAINED_PROBE]),
             "",
             f"Task formation (task rate >= 0.5) first at layer {st['task_onset']}; copying (copy rate >= 0.5) first at "
             f"layer {st['copy_onset']}; task stage before copying: {_check(st['task_before_copy'])}.",
+            "",
+            f"### Task rate by layer under each format of B ({title})",
+            "",
+            "The same pairs and the same A residuals; only B's format changes (`C1.onset-robust` asks whether the onset "
+            "survives all of them). Task rate = ≈a·p or exact, with its 95% Wilson interval.",
+            "",
+            *_probe_table(sweep),
         ]
+        for probe, row in sweep["probes"].items():
+            onset = sweep_stages(row)["task_onset"]
+            L.append(f"- B as {probe} (`{row['b_text']!r}` for the first pair): task formation first at layer {onset}.")
     c = m["curve"]
     hc = m["held_out_curve"]
     L += [

@@ -72,6 +72,7 @@ class TrainConfig:
     patch_weight: float = 1.0
     patch_samples: int = 1
     patch_above_dropout: bool = False
+    patch_formats: tuple[str, ...] = ("newline",)
     init_from: str | None = None
     threads: int = 1
     log_every: int = 50
@@ -136,6 +137,28 @@ def _layer_range(text: str) -> tuple[int, int]:
     if not 0 <= first <= last:
         raise argparse.ArgumentTypeError(f"expected a layer range FIRST-LAST with 0 <= FIRST <= LAST, got {text!r}")
     return first, last
+
+
+def _probes() -> dict[str, str]:
+    from mechclaims_icl.tasks import PROBES
+
+    return PROBES
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in _probes()]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct formats among {', '.join(_probes())}, "
+                                         "comma-separated (e.g. post,newline)")
+    return names
+
+
+def b_prefix(fmt: str) -> list[int]:
+    """Token ids of prompt B in format ``fmt`` up to its number: BOS and the text before ``{p}``."""
+    from .tokenizer import build_tokenizer
+
+    return build_tokenizer()(_probes()[fmt].split("{p}")[0]).input_ids
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw each patched layer L above the layers whose heads the grouped dropout removed at the "
                         "source position (a residual with every earlier layer's heads removed cannot carry the "
                         "task); a sequence with no such layer in --patch-layers carries no patching loss")
+    p.add_argument("--patch-formats", type=_formats, default=d.patch_formats, metavar="F[,F...]",
+                   help="formats of the no-context prompt B (with --patch-layers), one drawn per step: "
+                        f"{', '.join(_probes())} (mechclaims_icl.tasks.PROBES); default newline, <bos> \\n (p, ")
     p.add_argument("--init-from", default=None, metavar="DIR",
                    help="continue from the weights of an organism directory (its architecture is kept)")
     p.add_argument("--threads", type=_positive_int, default=d.threads, help="torch CPU threads")
@@ -457,7 +483,7 @@ class PatchPlan:
 
 
 def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family: Family,
-               samples: int = 1, above: np.ndarray | None = None) -> PatchPlan:
+               samples: int = 1, above: np.ndarray | None = None, prefix: list[int] | None = None) -> PatchPlan:
     """Draw, `samples` times per sequence, a source line in the second half of the sequence (so A
     has at least lines//2 examples), a layer in `layers` and a p in the family's x range not among
     the sequence's x values. Row r of the plan reads from sequence r // samples.
@@ -480,7 +506,8 @@ def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family:
     for r in range(m):
         free = pool[~np.isin(pool, batch.xs[seq[r]])]
         p[r] = free[rng.integers(len(free))]
-    b_ids = np.stack([np.full(m, BOS_ID), np.full(m, NEWLINE_ID), np.full(m, OPEN_ID), NUMBER_OFFSET + p,
+    prefix = [BOS_ID, NEWLINE_ID, OPEN_ID] if prefix is None else prefix  # B = <bos> \n (p,  by default
+    b_ids = np.stack([*(np.full(m, t) for t in prefix), NUMBER_OFFSET + p,
                       np.full(m, COMMA_ID), np.full(m, SPACE_ID)], axis=1)
     target = NUMBER_OFFSET + batch.a[seq] * p + batch.b[seq]
     return PatchPlan(seq, line, layer, p, torch.from_numpy(b_ids), torch.from_numpy(target), active)
@@ -488,7 +515,7 @@ def patch_plan(rng: np.random.Generator, batch, layers: tuple[int, int], family:
 
 def replace_last_position(rows: torch.Tensor, vectors: torch.Tensor):
     """Forward pre-hook on a decoder layer: the last position of `rows` gets `vectors` (differentiably;
-    the patching sweep of :mod:`.measure` uses the same hook)."""
+    the claim pack's sweep writes the same position through a TransformerLens hook)."""
     def hook(module, args, kwargs):
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         hidden = hidden.clone()
@@ -537,6 +564,7 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
     gen = seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     family = cfg.family()
+    prefixes = {fmt: b_prefix(fmt) for fmt in cfg.patch_formats}
     base = None
     if cfg.init_from is not None:
         model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
@@ -571,7 +599,11 @@ def train(cfg: TrainConfig, log=sys.stderr) -> dict:
             rows = torch.from_numpy(np.flatnonzero(~batch.meta["canonical"]))
         if cfg.patch_layers is not None:
             above = dropout.first_layer_above_removed() if cfg.patch_above_dropout else None
-            plan = patch_plan(rng, batch, cfg.patch_layers, family, cfg.patch_samples, above)
+            # one format of B per step (equal lengths keep B's rows aligned with the dropout masks); a single
+            # format draws nothing, so a configuration without --patch-formats trains exactly as before
+            fmt = cfg.patch_formats[int(rng.integers(len(cfg.patch_formats)))] if len(cfg.patch_formats) > 1 \
+                else cfg.patch_formats[0]
+            plan = patch_plan(rng, batch, cfg.patch_layers, family, cfg.patch_samples, above, prefixes[fmt])
             loss, acc, hidden_states = answer_loss(model, ids, cfg.lines, hidden_states=True, rows=rows)
             p_loss, p_acc = patch_loss(model, hidden_states, plan)
             window_patch += p_loss.item()

@@ -228,3 +228,19 @@ def test_known(target, claim):
     import json
     claims = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())["claims"]
     assert [c["verdict"] for c in claims] == ["inconclusive", "inconclusive"] and claims[0]["statistic"] == 0.6
+
+
+def test_a_claim_over_variants_holds_only_where_every_variant_supports_it():
+    strong, weak, wide = mc.proportion(90, 100), mc.proportion(10, 100), mc.proportion(6, 10)
+    every = mc.holds_across({"a": mc.at_least(strong, 0.5, "x"), "b": mc.at_least(strong, 0.5, "x")}, "x")
+    assert every.supported and every.decided and every.figures["holds_under"] == ["a", "b"]
+    some = mc.holds_across({"a": mc.at_least(strong, 0.5, "x"), "b": mc.at_least(weak, 0.5, "x")}, "x")
+    assert not some.supported and some.decided and some.effect is weak  # the refuted variant's effect
+    assert some.figures["refuted_under"] == ["b"] and "x is specific to a: refuted under b" in some.message
+    assert some.figures["variants"]["b"] == {"verdict": "refuted", "statistic": 0.1, "ci_low": weak.ci.low,
+                                             "ci_high": weak.ci.high, "level": 0.95, "n": 100,
+                                             "message": mc.at_least(weak, 0.5, "x").message}
+    open_ = mc.holds_across({"a": mc.at_least(strong, 0.5, "x"), "b": mc.at_least(wide, 0.5, "x")}, "x")
+    assert not open_.supported and not open_.decided and "undecided under b" in open_.message
+    with pytest.raises(ValueError, match="at least one variant"):
+        mc.holds_across({}, "x")

@@ -156,8 +156,9 @@ def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch
     assert claim1.confirmation_pairs(exp, 4) == 10 and claim1.confirmation_pairs(exp, 100) == 100
     assert set(exp.verdicts) == {
         "C0.in-context", "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
-        "C1.backup-15", "C1.ablate-15", "C1.parity-late", "C1.redundancy",
+        "C1.backup-15", "C1.ablate-15", "C1.parity-late", "C1.redundancy", "C1.onset-robust",
     }
+    assert params.probe == "post" and params.probe_variants == ("post", "newline", "neutral-line")
 
 
 def test_one_a_forward_per_condition_gives_the_same_measurements(tiny, tiny_llama, monkeypatch):
@@ -236,3 +237,82 @@ def test_an_onset_placed_on_too_few_pairs_is_inconclusive_not_a_negative_control
     assert verdict_of(finding) == "inconclusive"
     wrong = claim1.task_onset(REDUNDANT, claim1.C1Params(**{**PARAMS.__dict__, "onset": 5}))
     assert not wrong.supported and wrong.decided and verdict_of(wrong) == "refuted"
+
+
+# ------------------------------------------------------------------ the probe: B's format
+
+def _sweep(onset, seed=1):
+    return _condition(onset, seed=seed).sweep
+
+
+def test_the_onset_is_robust_when_every_format_of_b_shows_it():
+    sweeps = {"post": _sweep(2), "newline": _sweep(2, seed=2), "neutral-line": _sweep(3, seed=3)}
+    finding = claim1.onset_robust(sweeps, PARAMS)
+    assert finding.supported and finding.decided
+    assert finding.figures["holds_under"] == ["post", "newline", "neutral-line"]
+    assert set(finding.figures["rates_by_variant"]) == set(sweeps)
+    assert {v["verdict"] for v in finding.figures["variants"].values()} == {"supported"}
+
+
+def test_an_onset_that_needs_one_format_of_b_is_refuted_as_format_specific():
+    """The organism's case: the stage shows with a leading newline only."""
+    sweeps = {"post": _sweep(None), "newline": _sweep(2), "neutral-line": _sweep(None, seed=3)}
+    finding = claim1.onset_robust(sweeps, PARAMS)
+    assert not finding.supported and finding.decided
+    assert finding.figures["holds_under"] == ["newline"]
+    assert finding.figures["refuted_under"] == ["post", "neutral-line"]
+    assert "specific to newline" in finding.message
+    assert finding.effect.statistic == LAYERS  # the first refuted format's onset: none
+    # the pre-registered probe alone would have supported C1.onset
+    assert claim1.task_onset(_study(_condition(2)), PARAMS).supported
+
+
+def test_an_undecided_format_makes_robustness_inconclusive():
+    rng = np.random.default_rng(0)
+    outcomes = (rng.random((LAYERS, 8)) < np.linspace(0.2, 0.8, LAYERS)[:, None]).astype(np.int8)
+    few = Sweep(tuple(range(LAYERS)), np.zeros((LAYERS, 8), dtype=np.int64), outcomes)
+    params = claim1.C1Params(**{**PARAMS.__dict__, "probe_variants": ("post", "newline")})
+    finding = claim1.onset_robust({"post": _sweep(2), "newline": few}, params)
+    assert not finding.supported and not finding.decided
+    assert finding.figures["variants"]["newline"]["verdict"] == "inconclusive"
+
+
+def test_b_in_each_format_and_the_draw_does_not_depend_on_it():
+    from mechclaims_icl.tasks import PROBES
+
+    post = make_patch_pairs(CANONICAL, n_pairs=5, n_examples=4, seed=0)
+    assert post.probe == "post" and post.b_texts[0] == f"({post.p[0]}, "
+    newline = post.with_probe("newline")
+    assert newline.b_texts[0] == f"\n({post.p[0]}, " and newline.a_texts == post.a_texts
+    assert (newline.p == post.p).all()
+    assert make_patch_pairs(CANONICAL, n_pairs=5, n_examples=4, seed=0, probe="neutral-line").b_texts[0] == (
+        f"(x, y)\n({post.p[0]}, ")
+    assert set(PROBES) == {"post", "newline", "neutral-line"}
+    with pytest.raises(ConfigError, match="unknown probe 'tab'.*post, newline, neutral-line"):
+        post.with_probe("tab")
+
+
+def test_probe_sweeps_reuse_a_and_match_a_fresh_sweep(tiny):
+    from mechclaims_icl.experiments import probe_sweeps
+    from mechclaims_icl.patching import patch_sweep
+
+    pairs = make_patch_pairs(CANONICAL, n_pairs=6, n_examples=4, seed=1, probe="newline")
+    study = ablation_study(tiny, pairs, (), read_layer=1)
+    sweeps = probe_sweeps(tiny, study, ("post", "newline"))
+    assert sweeps["newline"] is study.clean.sweep
+    assert np.array_equal(sweeps["post"].answers, patch_sweep(tiny, pairs.with_probe("post")).answers)
+
+
+@pytest.mark.parametrize("c1, message", [
+    ({}, "probe is missing; pre-register B's format, one of post, newline, neutral-line"),
+    ({"probe": "tab"}, "probe 'tab' is not a known format; valid: post, newline, neutral-line"),
+    ({"probe": "post", "probe_variants": ["newline"]}, "must list distinct formats and include the pre-registered"),
+])
+def test_a_bad_probe_names_the_formats(tmp_path, c1, message):
+    from mechclaims.expectations import _toml_value
+
+    lines = "".join(f"{k} = {_toml_value(v)}\n" for k, v in c1.items())
+    path = tmp_path / "organism.toml"
+    path.write_text(f"[c1]\nonset = 1\n{lines}")
+    with pytest.raises(ConfigError, match=message):
+        claim1.probes_from(load(path, "organism"))

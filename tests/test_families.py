@@ -21,7 +21,7 @@ from mechclaims.targets import read_shape
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("gpt2", "gpt_neox", "qwen2", "gemma")
 CLAIM_IDS = ("C0.in-context", "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13", "C1.backup-15",
-             "C1.ablate-15", "C1.parity-late", "C1.redundancy", "C2.log-additive", "C2.parity-by-n",
+             "C1.ablate-15", "C1.parity-late", "C1.redundancy", "C1.onset-robust", "C2.log-additive", "C2.parity-by-n",
              "C2.feature-linear", "C3.x-to-y", "C3.y-to-prey", "C3.mlp")
 
 

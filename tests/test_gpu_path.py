@@ -75,6 +75,9 @@ def test_gpu_claims_run_on_the_stand_in_and_are_not_applicable(gpu_claims):
     assert set(verdicts) >= {"C0.in-context", "C1.onset", "C1.redundancy", "C2.log-additive", "C3.mlp"}
     assert all(v == "not-applicable" for k, v in verdicts.items() if k[:3] in ("C1.", "C2.", "C3.")), verdicts
     assert report["run"]["targets"]["llama-3-8b"]["n_layers"] == 32
+    # llama-3-8b's pre-registration takes the post's own B, <bos>(15, : no newline before it
+    assert {(c["figures"]["probe"], c["figures"]["probe_b"]) for c in report["claims"] if c["id"].startswith("C1.")} == {
+        ("post", "(15, ")}
 
 
 def test_the_post_layers_drive_the_full_study_on_the_stand_in(gpu_claims, monkeypatch):
@@ -85,7 +88,8 @@ def test_the_post_layers_drive_the_full_study_on_the_stand_in(gpu_claims, monkey
     monkeypatch.setattr(claim2, "MIN_ACCURACY", -1.0)
     result, report = _run(gpu_claims)
     c1 = {c["id"]: c for c in report["claims"] if c["id"].startswith("C1.")}
-    assert len(c1) == 8
+    assert len(c1) == 9 and {c["figures"]["probe"] for c in c1.values()} == {"post"}
+    assert list(c1["C1.onset-robust"]["figures"]["variants"]) == ["post", "newline", "neutral-line"]
     assert all(c["verdict"] in ("supported", "refuted") for c in c1.values()), {k: c["message"] for k, c in c1.items()}
     assert c1["C1.backup-13"]["figures"]["layer"] == 13 and c1["C1.backup-15"]["figures"]["layer"] == 15
     assert "ablate 10+11" in c1["C1.ablate-10-11"]["message"]

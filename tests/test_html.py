@@ -388,3 +388,26 @@ def test_hostile_strings_never_run_in_chromium(chromium, tmp_path):
 def _pwned(dom: str) -> bool:
     """Whether the payload ran: the <html> element carries its attribute (its escaped text does not count)."""
     return re.search(r"<html[^>]*data-pwned=", dom) is not None
+
+
+def test_a_claim_over_variants_shows_each_variant_and_their_curves_side_by_side():
+    """A claim judged with mechclaims.holds_across: one row per variant with its verdict, and
+    the variants' patching curves in one image of side-by-side panels."""
+    import mechclaims as mc
+    per_variant = {"post": mc.at_least(mc.proportion(10, 100), 0.5, "task rate"),
+                   "newline": mc.at_least(mc.proportion(90, 100), 0.5, "task rate")}
+    finding = mc.holds_across(per_variant, "the task rate")
+    assert not finding.supported and finding.decided and "specific to newline" in finding.message
+    claim = {"id": "C1.onset-robust", "target": "organism", "verdict": "refuted", "statistic": 0.1, "ci": [0.05, 0.17],
+             "n": 100, "message": finding.message, "expected": "refuted", "as_expected": True,
+             "figures": {**json.loads(json.dumps(finding.figures)),
+                         "rates_by_variant": {"post": _rates(), "newline": _rates(), "neutral-line": _rates()}}}
+    record = synthetic_record()
+    record["claims"] = [claim]
+    page = _parse(html_report.render(record))
+    assert len(page.images) == 1  # the three panels are one figure
+    text = " ".join(t.strip() for t in page.text if t.strip())
+    assert "variant verdict statistic CI n message post refuted" in text and "newline supported" in text
+    broken = dict(claim, figures={"rates_by_variant": {"post": {"task": {"rate": "high"}}}})
+    drawn = plots.plots_for(broken["figures"])
+    assert len(drawn) == 1 and isinstance(drawn[0], plots.PlotError) and "rates_by_variant['post']" in drawn[0].reason

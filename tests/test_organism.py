@@ -93,16 +93,18 @@ def test_fixture_loads_in_transformer_bridge_with_hf_logits(models):
         assert torch.allclose(bridge(ids), models["organism"][0](input_ids=ids).logits, atol=1e-4)
 
 
-def test_patching_at_layer_zero_is_clean_b(models):
-    """A's resid_pre at layer 0 is the embedding of the same ' ' token, so B is unchanged."""
-    model, info = models["organism"]
-    sweep = measure.patch_sweep(model, *CANONICAL, n_pairs=20, seed=3, family=measure.family_of(info))
-    layer0 = {k: sweep["layers"][0][k] for k in measure.CATEGORIES}
-    assert layer0 == {k: sweep["clean_b"][k] for k in measure.CATEGORIES}
-    assert sweep["layers"][0]["misses"] == sweep["clean_b"]["misses"]
-    for row in sweep["layers"]:  # the commonest misses of a*p+b: nonzero offsets, no more than the non-exact answers
-        assert all(offset != 0 for offset, _ in row["misses"]) and len(row["misses"]) <= 3
-        assert sum(count for _, count in row["misses"]) <= round((1 - row["exact"]) * 20)
+def test_patching_at_layer_zero_is_clean_b_under_every_format_of_b():
+    """A's resid_pre at layer 0 is the embedding of the same ' ' token, so B is unchanged; the card's
+    sweep is the claim pack's own (one bridge, every format of B)."""
+    from mechclaims_icl.tasks import PROBES
+
+    model = measure.bridge(FIXTURES / "organism")
+    sweep = measure.patch_sweeps(model, *CANONICAL, n_pairs=20, seed=3, family=Family())
+    assert list(sweep["probes"]) == list(PROBES) and sweep["n"] == 20
+    for probe, row in sweep["probes"].items():
+        assert {k: v for k, v in row["layers"][0].items() if k != "layer"} == row["clean_b"], probe
+        assert row["b_text"].endswith(", ") and all(0 <= r["task"] <= 1 for r in row["layers"])
+    assert measure.sweep_stages(sweep["probes"]["newline"])["task_onset"] is not None
 
 
 def test_family_scan_pools_trained_pairs_by_slope_and_reports_the_held_out_pair_apart(models):
@@ -114,14 +116,6 @@ def test_family_scan_pools_trained_pairs_by_slope_and_reports_the_held_out_pair_
         assert r["acc"] == r["correct"] / r["n"] and r["ci"][0] <= r["acc"] <= r["ci"][1]
         assert r["worst_b"] != r["held_out_b"] and r["worst_acc"] <= r["acc"]
     assert rows[0]["held_out_acc"] is not None and rows[1]["held_out_acc"] is None
-
-
-def test_classify():
-    assert measure.classify(33, 2, 3, 15, 42) == "exact"
-    assert measure.classify(87, 2, 3, 15, 42) == "copy"
-    assert measure.classify(31, 2, 3, 15, 42) == "approx"
-    assert measure.classify(40, 2, 3, 15, 42) == "other"
-    assert measure.classify(None, 2, 3, 15, 42) == "other"
 
 
 # ---------------------------------------------------------------- training command
@@ -475,6 +469,27 @@ def test_short_training_with_patch_objective_lowers_both_losses(tmp_path):
     assert "--patch-layers 1-2 --patch-weight 0.5" in measure.train_command(info["config"], "out")
     assert "--patch-samples" not in measure.train_command(info["config"], "out")
     assert "--patch-samples 4" in measure.train_command({**info["config"], "patch_samples": 4}, "out")
+
+
+def test_b_formats_of_the_patching_objective_are_the_claim_packs(tmp_path):
+    """--patch-formats trains B in the claim pack's formats (one drawn per step), and the card's
+    command reproduces it; an unknown format is refused naming the valid ones."""
+    from organisms.tokenizer import build_tokenizer
+    from mechclaims_icl.tasks import probe_text
+
+    tok = build_tokenizer()
+    for fmt in ("post", "newline", "neutral-line"):
+        assert train.b_prefix(fmt) == tok(probe_text(fmt, 15)).input_ids[:-3]  # B without "15", ",", " "
+    cfg = train.parse_config(["--out", str(tmp_path / "m"), "--steps", "6", "--batch", "8", "--d-model", "32",
+                              "--layers", "2", "--heads", "2", "--kv-heads", "1", "--mlp", "64",
+                              "--patch-layers", "0-1", "--patch-formats", "post,newline,neutral-line"])
+    assert cfg.patch_formats == ("post", "newline", "neutral-line")
+    record = train.train(cfg, log=sys.stderr)
+    assert record["final_patch_loss"] is not None
+    assert "--patch-formats post,newline,neutral-line" in measure.train_command(record["config"], "out")
+    assert "--patch-formats" not in measure.train_command(dataclasses.asdict(train.TrainConfig(out="m")), "m")
+    with pytest.raises(SystemExit):
+        train.parse_config(["--out", "m", "--patch-formats", "post,tab"])
 
 
 @pytest.mark.parametrize("samples", [1, 3])

@@ -45,7 +45,8 @@ def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
     assert f"registered by: {project / 'pyproject.toml'}" in block
     assert f"weights: present: {project / 'models' / 'my-model'}" in block and "(none yet: run discover)" in block
 
-    found = _run(project, "-m", "mechclaims_icl.discover", "--target", "my-model")
+    # B in the format the organism was trained with (the default is the post's <bos>(p, )
+    found = _run(project, "-m", "mechclaims_icl.discover", "--target", "my-model", "--probe", "newline")
     assert found.returncode == 0, found.stderr[-3000:]
     assert (project / "claims" / "expectations" / "my-model.toml").is_file()
 

@@ -14,11 +14,15 @@ bound below the threshold; ``equivalent``: the interval wholly outside the margi
 interval across the threshold decides nothing and makes the claim **inconclusive**, as
 does a p-value at or above alpha. :func:`all_of` joins findings: supported when every
 part is, refuted when any part is refuted, inconclusive otherwise.
+
+:func:`holds_across` judges one claim over pre-registered variants (prompt formats,
+tasks, seeds): the result is reported per variant, and the claim holds only where every
+variant supports it; otherwise it is refuted and names the variants it is specific to.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from .results import Effect, Finding
 
@@ -70,3 +74,37 @@ def all_of(*findings: Finding) -> Finding:
     refuted = any(not f.supported and f.decided for f in findings)
     return Finding(findings[0].effect, supported, "; ".join(f.message for f in findings), findings[0].threshold,
                    figures, decided=supported or refuted)
+
+
+def holds_across(per_variant: Mapping[str, Finding], what: str) -> Finding:
+    """One claim judged under each pre-registered variant (``{name: finding}``, in order).
+
+    Supported when every variant's finding is; refuted when any is refuted (the claim is then
+    specific to the variants it holds in); inconclusive otherwise.  The effect is the first
+    refuted variant's (else the first undecided one's, else the first variant's), and
+    ``figures["variants"]`` gives every variant's verdict, statistic, interval, n and message.
+    """
+    if not per_variant:
+        raise ValueError(f"{what}: holds_across needs at least one variant")
+    verdicts = {name: "supported" if f.supported else "refuted" if f.decided else "inconclusive"
+                for name, f in per_variant.items()}
+    holds = [name for name, v in verdicts.items() if v == "supported"]
+    fails = [name for name, v in verdicts.items() if v == "refuted"]
+    open_ = [name for name, v in verdicts.items() if v == "inconclusive"]
+    shown = (fails or open_ or list(per_variant))[0]
+    effect = per_variant[shown].effect
+    if not fails and not open_:
+        summary = f"{what} holds under every variant ({', '.join(holds)})"
+    elif fails:
+        summary = (f"{what} is specific to {', '.join(holds) or 'no variant'}: refuted under {', '.join(fails)}"
+                   + (f", undecided under {', '.join(open_)}" if open_ else ""))
+    else:
+        summary = f"{what} holds under {', '.join(holds) or 'no variant'}, undecided under {', '.join(open_)}"
+    variants = {
+        name: {"verdict": verdicts[name], "statistic": f.effect.statistic, "ci_low": f.effect.ci.low,
+               "ci_high": f.effect.ci.high, "level": f.effect.ci.level, "n": f.effect.n, "message": f.message}
+        for name, f in per_variant.items()
+    }
+    message = summary + "; " + "; ".join(f"[{name}] {f.message}" for name, f in per_variant.items())
+    return Finding(effect, not fails and not open_, message, per_variant[shown].threshold,
+                   {"variants": variants, "holds_under": holds, "refuted_under": fails}, decided=bool(fails) or not open_)

@@ -8,12 +8,14 @@ exploration split to pre-register the expected verdicts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .experiments import AblationStudy, Condition
+from .patching import Sweep
+from mechclaims.checks import holds_across
 from .claim0 import MIN_ACCURACY
 from mechclaims.results import Effect, Finding
 from mechclaims.stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
@@ -33,6 +35,8 @@ class C1Params:
     onset_tolerance: int = 1
     margin: float = 0.1
     backup_share: float = 0.1
+    probe: str = "post"  # B's format (tasks.PROBES) in every Claim 1 sweep
+    probe_variants: tuple[str, ...] = ("post", "newline", "neutral-line")  # C1.onset-robust's formats
 
 
 def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
@@ -41,8 +45,9 @@ def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
     return accuracy.ci.low >= MIN_ACCURACY, accuracy
 
 
-def rates_by_layer(condition: Condition) -> dict[str, dict[str, list[float]]]:
+def rates_by_layer(condition: Condition | Sweep) -> dict[str, dict[str, list[float]]]:
     """Per outcome class, the patched-answer rate at each layer with its Wilson interval."""
+    sweep = condition if isinstance(condition, Sweep) else condition.sweep
     return {
         name: {
             "rate": [e.statistic for e in effects],
@@ -50,13 +55,17 @@ def rates_by_layer(condition: Condition) -> dict[str, dict[str, list[float]]]:
             "ci_high": [e.ci.high for e in effects],
             "n": effects[0].n,
         }
-        for name, effects in condition.sweep.rates().items()
+        for name, effects in sweep.rates().items()
     }
 
 
 def task_onset(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
     """C1.onset: the first layer where patching makes B answer ≈ a*p is the pre-registered one."""
-    flags = study.clean.task_flags()
+    return _onset(study.clean.sweep, p, seed)
+
+
+def _onset(sweep: Sweep, p: C1Params, seed: int) -> Finding:
+    flags = sweep.task_flags()
     effect = onset(flags, p.threshold, seed=seed)
     low, high = p.onset - p.onset_tolerance, p.onset + p.onset_tolerance
     ok = effect.ci.high < flags.shape[0] and low <= effect.ci.low and effect.ci.high <= high
@@ -68,9 +77,29 @@ def task_onset(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
         f"onset {effect} (n_layers means none); pre-registered {p.onset} ± {p.onset_tolerance}"
         + ("" if decided else f"; the interval is wider than the ±{p.onset_tolerance} window: too few pairs"),
         threshold=float(p.onset),
-        figures={"rates": rates_by_layer(study.clean), "expected_onset": p.onset},
+        figures={"rates": rates_by_layer(sweep), "expected_onset": p.onset},
         decided=decided,
     )
+
+
+def onset_robust(sweeps: dict[str, Sweep], p: C1Params, seed: int = 0) -> Finding:
+    """C1.onset-robust: the onset holds, within its tolerance, under every pre-registered format of
+    B (``sweeps``: the clean sweep per probe); otherwise the onset is specific to the formats it holds in."""
+    per_probe = {probe: _onset(sweeps[probe], p, seed) for probe in p.probe_variants}
+    finding = holds_across(per_probe, "the task-formation onset")
+    return replace(finding, figures={
+        **finding.figures, "expected_onset": p.onset,
+        "rates_by_variant": {probe: _task_and_copy(sweeps[probe]) for probe in p.probe_variants},
+    })
+
+
+def _task_and_copy(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """The task rate (≈a*p or exact) and the copy rate by layer, with Wilson intervals."""
+    out = {}
+    for name, effects in (("task (≈a*p or exact)", sweep.rate("approx", "exact")), ("copy", sweep.rate("copy"))):
+        out[name] = {"rate": [e.statistic for e in effects], "ci_low": [e.ci.low for e in effects],
+                     "ci_high": [e.ci.high for e in effects], "n": effects[0].n}
+    return out
 
 
 def answer_unchanged(study: AblationStudy, stage: int, p: C1Params) -> Effect:
@@ -203,9 +232,13 @@ def redundancy(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
     )
 
 
-def findings(study: AblationStudy, p: C1Params, seed: int = 0) -> dict[str, Finding]:
+def findings(study: AblationStudy, p: C1Params, seed: int = 0,
+             probe_sweeps: dict[str, Sweep] | None = None) -> dict[str, Finding]:
     """Every Claim 1 finding of ``study``, by claim id: what discovery pre-registers from the
-    exploration split, with the functions the claim tests judge on the confirmation split."""
+    exploration split, with the functions the claim tests judge on the confirmation split.
+    ``C1.onset-robust`` is among them when the clean sweep under every probe variant is given
+    (:func:`~mechclaims_icl.experiments.probe_sweeps`)."""
+    robust = {} if probe_sweeps is None else {"C1.onset-robust": onset_robust(probe_sweeps, p, seed=seed)}
     return {
         "C1.onset": task_onset(study, p, seed=seed),
         "C1.ablate-10-11": ablate(study, 0, p, seed=seed),
@@ -215,16 +248,18 @@ def findings(study: AblationStudy, p: C1Params, seed: int = 0) -> dict[str, Find
         "C1.ablate-15": no_task_stage(study, 2, p),
         "C1.parity-late": parity_late(study, p, seed=seed),
         "C1.redundancy": redundancy(study, p, seed=seed),
+        **robust,
     }
 
 
-def task_pairs(model: Any, task: Any, n_pairs: int, seed: int) -> tuple[Any, bool, Effect]:
-    """The (A, B) prompt pairs of ``task`` at ``seed`` (12 examples each) and Claim 1's precondition
-    on them: whether the model answers A right (lower bound >= C0's), and that accuracy."""
+def task_pairs(model: Any, task: Any, n_pairs: int, seed: int, probe: str = "post") -> tuple[Any, bool, Effect]:
+    """The (A, B) prompt pairs of ``task`` at ``seed`` (12 examples each, B in the ``probe`` format)
+    and Claim 1's precondition on them: whether the model answers A right (lower bound >= C0's),
+    and that accuracy."""
     from .answers import greedy_is
     from .tasks import make_patch_pairs
 
-    pairs = make_patch_pairs(task, n_pairs=n_pairs, n_examples=12, seed=seed)
+    pairs = make_patch_pairs(task, n_pairs=n_pairs, n_examples=12, seed=seed, probe=probe)
     ok, accuracy = precondition(greedy_is(model, pairs.a_texts, [p.a.answer for p in pairs.pairs]))
     return pairs, ok, accuracy
 
@@ -236,8 +271,32 @@ def confirmation_pairs(exp: Any, requested: int) -> int:
     return max(requested, exp.get("c1", "min_pairs", int, default=1))  # range-checked on load (expectations.KEYS)
 
 
+def probes_from(exp: Any) -> tuple[str, tuple[str, ...]]:
+    """The pre-registered probe (``[c1] probe``, required) and the variants ``C1.onset-robust`` runs
+    under (``[c1] probe_variants``, default every format of :data:`~mechclaims_icl.tasks.PROBES`)."""
+    from mechclaims.errors import ConfigError
+
+    from .tasks import PROBES
+
+    where = exp.path or exp.target
+    probe = exp.get("c1", "probe", str, default=None)
+    if probe is None:
+        raise ConfigError(
+            f"{where}: [c1] probe is missing; pre-register B's format, one of {', '.join(PROBES)} "
+            "(\"post\" is the post's <bos>(15, ; files written before the key existed used \"newline\")")
+    variants = tuple(exp.get("c1", "probe_variants", list, default=list(PROBES)))
+    for name in (probe, *variants):
+        if name not in PROBES:
+            raise ConfigError(f"{where}: [c1] probe {name!r} is not a known format; valid: {', '.join(PROBES)}")
+    if probe not in variants or len(set(variants)) != len(variants):
+        raise ConfigError(f"{where}: [c1] probe_variants = {list(variants)} must list distinct formats and include "
+                          f"the pre-registered probe {probe!r}")
+    return probe, variants
+
+
 def params_from(exp: Any, n_layers: int) -> C1Params:
     """Read and range-check the ``[c1]`` section of a target's expectations."""
+    probe, variants = probes_from(exp)
     stages = tuple(exp.layers("c1", f"stage{k}", n_layers) for k in (1, 2, 3))
     return C1Params(
         onset=exp.layer("c1", "onset", n_layers),
@@ -248,4 +307,6 @@ def params_from(exp: Any, n_layers: int) -> C1Params:
         onset_tolerance=exp.get("c1", "onset_tolerance", int, default=1),
         margin=exp.get("c1", "margin", float, default=0.1),
         backup_share=exp.get("c1", "backup_share", float, default=0.1),
+        probe=probe,
+        probe_variants=variants,
     )

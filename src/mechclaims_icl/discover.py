@@ -48,7 +48,7 @@ import numpy as np
 from . import claim0, claim1, claim2, claim3
 from .answers import greedy_is
 from mechclaims.errors import MechclaimsError
-from .experiments import AblationStudy, Condition, measure
+from .experiments import AblationStudy, Condition, measure, probe_sweeps
 from mechclaims.expectations import load as load_expectations
 from mechclaims.expectations import merge_write, registered_model
 from .expectations import task as task_of
@@ -57,11 +57,11 @@ from mechclaims.results import INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
 from mechclaims.stats import onset_layer
 from mechclaims.targets import TARGETS, load_target
 from .plugin import parse_task, task_path
-from .tasks import CANONICAL, AffineTask, make_patch_pairs, make_prompts, split_seed
+from .tasks import CANONICAL, PROBES, AffineTask, make_patch_pairs, make_prompts, split_seed
 
 C1_IDS = (
     "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",
-    "C1.backup-15", "C1.ablate-15", "C1.parity-late", "C1.redundancy",
+    "C1.backup-15", "C1.ablate-15", "C1.parity-late", "C1.redundancy", "C1.onset-robust",
 )
 
 
@@ -75,15 +75,17 @@ def backup_layer(before: Condition, after: Condition, excluded: set[int]) -> int
 
 def discover(
     model: Any, *, n_pairs: int, seed: int, threshold: float, margin: float, task: AffineTask = CANONICAL, log=print,
+    probe: str = "post",
 ) -> dict:
     """Run the procedure; returns the expectations as a dict (see :func:`write`).
 
-    C0 is always the post's y = 2x + 3; Claim 1 runs on ``task``."""
+    C0 is always the post's y = 2x + 3; Claim 1 runs on ``task``, with B in the ``probe`` format;
+    ``C1.onset-robust`` is evaluated under every format of :data:`~mechclaims_icl.tasks.PROBES`."""
     n_layers = model.cfg.n_layers
     read_layer = n_layers - 1
     explore = split_seed(seed, "exploration")
     no_context = make_prompts(CANONICAL, n_prompts=n_pairs, n_examples=0, seed=explore)
-    canonical = make_patch_pairs(CANONICAL, n_pairs=n_pairs, n_examples=12, seed=explore)
+    canonical = make_patch_pairs(CANONICAL, n_pairs=n_pairs, n_examples=12, seed=explore, probe=probe)
     correct = greedy_is(model, canonical.a_texts, [p.a.answer for p in canonical.pairs])
     c0 = claim0.in_context(correct, greedy_is(model, no_context.texts, no_context.answers), CANONICAL.name)
     log(f"C0.in-context: {c0.message}")
@@ -92,7 +94,7 @@ def discover(
     pairs, ok, accuracy = canonical, *claim1.precondition(correct)
     if task != CANONICAL:
         figures["C1 on 2x+3"] = f"not run: Claim 1 runs on {task.name}; clean accuracy on 2x+3 {accuracy}"
-        pairs, ok, accuracy = claim1.task_pairs(model, task, n_pairs, explore)
+        pairs, ok, accuracy = claim1.task_pairs(model, task, n_pairs, explore, probe)
     log(f"C1 on {task.name}: clean accuracy {accuracy}")
     if not ok:
         return {
@@ -102,7 +104,7 @@ def discover(
         }
     clean = measure(model, pairs, (), read_layer=read_layer)
     onset0 = onset_layer(clean.task_flags(), threshold)
-    log(f"clean onset layer {onset0} (of {n_layers})")
+    log(f"clean onset layer {onset0} (of {n_layers}), B as {probe}")
     stage1 = [layer for layer in (onset0 - 2, onset0 - 1) if 0 <= layer < n_layers] or [0]
     conditions, stages, backups, ablated = [clean], [stage1], [], list(stage1)
     for step in range(3):
@@ -119,8 +121,9 @@ def discover(
     params = claim1.C1Params(
         onset=min(onset0, n_layers - 1), stages=tuple(tuple(s) for s in stages),
         backup_layers=tuple(backups), read_layer=read_layer, threshold=threshold, margin=margin,
+        probe=probe, probe_variants=tuple(PROBES),
     )
-    findings = claim1.findings(study, params, seed=seed)
+    findings = claim1.findings(study, params, seed=seed, probe_sweeps=probe_sweeps(model, study, PROBES))
     for cid, f in findings.items():
         log(f"{cid}: {'supported' if f.supported else 'refuted'}: {f.message}")
     return {
@@ -130,10 +133,43 @@ def discover(
             "stage1": list(stages[0]), "stage2": list(stages[1]), "stage3": list(stages[2]),
             "backup_layers": backups, "read_layer": read_layer, "threshold": threshold, "margin": margin,
             "backup_share": params.backup_share, "min_pairs": n_pairs,
+            "probe": probe, "probe_variants": list(PROBES),
         },
         "figures": {**figures, "C1": f"task {task.name}, clean accuracy {accuracy}",
                     **{cid: f.message for cid, f in findings.items()}},
     }
+
+
+def discover_probes(model: Any, previous: Any, *, seed: int, probe: str | None, n_pairs: int = 200, log=print) -> dict:
+    """``C1.onset-robust`` added to an existing pre-registration: its Claim 1 values are kept, the
+    clean exploration sweep is measured under every format of B and the verdict that implies is
+    pre-registered, with ``[c1] probe`` (``probe``, else the file's) and ``probe_variants``."""
+    from mechclaims.errors import ConfigError
+
+    n_layers = model.cfg.n_layers
+    c1 = dict(previous.sections.get("c1", {}))
+    if not c1:
+        raise ConfigError(f"{previous.path}: no [c1] to add probe variants to; run the whole discovery")
+    probe = probe or c1.get("probe")
+    if probe is None:
+        raise ConfigError(f"{previous.path}: [c1] has no probe; say which format its values were found with (--probe)")
+    c1 |= {"probe": probe, "probe_variants": list(PROBES)}
+    task = task_of(previous)
+    n_pairs = int(c1.get("min_pairs", n_pairs))  # the exploration's own size where the file records it
+    pairs, ok, accuracy = claim1.task_pairs(model, task, n_pairs, split_seed(seed, "exploration"), probe)
+    if not ok:
+        return {"verdicts": {"C1.onset-robust": NOT_APPLICABLE}, "c1": c1,
+                "figures": {"C1.onset-robust": f"not applicable: task {task.name}, clean accuracy {accuracy}"}}
+    params = claim1.C1Params(
+        onset=int(c1["onset"]), stages=(), backup_layers=(), read_layer=int(c1.get("read_layer", n_layers - 1)),
+        threshold=float(c1.get("threshold", 0.5)), onset_tolerance=int(c1.get("onset_tolerance", 1)),
+        probe=probe, probe_variants=tuple(PROBES),
+    )
+    clean = measure(model, pairs, (), read_layer=params.read_layer)
+    found = claim1.onset_robust(probe_sweeps(model, AblationStudy(pairs, (clean,)), PROBES), params, seed=seed)
+    log(f"C1.onset-robust: {verdict_of(found)}: {found.message}")
+    return {"verdicts": {"C1.onset-robust": verdict_of(found)}, "c1": c1,
+            "figures": {"C1.onset-robust": f"{n_pairs} exploration pairs: {found.message}"}}
 
 
 MAX_PROMPTS_DEFAULT = 100  # fewer exploration sequences than this also cap the confirming run (slow targets)
@@ -257,10 +293,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="exploration sequences for Claims 2 and 3, also their cap on confirmation "
                         "(default: the existing file's [c2] max_prompts, else 100)")
     parser.add_argument("--device", default=None, help="override the target's device")
+    parser.add_argument("--probe", choices=list(PROBES), default=None,
+                        help="format of prompt B for Claim 1 (default: post, the post's <bos>(15, )")
+    parser.add_argument("--probe-variants-only", action="store_true",
+                        help="keep the file's Claim 1 values; measure only C1.onset-robust under every format of B "
+                        "and pre-register its verdict (with [c1] probe and probe_variants)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing expectations file")
     args = parser.parse_args(argv)
     default = Path("claims") / "expectations" / f"{args.target}.toml"
     out = args.out or (task_path(default.parent.parent, args.target, args.task) if args.task else default)
+    if args.probe_variants_only:
+        return _probe_variants_only(args, out, argv)
     if out.exists() and not args.force and _owned(out, args.target):
         parser.error(f"{out} already pre-registers this pack's claims; they are not overwritten silently: pass "
                      "--force to replace them (other sections of the file are kept)")
@@ -273,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         model = loaded.model
         found = discover(
             model, n_pairs=args.n_pairs, seed=args.seed, threshold=args.threshold, margin=args.margin, task=task,
-            log=log,
+            log=log, probe=args.probe or "post",
         )
         more = discover_sequences(model, task, n_prompts=n_sequences, seed=args.seed, log=log)
         found = {
@@ -288,6 +331,28 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python -m mechclaims_icl.discover", *(argv if argv is not None else sys.argv[1:])])
     try:  # this pack's sections and verdicts only: any other pack's sections in the file are kept
         write(out, args.target, found, command)
+    except MechclaimsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _probe_variants_only(args: argparse.Namespace, out: Path, argv: list[str] | None) -> int:
+    log = lambda msg: print(f"[discover] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    command = " ".join(["python -m mechclaims_icl.discover", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        if not out.is_file():
+            raise MechclaimsError(f"{out} does not exist; --probe-variants-only adds to a pre-registration, "
+                                  "run the whole discovery first")
+        previous = load_expectations(out, args.target)
+        loaded = load_target(args.target, device=args.device)
+        found = discover_probes(loaded.model, previous, seed=args.seed, probe=args.probe, n_pairs=args.n_pairs, log=log)
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        merge_write(out, args.target, source=previous.source or f"discovery: {command}", verdicts=found["verdicts"],
+                    sections={"c1": found["c1"]},
+                    comment=f"C1.onset-robust pre-registered {stamp} by {command}\n"
+                            + "\n".join(f"{cid}: {text}" for cid, text in found["figures"].items()))
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

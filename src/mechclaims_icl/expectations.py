@@ -23,6 +23,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "margin": Key(float, 0.01, 0.25, "an equivalence margin in accuracy; a wider one calls any change equivalent"),
         "backup_share": SHARE,
         "min_pairs": Key(int, 1, 20000, "prompt pairs; more would run for days on a CPU"),
+        "probe": Key(str, why="the format of prompt B: post, newline or neutral-line (mechclaims_icl.tasks.PROBES)"),
+        "probe_variants": Key(list, why="the formats of B C1.onset-robust runs under (mechclaims_icl.tasks.PROBES)"),
     },
     "c2": {
         "n_examples": Key(int, 2, 64, "examples per sequence"), "fit_first": Key(int, 0, 63, "an example index"),

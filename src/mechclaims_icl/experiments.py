@@ -34,10 +34,11 @@ class Condition:
     correct: np.ndarray  # [n_pairs] A answers correctly under the ablation
     sweep: Sweep
     scores: HeadScores
+    source: torch.Tensor | None = None  # [n_pairs, n_layers, d_model]: A's last-position resid_pre, on the CPU
 
     def task_flags(self) -> np.ndarray:
         """``[n_layers, n_pairs]``: patched B answers ≈ a*p or exactly a*p + b."""
-        return np.isin(self.sweep.outcomes, [1, 2])
+        return self.sweep.task_flags()
 
     def flags(self, outcome: str) -> np.ndarray:
         from .answers import OUTCOMES
@@ -108,7 +109,23 @@ def measure(
         correct=correct,
         sweep=patch_sweep(model, pairs, source=source),
         scores=HeadScores(dla=dla, dot=dot, read_layer=read_layer),
+        source=source,
     )
+
+
+def probe_sweeps(model: Any, study: AblationStudy, probes: Sequence[str]) -> dict[str, Sweep]:
+    """The clean patch sweep with B in each format of ``probes``: A's residual is the one the
+    study captured, so only B's runs are added (the study's own probe is reused as measured)."""
+    clean = study.clean
+    out = {}
+    for probe in probes:
+        if probe == study.pairs.probe:
+            out[probe] = clean.sweep
+        else:
+            if clean.source is None:
+                raise ValueError("the study's clean condition kept no source residual; measure it with experiments.measure")
+            out[probe] = patch_sweep(model, study.pairs.with_probe(probe), source=clean.source)
+    return out
 
 
 def ablation_study(

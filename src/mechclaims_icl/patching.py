@@ -45,6 +45,10 @@ class Sweep:
         codes = [OUTCOMES.index(n) for n in names]
         return [proportion_of(np.isin(row, codes)) for row in self.outcomes]
 
+    def task_flags(self) -> np.ndarray:
+        """``[n_layers, n_pairs]``: the patched answer is ≈ a*p or exactly a*p + b."""
+        return np.isin(self.outcomes, [OUTCOMES.index("approx"), OUTCOMES.index("exact")])
+
     def rates(self) -> dict[str, list[Effect]]:
         return {name: self.rate(name) for name in OUTCOMES}
 

@@ -7,7 +7,7 @@ x values are distinct, and the query is never among them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -127,6 +127,28 @@ def make_prompts(
 
 MIN_QUERY_GAP = 5  # |q - p| >= this, so A's answer a*q+b is never within tolerance of a*p
 
+NEUTRAL_LINE = "(x, y)\n"
+"""The line the ``neutral-line`` probe puts before B: the format's own header, with no number in it."""
+
+PROBES: dict[str, str] = {
+    "post": "({p}, ",
+    "newline": "\n({p}, ",
+    "neutral-line": NEUTRAL_LINE + "({p}, ",
+}
+"""The formats of the no-context prompt B (text after BOS; ``{p}`` is the patch target).
+
+``post`` is the post's own B, ``<bos>(15, `` (claims-spec §1); ``newline`` starts B with the
+newline that starts every prompt A; ``neutral-line`` puts one line that carries no example
+before it.  Which one Claim 1 uses is pre-registered (``[c1] probe``), and ``C1.onset-robust``
+asks whether the onset survives every one of ``[c1] probe_variants``."""
+
+
+def probe_text(probe: str, p: int) -> str:
+    """B's text under ``probe`` for the patch target ``p``."""
+    if probe not in PROBES:
+        raise ConfigError(f"unknown probe {probe!r}; valid probes: {', '.join(PROBES)} (see mechclaims_icl.tasks.PROBES)")
+    return PROBES[probe].format(p=p)
+
 
 @dataclass(frozen=True)
 class PatchPair:
@@ -134,10 +156,11 @@ class PatchPair:
 
     a: Prompt
     p: int
+    probe: str = "post"
 
     @property
     def b_text(self) -> str:
-        return f"\n({self.p}, "
+        return probe_text(self.probe, self.p)
 
 
 @dataclass(frozen=True)
@@ -150,6 +173,16 @@ class PatchSet:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @property
+    def probe(self) -> str:
+        """The format of every B of the set."""
+        return self.pairs[0].probe if self.pairs else "post"
+
+    def with_probe(self, probe: str) -> "PatchSet":
+        """The same A prompts and patch targets with B in another format."""
+        probe_text(probe, 0)  # validates the name
+        return PatchSet(self.task, tuple(replace(pair, probe=probe) for pair in self.pairs), self.seed)
 
     @property
     def a_texts(self) -> list[str]:
@@ -175,8 +208,11 @@ def make_patch_pairs(
     n_examples: int,
     seed: int,
     x_range: tuple[int, int] = X_RANGE,
+    probe: str = "post",
 ) -> PatchSet:
-    """Draw ``n_pairs`` (A, p) pairs; p avoids A's examples and lies >= MIN_QUERY_GAP from q."""
+    """Draw ``n_pairs`` (A, p) pairs, B in the ``probe`` format (:data:`PROBES`); p avoids A's
+    examples and lies >= MIN_QUERY_GAP from q.  The draw does not depend on the probe."""
+    probe_text(probe, 0)
     prompts = make_prompts(task, n_prompts=n_pairs, n_examples=n_examples, seed=seed, x_range=x_range)
     rng = np.random.default_rng([seed, 1])
     low, high = x_range
@@ -191,5 +227,5 @@ def make_patch_pairs(
                 f"no patch target p left in x_range {x_range} with {n_examples} examples and a gap "
                 f">= {MIN_QUERY_GAP} from the query; use fewer examples or a wider x_range"
             )
-        pairs.append(PatchPair(prompt, int(rng.choice(choices))))
+        pairs.append(PatchPair(prompt, int(rng.choice(choices)), probe))
     return PatchSet(task, tuple(pairs), seed)

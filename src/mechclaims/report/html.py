@@ -283,13 +283,30 @@ def _plots(figures: Any, plot_cache: Path | None) -> str:
     return f'<div class="plots">{"".join(items)}</div>' if items else ""
 
 
+def _variants(figures: Any) -> str:
+    """The per-variant results of a claim judged over variants (``figures["variants"]``,
+    as :func:`mechclaims.holds_across` writes them): one row per variant."""
+    variants = figures.get("variants") if isinstance(figures, dict) else None
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        return ""
+    rows = []
+    for name, v in variants.items():
+        ci = f"[{_num(v.get('ci_low'))}, {_num(v.get('ci_high'))}]"
+        rows.append(f"<tr><td>{escape(str(name))}</td><td>{verdict_badge(v.get('verdict'))}</td>"
+                    f"<td class=mono>{escape(_num(v.get('statistic')))}</td><td class=mono>{escape(ci)}</td>"
+                    f"<td class=mono>{escape(_num(v.get('n')))}</td><td>{escape(str(v.get('message', '')))}</td></tr>")
+    return ('<table class="figs"><thead><tr><th>variant</th><th>verdict</th><th>statistic</th><th>CI</th><th>n</th>'
+            f'<th>message</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+
+
 def _other_figures(figures: Any) -> str:
     if not isinstance(figures, dict):
         return ""
+    skip = {"variants"} if _variants(figures) else set()
     rows = [
         f"<tr><td>{escape(str(k))}</td><td class=mono>{escape(_figure_text(v))}</td></tr>"
         for k, v in figures.items()
-        if k not in PLOT_KINDS
+        if k not in PLOT_KINDS and k not in skip
     ]
     if not rows:
         return ""
@@ -323,7 +340,7 @@ def _claim_article(claim: dict[str, Any], anchor: str, plot_cache: Path | None =
         f"{verdict_badge(claim.get('verdict'))} {expectation_badge(claim)}"
         '<a class="top" href="#summary">↑ summary</a></h3>'
         f'<div class="stats">{stat_html}</div>{message}'
-        f"{_plots(claim.get('figures'), plot_cache)}{_other_figures(claim.get('figures'))}"
+        f"{_variants(claim.get('figures'))}{_plots(claim.get('figures'), plot_cache)}{_other_figures(claim.get('figures'))}"
         f'<div class="meta">{" · ".join(meta)}</div></article>'
     )
 

@@ -11,6 +11,11 @@ plot (the page lists scalars and effects in a table and ignores the rest).
   one line per outcome class (``none``, ``approx``, ``exact``, ``copy``; other
   names are drawn too), x = layer, y = rate in [0, 1].
 
+``rates_by_variant`` -- the same curves under each pre-registered variant (e.g. a prompt
+format), drawn side by side on one shared y axis::
+
+    {variant_name: {class_name: {"rate": [...], "ci_low": [...], "ci_high": [...], "n": int}}}
+
 ``heatmaps`` -- one heatmap per title, e.g. head scores before and after an ablation::
 
     {title: {"matrix": [[...], ...], "xlabel": str, "ylabel": str}}
@@ -57,7 +62,7 @@ import numpy as np
 
 # Every plot is an inline PNG; a kept plot whose uri is anything else is not used.
 PNG_URI = "data:image/png;base64,"
-PLOT_KINDS = ("rates", "heatmaps", "curves", "bars")
+PLOT_KINDS = ("rates", "rates_by_variant", "heatmaps", "curves", "bars")
 
 # One colour per patching outcome class, the same on every page.
 CLASS_COLOURS = {"none": "#6e7781", "approx": "#d97706", "exact": "#16a34a", "copy": "#2563eb"}
@@ -144,32 +149,59 @@ def _integer_ticks(ax, axis: str = "x") -> None:
 
 
 def rates_plot(rates: Any, title: str = "patched answer by layer") -> Plot:
-    rates = _mapping(rates, "rates")
-    if not rates:
-        raise FigureSchemaError("rates is empty")
     fig, ax = _figure()
+    n_values = _draw_rates(ax, rates, "rates")
+    n_text = f" (n={n_values.pop()}, 95% CI bands)" if len(n_values) == 1 else ""
+    _title(ax, title + n_text)
+    ax.set_ylabel("rate")
+    fig.legend(fontsize=8, frameon=False, loc="outside right upper")
+    return Plot(title, _uri(fig))
+
+
+def variant_rates_plot(variants: Any, title: str = "patched answer by layer, per variant") -> Plot:
+    """One panel per variant, side by side, sharing the y axis."""
+    variants = _mapping(variants, "rates_by_variant")
+    if not variants:
+        raise FigureSchemaError("rates_by_variant is empty")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * len(variants) + 1.2, 3.4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(variants), sharey=True, squeeze=False)
+    n_values: set[int] = set()
+    for ax, (name, rates) in zip(axes[0], variants.items()):
+        n_values |= _draw_rates(ax, rates, f"rates_by_variant[{name!r}]")
+        _title(ax, str(name))
+    axes[0][0].set_ylabel("rate")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, frameon=False, loc="outside right upper")
+    n_text = f" (n={n_values.pop()}, 95% CI bands)" if len(n_values) == 1 else ""
+    fig.suptitle(title + n_text, fontsize=10)
+    return Plot(title, _uri(fig))
+
+
+def _draw_rates(ax, rates: Any, what: str) -> set[int]:
+    """Draw one rates entry on ``ax``; returns the n values it states."""
+    rates = _mapping(rates, what)
+    if not rates:
+        raise FigureSchemaError(f"{what} is empty")
     n_values = set()
     for i, (name, spec) in enumerate(rates.items()):
-        spec = _mapping(spec, f"rates[{name!r}]")
-        y = _numbers(spec.get("rate"), f"rates[{name!r}].rate")
+        spec = _mapping(spec, f"{what}[{name!r}]")
+        y = _numbers(spec.get("rate"), f"{what}[{name!r}].rate")
         x = np.arange(len(y))
         colour = CLASS_COLOURS.get(name, _CYCLE[i % len(_CYCLE)])
         if "ci_low" in spec and "ci_high" in spec:
-            low = _numbers(spec["ci_low"], f"rates[{name!r}].ci_low", len(y))
-            high = _numbers(spec["ci_high"], f"rates[{name!r}].ci_high", len(y))
+            low = _numbers(spec["ci_low"], f"{what}[{name!r}].ci_low", len(y))
+            high = _numbers(spec["ci_high"], f"{what}[{name!r}].ci_high", len(y))
             ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
         ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=str(name))
         if isinstance(spec.get("n"), int):
             n_values.add(spec["n"])
-    n_text = f" (n={n_values.pop()}, 95% CI bands)" if len(n_values) == 1 else ""
-    _title(ax, title + n_text)
     ax.set_xlabel("layer patched")
-    ax.set_ylabel("rate")
     ax.set_ylim(-0.02, 1.02)
     _integer_ticks(ax)
     _style(ax)
-    fig.legend(fontsize=8, frameon=False, loc="outside right upper")
-    return Plot(title, _uri(fig))
+    return n_values
 
 
 def _colour_scale(matrices: list[np.ndarray]) -> tuple[str, float, float]:
@@ -297,6 +329,7 @@ def _titled(kind: str, draw: Callable[[str, Any], Plot]) -> Callable[[Any], list
 
 _DRAW: dict[str, Callable[[Any], list[Plot | PlotError]]] = {
     "rates": lambda value: [rates_plot(value)],
+    "rates_by_variant": lambda value: [variant_rates_plot(value)],
     "heatmaps": heatmap_plots,
     "curves": _titled("curves", curve_plot),
     "bars": _titled("bars", bar_plot),
