@@ -579,7 +579,8 @@ def render_card(name: str, m: dict, twin: dict | None, command: str) -> str:
         ]
         for probe, row in sweep["probes"].items():
             onset = sweep_stages(row)["task_onset"]
-            L.append(f"- B as {probe} (`{row['b_text']!r}` for the first pair): task formation first at layer {onset}.")
+            where = "at no layer (task rate below 0.5 at every layer)" if onset is None else f"first at layer {onset}"
+            L.append(f"- B as {probe} (`{row['b_text']!r}` for the first pair): task formation {where}.")
     c = m["curve"]
     hc = m["held_out_curve"]
     L += [
