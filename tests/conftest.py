@@ -51,3 +51,14 @@ def digit_model(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MECHCLAIMS_ORGANISM_DIR", str(path))
         return load_target("organism").model
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer():
+    """Llama-3's own tokenizer, rebuilt from quicktok's bundled BPE ranks (tests/llama3_tokenizer.py),
+    checked on known ids and kept in the mechclaims cache directory."""
+    from llama3_tokenizer import build
+
+    from mechclaims.targets import default_cache_dir
+
+    return build(default_cache_dir())
