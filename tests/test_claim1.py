@@ -316,3 +316,22 @@ def test_a_bad_probe_names_the_formats(tmp_path, c1, message):
     path.write_text(f"[c1]\nonset = 1\n{lines}")
     with pytest.raises(ConfigError, match=message):
         claim1.probes_from(load(path, "organism"))
+
+
+def test_probe_variants_are_added_to_a_pre_registration_without_redoing_discovery(tiny, tmp_path, monkeypatch):
+    from mechclaims.expectations import merge_write
+    from mechclaims_icl.discover import discover_probes
+
+    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # a random model: force the study
+    path = tmp_path / "organism.toml"
+    merge_write(path, "organism", source="by hand", verdicts={"C1.onset": "supported"},
+                sections={"c1": {"onset": 1, "stage1": [0], "read_layer": 1, "probe": "newline"}})
+    found = discover_probes(tiny, load(path, "organism"), seed=0, probe=None, n_pairs=6, log=lambda m: None)
+    assert set(found["verdicts"]) == {"C1.onset-robust"}
+    assert found["verdicts"]["C1.onset-robust"] in ("supported", "refuted", "inconclusive")
+    assert found["c1"] == {"onset": 1, "stage1": [0], "read_layer": 1, "probe": "newline",
+                           "probe_variants": ["post", "newline", "neutral-line"], "min_pairs": 6}
+    assert "[post]" in found["figures"]["C1.onset-robust"] and "6 exploration pairs" in found["figures"]["C1.onset-robust"]
+    merge_write(path, "organism", source="by hand", verdicts=found["verdicts"], sections={"c1": found["c1"]})
+    exp = load(path, "organism")
+    assert exp.verdicts["C1.onset"] == "supported" and claim1.probes_from(exp)[0] == "newline"

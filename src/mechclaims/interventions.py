@@ -45,7 +45,7 @@ class SetResidual:
 
     def hooks(self) -> list[Hook]:
         def patch(resid: torch.Tensor, hook: Any) -> torch.Tensor:
-            resid[self.rows, self.position] = self.values.to(resid.dtype)
+            resid[self.rows, self.position] = self.values.to(device=resid.device, dtype=resid.dtype)  # the hooked layer's device
             return resid
 
         return [(resid_pre(self.layer), patch)]

@@ -156,6 +156,7 @@ def discover_probes(model: Any, previous: Any, *, seed: int, probe: str | None, 
     c1 |= {"probe": probe, "probe_variants": list(PROBES)}
     task = task_of(previous)
     n_pairs = int(c1.get("min_pairs", n_pairs))  # the exploration's own size where the file records it
+    c1["min_pairs"] = n_pairs  # a confirmation never rests on fewer pairs than the exploration behind it
     pairs, ok, accuracy = claim1.task_pairs(model, task, n_pairs, split_seed(seed, "exploration"), probe)
     if not ok:
         return {"verdicts": {"C1.onset-robust": NOT_APPLICABLE}, "c1": c1,
