@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .results import Effect, Finding
+from .results import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding
 
 
 def _described(what: str, effect: Effect, rule: str) -> str:
@@ -86,11 +86,11 @@ def holds_across(per_variant: Mapping[str, Finding], what: str) -> Finding:
     """
     if not per_variant:
         raise ValueError(f"{what}: holds_across needs at least one variant")
-    verdicts = {name: "supported" if f.supported else "refuted" if f.decided else "inconclusive"
+    verdicts = {name: SUPPORTED if f.supported else REFUTED if f.decided else INCONCLUSIVE
                 for name, f in per_variant.items()}
-    holds = [name for name, v in verdicts.items() if v == "supported"]
-    fails = [name for name, v in verdicts.items() if v == "refuted"]
-    open_ = [name for name, v in verdicts.items() if v == "inconclusive"]
+    holds = [name for name, v in verdicts.items() if v == SUPPORTED]
+    fails = [name for name, v in verdicts.items() if v == REFUTED]
+    open_ = [name for name, v in verdicts.items() if v == INCONCLUSIVE]
     shown = (fails or open_ or list(per_variant))[0]
     effect = per_variant[shown].effect
     if not fails and not open_:

@@ -48,15 +48,13 @@ def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
 def rates_by_layer(condition: Condition | Sweep) -> dict[str, dict[str, list[float]]]:
     """Per outcome class, the patched-answer rate at each layer with its Wilson interval."""
     sweep = condition if isinstance(condition, Sweep) else condition.sweep
-    return {
-        name: {
-            "rate": [e.statistic for e in effects],
-            "ci_low": [e.ci.low for e in effects],
-            "ci_high": [e.ci.high for e in effects],
-            "n": effects[0].n,
-        }
-        for name, effects in sweep.rates().items()
-    }
+    return {name: _curve(effects) for name, effects in sweep.rates().items()}
+
+
+def _curve(effects: list[Effect]) -> dict[str, Any]:
+    """One rate per layer with its interval: the ``rates`` figure's entry for one class."""
+    return {"rate": [e.statistic for e in effects], "ci_low": [e.ci.low for e in effects],
+            "ci_high": [e.ci.high for e in effects], "n": effects[0].n}
 
 
 def task_onset(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
@@ -95,11 +93,7 @@ def onset_robust(sweeps: dict[str, Sweep], p: C1Params, seed: int = 0) -> Findin
 
 def _task_and_copy(sweep: Sweep) -> dict[str, dict[str, Any]]:
     """The task rate (≈a*p or exact) and the copy rate by layer, with Wilson intervals."""
-    out = {}
-    for name, effects in (("task (≈a*p or exact)", sweep.rate("approx", "exact")), ("copy", sweep.rate("copy"))):
-        out[name] = {"rate": [e.statistic for e in effects], "ci_low": [e.ci.low for e in effects],
-                     "ci_high": [e.ci.high for e in effects], "n": effects[0].n}
-    return out
+    return {"task (≈a*p or exact)": _curve(sweep.rate("approx", "exact")), "copy": _curve(sweep.rate("copy"))}
 
 
 def answer_unchanged(study: AblationStudy, stage: int, p: C1Params) -> Effect:
