@@ -201,10 +201,13 @@ def forward(
 def _compute(model: Any, request: Request) -> Forward:
     stored: dict[str, torch.Tensor] = {}
     position = request.position
+    # Where the caller works: the tokens' device (the embedding's under a device map). Layers placed on
+    # other devices hand their activations back there, so a claim never meets two devices.
+    home = request.tokens.device
 
     def keeper(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            stored[name] = (act if position is None else act[:, position]).detach().clone()
+            stored[name] = (act if position is None else act[:, position]).detach().to(home, copy=True)
             return act
 
         return keep
@@ -222,7 +225,7 @@ def _compute(model: Any, request: Request) -> Forward:
     if missing:
         raise ConfigError(f"hooks never fired: {missing}; use TransformerLens hook names such as {resid_pre(0)!r}")
     kept = {"all": out, "last": out[:, -1], "argmax": out.argmax(-1), "none": None}[request.logits]
-    return Forward(kept, stored)
+    return Forward(None if kept is None else kept.to(home), stored)
 
 
 def run_with(

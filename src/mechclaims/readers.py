@@ -127,7 +127,7 @@ def attention_mass(
 
         def reducer(layer: int):
             def reduce(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
-                masses[:, layer] = torch.einsum(eq, pattern.float(), w_t).cpu().numpy()
+                masses[:, layer] = torch.einsum(eq, pattern.float(), w_t.to(pattern.device)).cpu().numpy()
                 if layer == layers[-1]:
                     raise _Stop
                 return pattern

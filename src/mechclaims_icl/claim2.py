@@ -121,9 +121,10 @@ class _Stop(Exception):
 
 
 def _unembed(model: Any, final: torch.Tensor) -> torch.Tensor:
-    out = final @ model.W_U
+    w_u = model.W_U
+    out = final.to(w_u.device) @ w_u  # in the model's dtype, as its own unembedding computes the logits
     bias = getattr(model, "b_U", None)
-    return out if bias is None else out + bias
+    return out if bias is None else out + bias.to(out.device)
 
 
 def read_sequences(
@@ -228,7 +229,7 @@ def _read_sequences(
             pre = torch.tensor([rs[i].pre_y for i in rows], device=device)
 
             def keep(act: torch.Tensor, hook: Any, layer: int = layer, pre: torch.Tensor = pre) -> torch.Tensor:
-                got = torch.gather(act, 1, pre[:, :, None].expand(-1, -1, act.shape[-1]))
+                got = torch.gather(act, 1, pre.to(act.device)[:, :, None].expand(-1, -1, act.shape[-1]))
                 resid[layer][rows] = got.float().cpu().numpy()
                 return act
 

@@ -47,12 +47,20 @@ def final_norm_weight(model: Any) -> torch.Tensor:
 
 
 def head_outputs(model: Any, z: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per-head outputs ``[batch, n_layers, n_heads, d_model]`` from last-position ``hook_z``."""
-    w_o = model.W_O  # [n_layers, n_heads, d_head, d_model]
-    return torch.stack(
-        [torch.einsum("bhd,hdm->bhm", z[head_z(layer)], w_o[layer]) for layer in range(model.cfg.n_layers)],
-        dim=1,
-    )
+    """Per-head outputs ``[batch, n_layers, n_heads, d_model]`` from last-position ``hook_z``, in float32
+    on ``z``'s device.
+
+    Each layer's product is taken where that layer's ``W_O`` lives (a device map may spread the
+    layers), in float32 whatever the model's dtype: the scores sum many small products, and a
+    bf16 model's weights are exact in float32.
+    """
+    home = z[head_z(0)].device
+    outs = []
+    for layer in range(model.cfg.n_layers):
+        w_o = model.blocks[layer].attn.W_O  # [n_heads, d_head, d_model]
+        z_l = z[head_z(layer)].to(w_o.device, torch.float32)
+        outs.append(torch.einsum("bhd,hdm->bhm", z_l, w_o.float()).to(home))
+    return torch.stack(outs, dim=1)
 
 
 def score_hooks(n_layers: int, read_layer: int) -> list[str]:
@@ -84,10 +92,13 @@ def scores_from(model: Any, acts: dict[str, torch.Tensor], first: Sequence[int],
 
 @torch.no_grad()
 def _scores(model: Any, acts: dict[str, torch.Tensor], first: Sequence[int], read_layer: int) -> tuple[np.ndarray, np.ndarray]:
-    out = head_outputs(model, acts) / acts[FINAL_SCALE][:, None, None, :]
-    unembed = model.W_U[:, torch.tensor(list(first), device=out.device)].T  # [b, d_model]
-    dla = torch.einsum("blhm,bm->blh", out * final_norm_weight(model), unembed)
-    dot = torch.einsum("blhm,bm->blh", out, acts[resid_pre(read_layer)])
+    out = head_outputs(model, acts)  # float32, on the activations' device
+    f32 = dict(device=out.device, dtype=torch.float32)
+    out = out / acts[FINAL_SCALE].to(**f32)[:, None, None, :]
+    w_u = model.W_U
+    unembed = w_u[:, torch.tensor(list(first), device=w_u.device)].T.to(**f32)  # [b, d_model]
+    dla = torch.einsum("blhm,bm->blh", out * final_norm_weight(model).to(**f32), unembed)
+    dot = torch.einsum("blhm,bm->blh", out, acts[resid_pre(read_layer)].to(**f32))
     return dla.float().cpu().numpy(), dot.float().cpu().numpy()
 
 
