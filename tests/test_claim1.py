@@ -239,6 +239,23 @@ def test_an_onset_placed_on_too_few_pairs_is_inconclusive_not_a_negative_control
     assert not wrong.supported and wrong.decided and verdict_of(wrong) == "refuted"
 
 
+def test_an_onset_interval_across_the_windows_edge_is_inconclusive_and_one_outside_it_refuted():
+    """Equivalence logic: an onset interval reaching into the window and past it is neither a
+    verdict for nor against; one wholly outside the window refutes, one inside supports."""
+    from mechclaims_icl.discover import verdict_of
+
+    rng = np.random.default_rng(0)
+    rate = np.r_[0.0, 0.0, 0.0, PARAMS.threshold, 0.9, 0.9, 0.9, 0.9]  # layer 3 sits on the threshold
+    outcomes = (rng.random((LAYERS, 400)) < rate[:, None]).astype(np.int8)
+    sweep = Sweep(tuple(range(LAYERS)), np.zeros((LAYERS, 400), dtype=np.int64), outcomes)
+    at = lambda onset: claim1._onset(sweep, claim1.C1Params(**{**PARAMS.__dict__, "onset": onset}), seed=0)  # noqa: E731
+    assert (at(4).effect.ci.low, at(4).effect.ci.high) == (3, 4)
+    assert verdict_of(at(4)) == "supported"  # window [3, 5]
+    assert verdict_of(at(2)) == "inconclusive" and "straddles the window's edge" in at(2).message  # [1, 3]
+    assert verdict_of(at(6)) == "refuted"  # window [5, 7]
+    assert verdict_of(at(0)) == "refuted"  # window [-1, 1]
+
+
 # ------------------------------------------------------------------ the probe: B's format
 
 def _sweep(onset, seed=1):

@@ -67,13 +67,17 @@ def _onset(sweep: Sweep, p: C1Params, seed: int) -> Finding:
     effect = onset(flags, p.threshold, seed=seed)
     low, high = p.onset - p.onset_tolerance, p.onset + p.onset_tolerance
     ok = effect.ci.high < flags.shape[0] and low <= effect.ci.low and effect.ci.high <= high
-    # An interval wider than the tolerance window could fit in it with no data at all: too few
-    # pairs to place the onset, which is inconclusive, not a refutation.
-    decided = ok or effect.ci.high - effect.ci.low <= 2 * p.onset_tolerance
+    # As an equivalence test: supported when the interval lies inside the window, refuted when it
+    # lies wholly outside it (no onset at all is outside). An interval that reaches into the window
+    # and past it places the onset neither in nor out, and one wider than the window could lie
+    # outside it with next to no data (too few pairs): both inconclusive.
+    narrow = effect.ci.high - effect.ci.low <= 2 * p.onset_tolerance
+    decided = ok or (narrow and (effect.ci.low > high or effect.ci.high < low))
+    why = "it straddles the window's edge" if narrow else "too few pairs"
     return Finding(
         effect, ok,
         f"onset {effect} (n_layers means none); pre-registered {p.onset} ± {p.onset_tolerance}"
-        + ("" if decided else f"; the interval is wider than the ±{p.onset_tolerance} window: too few pairs"),
+        + ("" if decided else f"; the interval is neither inside nor outside the ±{p.onset_tolerance} window: {why}"),
         threshold=float(p.onset),
         figures={"rates": rates_by_layer(sweep), "expected_onset": p.onset},
         decided=decided,
