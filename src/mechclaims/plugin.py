@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from . import expectations as _expectations
-from . import registry
+from . import registry, scheduling
 from .errors import MechclaimsError
 from .recorder import ClaimRecorder
 from .report import write_run
@@ -26,7 +26,7 @@ from .results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, 
 from .session import ClaimSession
 from .settings import PROFILES, settings
 from .store import STORE_MODES
-from .targets import DEVICES, DTYPES, TARGETS, attached_hooks, default_cache_dir, get_spec, resolve
+from .targets import DEVICE_MAPS, DEVICES, DTYPES, TARGETS, attached_hooks, default_cache_dir, get_spec, resolve
 
 # The exit status of a run whose claim report could not be written (pytest's own codes are 0-5).
 REPORT_NOT_WRITTEN = 6
@@ -88,6 +88,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--mechclaims-device", default=None, choices=DEVICES, help="override every target's device")
     group.addoption("--mechclaims-dtype", default=None, choices=DTYPES, help="override every target's dtype")
     group.addoption(
+        "--mechclaims-device-map", default=None, choices=DEVICE_MAPS,
+        help="spread every target's layers over the visible GPUs with this accelerate device map "
+        "(overrides a configured device_map; docs/targets.md)",
+    )
+    group.addoption(
         "--mechclaims-report-dir", default=None, metavar="DIR",
         help="where claim reports go (default: <rootdir>/reports)",
     )
@@ -148,6 +153,7 @@ def pytest_configure(config: pytest.Config) -> None:
         root=root,
         device=config.getoption("mechclaims_device"),
         dtype=config.getoption("mechclaims_dtype"),
+        device_map=config.getoption("mechclaims_device_map"),
         fixtures_dir=_fixtures_dir(root),
         cache_mode=config.getoption("mechclaims_cache"),
         activation_dir=Path(config.getoption("mechclaims_cache_dir") or default_cache_dir() / "activations"),
@@ -219,6 +225,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
     _preflight_gpu(config, items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``-n N --dist loadgroup``: one group per target, so each model loads on one worker."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    return scheduling.make_scheduler(config, log, _selected_targets(config))
 
 
 def _limit_to_claim_targets(config: pytest.Config, items: list[pytest.Item]) -> None:

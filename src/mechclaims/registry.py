@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import TargetError, did_you_mean
-from .targets import BUILTIN, DEVICES, DTYPES, TARGETS, TargetSpec, resolve_configured
+from .targets import BUILTIN, DEVICE_MAPS, DEVICES, DTYPES, TARGETS, TargetSpec, resolve_configured
 
 ENTRY_POINT_GROUP = "mechclaims.targets"
 CONFIG_KEYS = ("path", "hf_id", "revision", "summary", "device", "dtype", "gpu", "device_map", "n_devices", "max_memory")
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 BUILTIN_SOURCE = "mechclaims (built-in)"
 # target name -> where it was registered (for messages and `mechclaims targets`); the built-ins are

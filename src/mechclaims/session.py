@@ -18,7 +18,8 @@ from typing import Any
 from .results import SCHEMA_VERSION, ClaimResult
 from .settings import PROFILES, Settings
 from .store import ActivationStore, StoreStats, attach
-from .targets import LoadedTarget, load_target
+from .errors import TargetError
+from .targets import LoadedTarget, get_spec, load_target, worker_device
 
 VERSIONED_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens", "numpy", "scipy")
 # Counters summed over processes (pytest-xdist workers), not provenance.
@@ -68,6 +69,17 @@ def git_dirty(root: Path) -> bool | None:
     return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
+def _peak_gpu_bytes(devices: list[str]) -> dict[str, int] | None:
+    """Peak memory torch allocated on each GPU a target's weights lie on (None on the CPU); the
+    figure the memory plan of a bigger model starts from (docs/targets.md)."""
+    gpus = [d for d in devices if d.startswith("cuda")]
+    if not gpus:
+        return None
+    import torch
+
+    return {d: int(torch.cuda.max_memory_allocated(d)) for d in gpus}
+
+
 @dataclass
 class ClaimSession:
     """Everything a claim run accumulates; serialised by :meth:`to_json`."""
@@ -76,6 +88,7 @@ class ClaimSession:
     root: Path
     device: str | None = None
     dtype: str | None = None
+    device_map: str | None = None
     cache_dir: Path | None = None
     fixtures_dir: Path | None = None
     cache_mode: str = "memory"
@@ -97,13 +110,32 @@ class ClaimSession:
             self.load_counts[name] += 1
             self.loaded[name] = load_target(
                 name,
-                device=self.device,
+                device=self._device_for(name),
                 dtype=self.dtype,
+                device_map=self.device_map,
                 cache_dir=self.cache_dir,
                 fixtures_dir=self.fixtures_dir,
             )
             self.stores[name] = self._store_for(self.loaded[name])
         return self.loaded[name]
+
+    def _device_for(self, name: str) -> str | None:
+        """The run's device for target ``name``; under pytest-xdist, worker K takes ``cuda:K``."""
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        spec = get_spec(name)
+        device = self.device or spec.device
+        if worker is None or device != "cuda":
+            return self.device
+        if self.device_map or "device_map" in spec.boot_options or spec.boot_options.get("n_devices", 1) > 1:
+            raise TargetError(
+                f"target {name} is spread over GPUs by a device map, and pytest-xdist worker {worker} takes "
+                "one GPU of its own: run a spread target without -n, or drop its device map to run one "
+                "model per worker")
+        import torch
+
+        chosen = worker_device(device, worker, torch.cuda.device_count())
+        torch.cuda.set_device(chosen)  # tensors made on plain "cuda" land on this worker's GPU too
+        return chosen
 
     def _store_for(self, loaded: LoadedTarget) -> ActivationStore:
         """The activation store of one loaded target, attached to its model."""
@@ -136,6 +168,8 @@ class ClaimSession:
                     **t.info.to_json(),
                     "boot_seconds": t.boot_seconds,
                     "boots": t.boots,
+                    "devices": list(t.devices),
+                    "peak_gpu_bytes": _peak_gpu_bytes(t.devices),
                     "load_count": self.load_counts[name],
                     "forwards": {"calls": t.forwards.calls, "tokens": t.forwards.tokens},
                     "store": self.stores[name].stats.to_json() if name in self.stores else StoreStats().to_json(),
@@ -172,13 +206,15 @@ class ClaimSession:
         """Per target: provenance, and load counts and forwards summed over processes."""
         merged: dict[str, dict[str, Any]] = {}
         needed: dict[str, dict[str, int]] = {}
-        for (_, name), rec in sorted(self.target_records.items()):
+        for (worker, name), rec in sorted(self.target_records.items()):
             info = {k: v for k, v in rec.items() if k not in _COUNTED}
             entry = merged.setdefault(
                 name, {**info, "load_count": 0, "boots": 0, "forwards": {"calls": 0, "tokens": 0},
                        "store": StoreStats().to_json()}
             )
             entry["load_count"] += rec["load_count"]
+            if rec["load_count"]:  # the processes that loaded the target
+                entry.setdefault("workers", []).append(worker)
             entry["boots"] += rec.get("boots", 0)
             entry["forwards"]["calls"] += rec["forwards"]["calls"]
             entry["forwards"]["tokens"] += rec["forwards"]["tokens"]

@@ -46,6 +46,8 @@ LLAMA3_REPO = "meta-llama/Meta-Llama-3-8B"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
+# accelerate's named placements (TransformerBridge.boot_transformers passes device_map on to it)
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 CACHE_MARKER = "mechclaims-cache.json"
 
 
@@ -111,6 +113,7 @@ class TargetInfo:
     n_layers: int
     n_heads: int
     load_seconds: float  # resolving the weights, reading the tokenizer and config.json (the boot is timed apart)
+    placement: dict[str, Any] = field(default_factory=dict)  # device_map, n_devices, max_memory given to the boot
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -136,6 +139,7 @@ class LoadedTarget:
     forwards: ForwardCount = field(default_factory=ForwardCount)
     boot_seconds: float | None = None  # None while the model was never booted; summed over boots
     boots: int = 0  # more than 1 when the model was released and needed again
+    devices: list[str] = field(default_factory=list)  # where the booted weights lie (several under a device map)
 
 
 def default_cache_dir() -> Path:
@@ -365,6 +369,19 @@ def resolve(
     return spec.resolve(spec, cache_dir or default_cache_dir(), fixtures_dir or default_fixtures_dir())
 
 
+def worker_device(device: str, worker: str | None, n_gpus: int) -> str:
+    """The device of pytest-xdist worker ``worker`` (``gw0``, ``gw1``, ...): worker K takes
+    ``cuda:K`` when the run asks for plain ``cuda``; any other device, and a run without
+    workers, keeps ``device``."""
+    if device != "cuda" or worker is None:
+        return device
+    k = int(worker.removeprefix("gw"))
+    if k >= n_gpus:
+        raise TargetError(f"pytest-xdist worker {worker} would take cuda:{k}, but torch sees {n_gpus} GPU(s): "
+                          f"run with -n {n_gpus} or fewer (one worker per GPU)")
+    return f"cuda:{k}"
+
+
 def get_spec(name: str) -> TargetSpec:
     from .registry import load_entry_points
 
@@ -386,19 +403,26 @@ def load_target(
     *,
     device: str | None = None,
     dtype: str | None = None,
+    device_map: str | None = None,
     cache_dir: Path | None = None,
     fixtures_dir: Path | None = None,
 ) -> LoadedTarget:
     """Resolve and load target ``name``; the one way any model enters mechclaims.
 
     ``device`` and ``dtype`` override the target's defaults (``llama-3-8b`` is
-    ``cuda``/``bfloat16``; the CPU targets ``cpu``/``float32``).
+    ``cuda``/``bfloat16``; the CPU targets ``cpu``/``float32``). ``device_map`` (one of
+    :data:`DEVICE_MAPS`) overrides the target's configured map: accelerate then spreads the
+    layers over the visible devices, and ``device`` is where inputs go and readings come back.
     """
     spec = get_spec(name)
     device = device or spec.device
     dtype = dtype or spec.dtype
     if dtype not in DTYPES:
         raise TargetError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise TargetError(f"unknown device map {device_map!r}; valid device maps: {', '.join(DEVICE_MAPS)} "
+                          "(or a table of module = device in the target's configuration, docs/targets.md)")
+    options = {**spec.boot_options, **({"device_map": device_map} if device_map else {})}
     resolved = resolve(name, device=device, cache_dir=cache_dir, fixtures_dir=fixtures_dir)
     started = time.perf_counter()
     tokenizer = load_tokenizer(resolved.path)
@@ -411,7 +435,8 @@ def load_target(
 
         booted = time.perf_counter()
         model = boot(resolved.path, device=device, dtype=getattr(torch, dtype), tokenizer=tokenizer,
-                     options=spec.boot_options)
+                     options=options)
+        loaded.devices = sorted({str(p.device) for p in model.parameters()})
         before = (loaded.forwards.calls, loaded.forwards.tokens)
         _count_forwards(model, loaded.forwards)
         loaded.torch_hook_baseline = _settled_hook_count(model)
@@ -433,6 +458,7 @@ def load_target(
         n_layers=shape.n_layers,
         n_heads=shape.n_heads,
         load_seconds=round(time.perf_counter() - started, 3),
+        placement={k: (v if isinstance(v, (str, int)) else {str(d): m for d, m in v.items()}) for k, v in options.items()},
     )
     return loaded
 
