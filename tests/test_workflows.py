@@ -33,3 +33,12 @@ def test_cpu_workflow_runs_the_readme_commands():
     job = _load("cpu-tests.yml")["jobs"]["test"]
     runs = _runs(job)
     assert "make test" in runs and "make claims" in runs
+
+
+def test_the_gpu_workflow_installs_the_makefiles_pins_and_names_no_version_itself():
+    """One source of pins: the Makefile's env target (ranges from pyproject.toml)."""
+    runs = _runs(_load("gpu-claims.yml")["jobs"]["claims"])
+    assert "make env TORCH=" in runs
+    assert "pip install" not in runs and "==" not in runs and "<2." not in runs
+    makefile = (WORKFLOWS.parents[1] / "Makefile").read_text()
+    assert "TORCH   ?= torch==2.13.0" in makefile and "$(if $(TORCH)," in makefile
