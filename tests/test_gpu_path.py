@@ -1,5 +1,13 @@
-"""The llama-3-8b claim code, end to end on the CPU, against a tiny random 32-layer,
-32-head Llama stand-in loaded through the same loader (so the GPU path is never untested)."""
+"""The llama-3-8b claim code, end to end on the CPU, against a random Llama with llama-3-8b's
+geometry and its real tokenizer, loaded through the same loader (so the GPU path is never untested).
+
+The stand-in keeps what the claims depend on: 32 layers, 32 query heads over 8 key-value heads,
+rope base 500,000, and Llama-3's own 128,256-token vocabulary (rebuilt from quicktok's BPE ranks,
+tests/llama3_tokenizer.py). Only the width shrinks (128, MLP 64), so the pack runs in about a
+minute. A 128k vocabulary costs little here because logits are computed only at the positions a
+claim keeps (``logits_to_keep``); the full-vocabulary unembedding of every position would be
+most of a pass.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +20,21 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import mechclaims_icl.claim2  # noqa: F401  (patched below; imported before pytester runs so it stays one module object)
-from organisms.tokenizer import build_tokenizer
 
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 PACK = ("conftest.py", "test_claim0.py", "test_claim1.py", "test_claim2.py", "test_claim3.py")
 
 
-def write_stand_in(path: Path, *, n_layers: int = 32, n_heads: int = 32, seed: int = 0) -> Path:
-    """A random Llama with llama-3-8b's layer and head counts (GQA, 8 key-value heads), tiny width."""
-    tokenizer = build_tokenizer()
+def write_stand_in(path: Path, tokenizer, *, n_layers: int = 32, n_heads: int = 32, width: int = 128,
+                   seed: int = 0) -> Path:
+    """A random Llama with llama-3-8b's layer and head counts (GQA, 8 key-value heads) and rope base,
+    at ``width``, saved with ``tokenizer`` (Llama-3's own: the ``llama3_tokenizer`` fixture)."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=2 * n_heads * 2, intermediate_size=64,
-        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=8,
-        max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=64,
+        num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=8, rope_theta=500000.0,
+        max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
     )
     LlamaForCausalLM(config).eval().save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
@@ -34,8 +42,19 @@ def write_stand_in(path: Path, *, n_layers: int = 32, n_heads: int = 32, seed: i
 
 
 @pytest.fixture(scope="module")
-def stand_in(tmp_path_factory):
-    return write_stand_in(tmp_path_factory.mktemp("llama32") / "llama")
+def stand_in(tmp_path_factory, llama3_tokenizer):
+    return write_stand_in(tmp_path_factory.mktemp("llama32") / "llama", llama3_tokenizer)
+
+
+def test_the_stand_in_has_llama_3_8b_geometry_and_tokenizer(stand_in):
+    from mechclaims.targets import load_tokenizer, read_shape
+
+    shape = read_shape(stand_in)
+    assert (shape.n_layers, shape.n_heads, shape.n_key_value_heads, shape.d_vocab) == (32, 32, 8, 128256)
+    assert json.loads((stand_in / "config.json").read_text())["rope_parameters"]["rope_theta"] == 500000.0
+    tokenizer = load_tokenizer(stand_in)  # as the run loads it: BOS prepended
+    assert tokenizer("Hello world")["input_ids"] == [128000, 9906, 1917]
+    assert tokenizer("(28, 59)\n", add_special_tokens=False)["input_ids"] == [7, 1591, 11, 220, 2946, 340]
 
 
 @pytest.fixture
@@ -48,13 +67,15 @@ def gpu_claims(pytester, stand_in, monkeypatch):
     return pytester
 
 
-def _run(pytester, *args):
+def _run(pytester, *args, dtype: str = "float32"):
     # the stand-in is not the model llama-3-8b.toml was registered on: allowed, and recorded
-    result = pytester.runpytest("--mechclaims-exploratory", 
-        "-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", "float32", "-p", "no:cacheprovider",
-        "--mechclaims-allow-other-model", *args,
+    reports = pytester.path / f"reports-{dtype}"
+    result = pytester.runpytest(
+        "--mechclaims-exploratory", "-m", "gpu", "--mechclaims-device", "cpu", "--mechclaims-dtype", dtype,
+        "-p", "no:cacheprovider", "--mechclaims-allow-other-model", "--mechclaims-report-dir", str(reports), *args,
     )
-    report = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())
+    report = json.loads((reports / "latest" / "claims.json").read_text())
+    assert report["run"]["targets"]["llama-3-8b"]["dtype"] == dtype
     assert "registered on d_model = 4096" in report["run"]["expectation_overrides"]["llama-3-8b"]
     return result, report
 
@@ -80,12 +101,16 @@ def test_gpu_claims_run_on_the_stand_in_and_are_not_applicable(gpu_claims):
         ("post", "(15, ")}
 
 
-def test_the_post_layers_drive_the_full_study_on_the_stand_in(gpu_claims, monkeypatch):
+@pytest.fixture
+def past_the_precondition(monkeypatch):
+    """A random model: run past C0's precondition (claim1 and claim2 bind its threshold at import)."""
     from mechclaims_icl import claim1, claim2
 
-    # a random model: run past the precondition (claim1 and claim2 bind C0's threshold at import)
     monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)
     monkeypatch.setattr(claim2, "MIN_ACCURACY", -1.0)
+
+
+def test_the_post_layers_drive_the_full_study_in_float32_and_bfloat16(gpu_claims, past_the_precondition):
     result, report = _run(gpu_claims)
     c1 = {c["id"]: c for c in report["claims"] if c["id"].startswith("C1.")}
     assert len(c1) == 9 and {c["figures"]["probe"] for c in c1.values()} == {"post"}
@@ -101,3 +126,11 @@ def test_the_post_layers_drive_the_full_study_on_the_stand_in(gpu_claims, monkey
     assert c23["C2.feature-linear"]["figures"]["layer"] == 12
     assert "c must lie within 0.693 ± 0.1" in c23["C2.log-additive"]["message"]
     assert len(c23["C3.y-to-prey"]["figures"]["heads"]) == 4
+
+    # bfloat16, the GPU run's dtype: every claim gets a verdict, and the one it gets in float32
+    # (readings are taken in float32 from bf16 activations; the organisms compare this on claims
+    # that hold: tests/test_bf16.py)
+    _, half = _run(gpu_claims, dtype="bfloat16")
+    verdicts = {c["id"]: c["verdict"] for c in report["claims"]}
+    assert {c["id"]: c["verdict"] for c in half["claims"]} == verdicts
+    assert len(verdicts) == 16 and not {"errored", "not-applicable"} & set(verdicts.values()), verdicts
