@@ -132,4 +132,5 @@ def test_two_xdist_workers_run_the_claim_suite_on_one_cache_like_one_process(pyt
     assert again == parallel and stats["corrupt_entries"] == 0 and stats["computed"] == 0
     # served entirely from the cache, the model was never booted (no weights loaded, no forward)
     organism = record["run"]["targets"]["organism"]
-    assert organism["boot_seconds"] is None and record["run"]["forwards"]["organism"] == {"calls": 0, "tokens": 0}
+    assert organism["boot_seconds"] is None and record["run"]["forwards"]["organism"] == {
+        "calls": 0, "tokens": 0, "logit_positions": 0, "attention_pairs": 0, "seconds": 0.0}

@@ -171,7 +171,7 @@ class ClaimSession:
                     "devices": list(t.devices),
                     "peak_gpu_bytes": _peak_gpu_bytes(t.devices),
                     "load_count": self.load_counts[name],
-                    "forwards": {"calls": t.forwards.calls, "tokens": t.forwards.tokens},
+                    "forwards": t.forwards.to_json(),
                     "store": self.stores[name].stats.to_json() if name in self.stores else StoreStats().to_json(),
                     # the distinct work this process needed, so that work needed by two xdist
                     # workers counts once in tokens_needed
@@ -216,8 +216,8 @@ class ClaimSession:
             if rec["load_count"]:  # the processes that loaded the target
                 entry.setdefault("workers", []).append(worker)
             entry["boots"] += rec.get("boots", 0)
-            entry["forwards"]["calls"] += rec["forwards"]["calls"]
-            entry["forwards"]["tokens"] += rec["forwards"]["tokens"]
+            for key, value in rec["forwards"].items():
+                entry["forwards"][key] = entry["forwards"].get(key, 0) + value
             for key, value in rec.get("store", {}).items():
                 entry["store"][key] = entry["store"].get(key, 0) + value
             needed.setdefault(name, {}).update(rec.get("needed", {}))

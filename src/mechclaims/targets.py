@@ -121,10 +121,18 @@ class TargetInfo:
 
 @dataclass
 class ForwardCount:
-    """Forward passes through a loaded model and the tokens they processed."""
+    """Forward passes through a loaded model: the tokens they processed, the positions whose
+    logits they computed, the (query, key) pairs their attention scored and the seconds they
+    took. Enough to count a run's floating-point work (benchmarks/roofline.py)."""
 
     calls: int = 0
     tokens: int = 0
+    logit_positions: int = 0
+    attention_pairs: int = 0  # per layer and head: causal (query, key) pairs, cached keys included
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, int | float]:
+        return {**self.__dict__, "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -437,10 +445,10 @@ def load_target(
         model = boot(resolved.path, device=device, dtype=getattr(torch, dtype), tokenizer=tokenizer,
                      options=options)
         loaded.devices = sorted({str(p.device) for p in model.parameters()})
-        before = (loaded.forwards.calls, loaded.forwards.tokens)
+        before = dict(loaded.forwards.__dict__)
         _count_forwards(model, loaded.forwards)
         loaded.torch_hook_baseline = _settled_hook_count(model)
-        loaded.forwards.calls, loaded.forwards.tokens = before  # the warm-up forward is not the claims' work
+        loaded.forwards.__dict__.update(before)  # the warm-up forward is not the claims' work
         loaded.boot_seconds = round((loaded.boot_seconds or 0.0) + time.perf_counter() - booted, 3)
         loaded.boots += 1
         return model
@@ -628,14 +636,28 @@ def _check_same_model(deferred: DeferredBridge, bridge: Any) -> None:
 
 
 def _count_forwards(model: Any, count: ForwardCount) -> ForwardCount:
-    """Add every top-level forward and its tokens to ``count`` (a permanent, read-only pre-hook)."""
+    """Add every top-level forward to ``count`` (permanent, read-only pre- and post-hooks)."""
+    started: list[float] = []
 
     def tally(module: Any, args: tuple, kwargs: dict) -> None:
         tokens = args[0] if args else kwargs.get("input")
         count.calls += 1
-        count.tokens += int(tokens.numel()) if hasattr(tokens, "numel") else 0
+        if hasattr(tokens, "shape") and len(tokens.shape) == 2:
+            rows, length = (int(n) for n in tokens.shape)
+            cache = kwargs.get("past_key_values")
+            past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+            keep = int(kwargs.get("logits_to_keep") or 0)
+            count.tokens += rows * length
+            count.logit_positions += rows * (min(keep, length) if keep else length)
+            count.attention_pairs += rows * (length * past + length * (length + 1) // 2)
+        started.append(time.perf_counter())
+
+    def stop(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        if started:
+            count.seconds += time.perf_counter() - started.pop()
 
     model.register_forward_pre_hook(tally, with_kwargs=True)
+    model.register_forward_hook(stop, with_kwargs=True, always_call=True)  # also when a reading stops the pass
     return count
 
 
