@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -117,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         say(record["error"] + f"; wrote {path}")
         return 2
     # The CPU reference shares the machine's cores with nothing else the device runs need much of.
-    running = {"cpu-float32": start("cpu-float32", pytest_command("cpu-float32", "cpu", "float32", targets, out), out)}
+    reference = start("cpu-float32", pytest_command("cpu-float32", "cpu", "float32", targets, out), out)
     for dtype in ("float32", "bfloat16"):
         name = f"device-{dtype}"
         proc, started, log = start(name, pytest_command(name, args.device, dtype, targets, out), out)
         _wait(proc, began, args.budget)
         record["runs"][name] = summarise(name, proc, started, out, log)
-    proc, started, log = running["cpu-float32"]
+    proc, started, log = reference
     _wait(proc, began, args.budget)
     record["runs"]["cpu-float32"] = summarise("cpu-float32", proc, started, out, log)
     for name in [n for n in record["runs"] if n != "cpu-float32"]:

@@ -19,7 +19,7 @@ import torch
 
 from fake_devices import FakeDevices
 from mechclaims.errors import TargetError
-from mechclaims.hooks import FINAL_SCALE, attn_pattern, head_z, mlp_out, resid_pre
+from mechclaims.hooks import FINAL_SCALE, head_z, mlp_out, resid_pre
 from mechclaims.interventions import AblateHeads, AblateMLP, SetResidual, forward
 from mechclaims.readers import attention_mass
 from mechclaims.targets import worker_device

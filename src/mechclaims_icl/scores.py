@@ -99,7 +99,7 @@ def _scores(model: Any, acts: dict[str, torch.Tensor], first: Sequence[int], rea
     unembed = w_u[:, torch.tensor(list(first), device=w_u.device)].T.to(**f32)  # [b, d_model]
     dla = torch.einsum("blhm,bm->blh", out * final_norm_weight(model).to(**f32), unembed)
     dot = torch.einsum("blhm,bm->blh", out, acts[resid_pre(read_layer)].to(**f32))
-    return dla.float().cpu().numpy(), dot.float().cpu().numpy()
+    return dla.cpu().numpy(), dot.cpu().numpy()
 
 
 @torch.no_grad()
