@@ -14,6 +14,14 @@ last position, B's greedy answer (every digit). The answers of every way must be
 * ``transformer_lens``: TransformerLens 4.3 hooks as the post used them: ``run_with_cache`` on A,
   then ``run_with_hooks`` per layer and prompt, one full pass per generated digit.
 
+The reading: Claim 2's teacher-forced reading of P(correct y_j) and greedy correctness at every
+example j of every sequence, two ways (the values must agree):
+
+* ``mechclaims``: ``mechclaims_icl.claim2.read_sequences`` (one forward per sequence, batched,
+  the unembedding only at the positions read).
+* ``per_example``: one TransformerLens forward per (sequence, example), on the sequence's tokens
+  up to the token after y_j (the j earlier examples, x_j and y_j), read from its full logits.
+
 The roofline runs ``pytest claims/`` on ``$MECHCLAIMS_ROOFLINE_TARGET`` (default
 ``smollm2-135m``) with the activation cache off, counts its floating-point work from the run's
 own accounting (``run.forwards``) and divides by its wall time and by the measured peak.
@@ -37,15 +45,18 @@ from mechclaims import load_target
 from mechclaims.batching import encode, group_by_length
 from mechclaims.hooks import resid_pre
 from mechclaims.targets import TARGETS, resolve
-from mechclaims_icl.answers import NumberReader, answer_steps
+from mechclaims_icl import claim2
+from mechclaims_icl.answers import NumberReader, answer_steps, numbers_are_single_tokens
+from mechclaims_icl.roles import roles
 from mechclaims_icl.patching import patch_sweep
-from mechclaims_icl.tasks import CANONICAL, make_patch_pairs, split_seed
+from mechclaims_icl.tasks import CANONICAL, make_patch_pairs, make_prompts, split_seed
 
 from roofline import matmul_peak_gflops, run_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_JSON = ROOT / "reports" / "peers.json"
 N_PAIRS = {"organism": 20, "smollm2-135m": 10}
+N_SEQUENCES = {"organism": 40, "smollm2-135m": 8}  # Claim 2 sequences of claim2.N_EXAMPLES examples
 WAYS = ("mechclaims", "nnsight", "transformer_lens")
 RESULTS: dict[str, dict[str, tuple[float, np.ndarray]]] = {}
 
@@ -78,6 +89,28 @@ def transformer_lens_sweep(model, pairs) -> np.ndarray:
                     tokens = torch.cat([tokens, nxt.view(1, 1)], dim=1)
                 answers[layer, i] = reader.numbers()[0]
     return answers
+
+
+def per_example_reading(model, prompts) -> tuple[np.ndarray, np.ndarray]:
+    """P(correct y_j) and greedy correctness ``[n_seq, K]``, one forward per (sequence, example j)
+    on the sequence's tokens up to the token after y_j; read from the full logits."""
+    tokenizer = model.tokenizer
+    single = numbers_are_single_tokens(tokenizer)
+    n_seq, k = len(prompts), len(prompts.prompts[0].examples)
+    p_correct, correct = np.full((n_seq, k), np.nan), np.zeros((n_seq, k), dtype=bool)
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts.prompts):
+            r = roles(tokenizer, prompt)
+            for j, span in enumerate(r.y):
+                tokens = torch.tensor([r.tokens[: span[-1] + 2]])
+                logp = torch.log_softmax(model(tokens)[0].float(), dim=-1)
+                best = logp.argmax(-1)
+                p_correct[i, j] = float(sum(logp[t - 1, r.tokens[t]] for t in span).exp())
+                ok = all(int(best[t - 1]) == r.tokens[t] for t in span)
+                if ok and not single:  # the number ends after y_j, as greedy decoding would read it
+                    ok = not tokenizer.decode([int(best[span[-1]])]).strip().isdigit()
+                correct[i, j] = ok
+    return p_correct, correct
 
 
 def nnsight_sweep(model, pairs, path) -> np.ndarray:
@@ -167,6 +200,50 @@ def test_the_ways_give_equal_answers_and_are_written(peer):
               "speedup": {way: round(done[way][0] / done["mechclaims"][0], 1) for way in WAYS if way != "mechclaims"}}
     _merge({"sweep": {loaded.name: entry}})
     assert equal, {way: int((answers != reference).sum()) for way, (_, answers) in done.items()}
+
+
+READINGS = {
+    "mechclaims": lambda model, prompts: (lambda r: (r.p_correct, r.correct))(claim2.read_sequences(model, prompts)),
+    "per_example": lambda model, prompts: per_example_reading(model.bridge, prompts),
+}
+READ: dict[str, dict[str, tuple[float, tuple[np.ndarray, np.ndarray]]]] = {}
+
+
+@pytest.fixture(scope="module")
+def sequences(peer):
+    loaded = peer[0]
+    return make_prompts(CANONICAL, n_prompts=N_SEQUENCES[loaded.name], n_examples=claim2.N_EXAMPLES,
+                        seed=split_seed(0, "confirmation"))
+
+
+@pytest.mark.benchmark(group="peers-reading")
+@pytest.mark.parametrize("way", list(READINGS))
+def test_reading(benchmark, peer, sequences, way):
+    loaded = peer[0]
+    started = time.perf_counter()
+    got = benchmark.pedantic(READINGS[way], args=(loaded.model, sequences), rounds=1, iterations=1)
+    READ.setdefault(loaded.name, {})[way] = (time.perf_counter() - started, got)
+    benchmark.extra_info.update(n_sequences=len(sequences), n_examples=claim2.N_EXAMPLES)
+    assert got[0].shape == got[1].shape == (len(sequences), claim2.N_EXAMPLES)
+
+
+def test_the_readings_agree_and_are_written(peer, sequences):
+    loaded = peer[0]
+    done = READ.get(loaded.name, {})
+    if set(done) != set(READINGS):
+        pytest.skip("run the whole module: the readings of every way are compared here")
+    (fast_s, (p_fast, ok_fast)), (slow_s, (p_slow, ok_slow)) = done["mechclaims"], done["per_example"]
+    # The same computation on differently shaped batches: float32 rounding only.
+    gap = float(np.max(np.abs(p_fast - p_slow)))
+    flips = int((ok_fast != ok_slow).sum())
+    _merge({"reading": {loaded.name: {
+        "mechclaims_s": round(fast_s, 3), "per_example_s": round(slow_s, 3),
+        "speedup": round(slow_s / fast_s, 1), "n_sequences": len(sequences), "n_examples": claim2.N_EXAMPLES,
+        "max_abs_p_difference": float(f"{gap:.3g}"), "correct_flags_differing": flips,
+    }}})
+    assert gap < 1e-4 and flips == 0, (gap, flips)
+    # negative control: the tolerance tells a reading one example off from the right one
+    assert np.max(np.abs(p_fast[:, 1:] - p_slow[:, :-1])) > 1e-2
 
 
 def _merge(part: dict) -> None:
