@@ -23,13 +23,13 @@ def non_embedding_params(shape: Any) -> int:
 
 def run_flops(shape: Any, forwards: Mapping[str, float]) -> dict[str, float]:
     """Floating-point operations of the passes ``forwards`` counted (a report's ``run.forwards``
-    entry): 2 x non-embedding weights per token, 4 x width per (query, key) pair and layer
-    (scores and the weighted sum), 2 x width x vocabulary per computed logit position.
-
-    Passes that a reading stops after its last hook are counted whole: an upper bound."""
+    entry): 2 x one layer's weights per token and layer it went through, 4 x width per (query,
+    key) pair and layer run (scores and the weighted sum), 2 x width x vocabulary per computed
+    logit position. A pass that a reading stopped counts only the layers it ran."""
+    per_layer = non_embedding_params(shape) // shape.n_layers
     parts = {
-        "weights": 2.0 * non_embedding_params(shape) * forwards["tokens"],
-        "attention": 4.0 * shape.d_model * shape.n_layers * forwards["attention_pairs"],
+        "weights": 2.0 * per_layer * forwards["layer_tokens"],
+        "attention": 4.0 * shape.d_model * forwards["attention_pairs"],
         "unembedding": 2.0 * shape.d_model * shape.d_vocab * forwards["logit_positions"],
     }
     return {**parts, "total": sum(parts.values())}

@@ -126,10 +126,11 @@ def test_one_model_is_booted_at_a_time_and_each_boots_once(pytester, tiny_llama,
     result.assert_outcomes(passed=4)
     run = _report(pytester)["run"]
     assert run["boots"] == {"organism": 1, "organism-control": 1}
-    # passes of 1 x 3 and 1 x 4 tokens: every logit computed, 6 + 10 causal (query, key) pairs
+    # passes of 1 x 3 and 1 x 4 tokens through 2 layers: every logit computed, 6 + 10 causal
+    # (query, key) pairs per layer
     organism = run["forwards"]["organism"]
     assert organism.pop("seconds") > 0
-    assert organism == {"calls": 2, "tokens": 7, "logit_positions": 7, "attention_pairs": 16}
+    assert organism == {"calls": 2, "tokens": 7, "layer_tokens": 14, "logit_positions": 7, "attention_pairs": 32}
 
 
 def test_a_test_that_leaves_a_hook_fails(pytester, as_organism):
@@ -366,7 +367,8 @@ def test_none(target, claim):
     assert figures == {"T.two": (2, 19), "T.none": (0, 0)}
     forwards = report["run"]["forwards"]["organism"]
     assert forwards.pop("seconds") > 0
-    assert forwards == {"calls": 2, "tokens": 19, "logit_positions": 19, "attention_pairs": 3 * 15 + 10}
+    assert forwards == {"calls": 2, "tokens": 19, "layer_tokens": 2 * 19, "logit_positions": 19,
+                        "attention_pairs": 2 * (3 * 15 + 10)}
 
 
 def test_claim_properties_land_in_junit_xml(pytester, as_organism):

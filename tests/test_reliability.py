@@ -133,4 +133,4 @@ def test_two_xdist_workers_run_the_claim_suite_on_one_cache_like_one_process(pyt
     # served entirely from the cache, the model was never booted (no weights loaded, no forward)
     organism = record["run"]["targets"]["organism"]
     assert organism["boot_seconds"] is None and record["run"]["forwards"]["organism"] == {
-        "calls": 0, "tokens": 0, "logit_positions": 0, "attention_pairs": 0, "seconds": 0.0}
+        "calls": 0, "tokens": 0, "layer_tokens": 0, "logit_positions": 0, "attention_pairs": 0, "seconds": 0.0}

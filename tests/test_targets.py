@@ -12,6 +12,7 @@ from transformers import LlamaForCausalLM
 from mechclaims import TARGETS, TargetError, load_target
 from mechclaims_icl.answers import encode, greedy_is
 from mechclaims_icl.tasks import AffineTask, make_prompts
+from mechclaims.hooks import resid_pre
 from mechclaims.targets import _smollm2_gguf, attached_hooks, default_cache_dir, read_shape
 
 
@@ -44,6 +45,35 @@ def test_the_model_boots_on_first_use_and_agrees_with_what_was_known_before(tiny
     assert model.bridge.tokenizer(" 17", add_special_tokens=False) == loaded.tokenizer(" 17", add_special_tokens=False)
     assert loaded.forwards.calls == 1  # the warm-up forward of the boot is not counted
     assert model.cfg.d_head == model.bridge.cfg.d_head  # any other field is the bridge's
+
+
+def test_a_stopped_pass_counts_only_the_layers_it_ran(tiny_llama, monkeypatch):
+    """The roofline's work count: tokens x layers run, pairs per layer run, logits only when the
+    unembedding ran."""
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+    loaded = load_target("organism")
+    model = loaded.model
+    tokens = torch.tensor([encode(loaded.tokenizer, "\n(3, 9)\n(4, ")] * 2)
+    rows, length = tokens.shape
+    model(tokens)
+    whole = dict(loaded.forwards.to_json(), seconds=0)
+    assert whole == {"calls": 1, "tokens": rows * length, "layer_tokens": 2 * rows * length,
+                     "logit_positions": rows * length, "attention_pairs": 2 * rows * length * (length + 1) // 2,
+                     "seconds": 0}
+
+    class Stop(Exception):
+        pass
+
+    def stop(act, hook):
+        raise Stop
+
+    with model.hooks(fwd_hooks=[(resid_pre(1), stop)]), pytest.raises(Stop):
+        model(tokens)  # block 0 ran, block 1 never started
+    after = loaded.forwards
+    assert (after.calls, after.tokens) == (2, 2 * rows * length)
+    assert after.layer_tokens - whole["layer_tokens"] == rows * length
+    assert after.attention_pairs - whole["attention_pairs"] == rows * length * (length + 1) // 2
+    assert after.logit_positions == whole["logit_positions"]  # no logits for the stopped pass
 
 
 def test_config_without_the_sizes_names_the_missing_field(tiny_llama, tmp_path):

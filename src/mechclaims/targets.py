@@ -121,14 +121,17 @@ class TargetInfo:
 
 @dataclass
 class ForwardCount:
-    """Forward passes through a loaded model: the tokens they processed, the positions whose
-    logits they computed, the (query, key) pairs their attention scored and the seconds they
-    took. Enough to count a run's floating-point work (benchmarks/roofline.py)."""
+    """Forward passes through a loaded model: the tokens they were given, the tokens times the
+    layers each went through, the positions whose logits they computed, the (query, key) pairs
+    their attention scored and the seconds they took. A pass that a reading stops after its
+    last hook counts only the layers it ran (and no logits when it stopped before the
+    unembedding). Enough to count a run's floating-point work (benchmarks/roofline.py)."""
 
     calls: int = 0
     tokens: int = 0
+    layer_tokens: int = 0  # sum over the layers run of the tokens through them
     logit_positions: int = 0
-    attention_pairs: int = 0  # per layer and head: causal (query, key) pairs, cached keys included
+    attention_pairs: int = 0  # causal (query, key) pairs per head, cached keys included, summed over the layers run
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, int | float]:
@@ -636,27 +639,49 @@ def _check_same_model(deferred: DeferredBridge, bridge: Any) -> None:
 
 
 def _count_forwards(model: Any, count: ForwardCount) -> ForwardCount:
-    """Add every top-level forward to ``count`` (permanent, read-only pre- and post-hooks)."""
-    started: list[float] = []
+    """Add every top-level forward to ``count`` (permanent, read-only hooks: before and after the
+    pass, after each block and after the unembedding)."""
+    passes: list[dict[str, Any]] = []  # the pass under way (a forward inside a hook nests)
 
     def tally(module: Any, args: tuple, kwargs: dict) -> None:
         tokens = args[0] if args else kwargs.get("input")
         count.calls += 1
+        entry: dict[str, Any] = {"started": time.perf_counter(), "blocks": 0, "unembedded": False, "shape": None}
         if hasattr(tokens, "shape") and len(tokens.shape) == 2:
             rows, length = (int(n) for n in tokens.shape)
             cache = kwargs.get("past_key_values")
             past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
             keep = int(kwargs.get("logits_to_keep") or 0)
             count.tokens += rows * length
-            count.logit_positions += rows * (min(keep, length) if keep else length)
-            count.attention_pairs += rows * (length * past + length * (length + 1) // 2)
-        started.append(time.perf_counter())
+            entry["shape"] = (rows, length, past, keep)
+        passes.append(entry)
+
+    def block_done(module: Any, args: tuple, output: Any) -> None:
+        if passes:
+            passes[-1]["blocks"] += 1
+
+    def unembedded(module: Any, args: tuple, output: Any) -> None:
+        if passes:
+            passes[-1]["unembedded"] = True
 
     def stop(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        if started:
-            count.seconds += time.perf_counter() - started.pop()
+        if not passes:
+            return
+        entry = passes.pop()
+        count.seconds += time.perf_counter() - entry["started"]
+        if entry["shape"] is None:
+            return
+        rows, length, past, keep = entry["shape"]
+        count.layer_tokens += entry["blocks"] * rows * length
+        count.attention_pairs += entry["blocks"] * rows * (length * past + length * (length + 1) // 2)
+        if entry["unembedded"]:
+            count.logit_positions += rows * (min(keep, length) if keep else length)
 
     model.register_forward_pre_hook(tally, with_kwargs=True)
+    for block in getattr(model, "blocks", ()):
+        block.register_forward_hook(block_done)
+    if getattr(model, "unembed", None) is not None:
+        model.unembed.register_forward_hook(unembedded)
     model.register_forward_hook(stop, with_kwargs=True, always_call=True)  # also when a reading stops the pass
     return count
 
