@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -267,6 +268,7 @@ def test_roofline(tmp_path):
                            "-p", "no:cacheprovider", "--mechclaims-cache", "off", "--mechclaims-report-dir", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
     run = json.loads((tmp_path / "latest" / "claims.json").read_text())["run"]
     assert proc.returncode == 0, proc.stdout[-2000:]
     forwards, target = run["forwards"][name], run["targets"][name]
@@ -275,6 +277,7 @@ def test_roofline(tmp_path):
     boot = target["boot_seconds"] or 0.0
     profile = {
         "process_s": round(wall, 1),
+        "peak_rss_mib": round(peak_rss_mib),
         "interpreter_and_collection_s": round(wall - in_run, 1),
         "boot_s": round(boot, 1),
         "forward_passes_s": round(forwards["seconds"], 1),

@@ -178,8 +178,24 @@ def test_cached_decoding_of_multi_token_answers_equals_full_forwards(digit_model
     pairs = make_patch_pairs(CANONICAL, n_pairs=6, n_examples=4, seed=0)
     batched = patch_sweep(digit_model, pairs)
     assert (batched.answers >= 100).any()  # answers of three and more tokens were decoded
+    assert (batched.answers[batched.answers >= 0] < 100).any()  # and shorter ones, whose rows left the batch early
     assert np.array_equal(batched.answers, patch_sweep_loop(digit_model, pairs).answers)
     assert digit_model.list_hooks() == {}
+
+
+def test_a_capture_without_logits_ends_the_pass_after_its_last_activation(model):
+    tokens = _tokens(model, ["\n(3, 9)\n(4, "])
+    ran = []
+    handles = [block.register_forward_hook(lambda *a, i=i: ran.append(i)) for i, block in enumerate(model.blocks)]
+    try:
+        _, early = capture(model, tokens, [resid_pre(0)], logits="none")
+        assert ran == []  # block 0 never ran: resid_pre(0) is its input
+        _, both = capture(model, tokens, [resid_pre(0), resid_pre(1)], logits="all")
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == list(range(model.cfg.n_layers))  # with logits the whole pass runs
+    assert torch.equal(early[resid_pre(0)], both[resid_pre(0)])
 
 
 def test_a_small_key_value_budget_splits_pairs_and_layers_alike(model, monkeypatch):

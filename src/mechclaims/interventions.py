@@ -198,6 +198,10 @@ def forward(
     return store.get(request, compute)
 
 
+class _AllKept(Exception):
+    """Raised by the last keeper hook of a pass whose logits are not wanted, to end it there."""
+
+
 def _compute(model: Any, request: Request) -> Forward:
     stored: dict[str, torch.Tensor] = {}
     position = request.position
@@ -205,9 +209,14 @@ def _compute(model: Any, request: Request) -> Forward:
     # other devices hand their activations back there, so a claim never meets two devices.
     home = request.tokens.device
 
+    # Without logits, the pass ends once every activation asked for is kept: later layers would be wasted.
+    stop_when_done = request.logits == "none"
+
     def keeper(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
             stored[name] = (act if position is None else act[:, position]).detach().to(home, copy=True)
+            if stop_when_done and len(stored) == len(request.names):
+                raise _AllKept
             return act
 
         return keep
@@ -219,13 +228,17 @@ def _compute(model: Any, request: Request) -> Forward:
             # no key-value cache: a pass that is not decoded further would only build one (all layers'
             # keys and values, alive until the pass ends)
             out = model(request.tokens, logits_to_keep=request.logits_to_keep(), use_cache=False)
+    except _AllKept:
+        out = None
     finally:
         memory.release()
     missing = [n for n in request.names if n not in stored]
     if missing:
         raise ConfigError(f"hooks never fired: {missing}; use TransformerLens hook names such as {resid_pre(0)!r}")
-    kept = {"all": out, "last": out[:, -1], "argmax": out.argmax(-1), "none": None}[request.logits]
-    return Forward(None if kept is None else kept.to(home), stored)
+    if request.logits == "none":
+        return Forward(None, stored)
+    kept = {"all": out, "last": out[:, -1], "argmax": out.argmax(-1)}[request.logits]
+    return Forward(kept.to(home), stored)
 
 
 def run_with(

@@ -61,9 +61,10 @@ class NumberReader:
         self._text = [""] * n_rows
         self._alive = np.ones(n_rows, dtype=bool)
 
-    def add(self, tokens: Sequence[int]) -> bool:
-        """Read one generated token per row; False once every row's number has ended."""
-        for j, token in enumerate(tokens):
+    def add(self, tokens: Sequence[int], rows: Sequence[int] | None = None) -> bool:
+        """Read one generated token per row (of ``rows``, default all); False once every row's
+        number has ended."""
+        for j, token in zip(range(len(tokens)) if rows is None else rows, tokens):
             piece = self._tokenizer.decode([token])
             piece = piece if self._text[j] else piece.strip()
             if self._alive[j] and piece.isdigit():
@@ -71,6 +72,11 @@ class NumberReader:
             else:
                 self._alive[j] = False
         return bool(self._alive.any())
+
+    @property
+    def alive(self) -> np.ndarray:
+        """Per row: its number may still go on."""
+        return self._alive.copy()
 
     def numbers(self) -> np.ndarray:
         return np.array([int(t) if t else NO_NUMBER for t in self._text], dtype=np.int64)

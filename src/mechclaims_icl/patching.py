@@ -8,7 +8,8 @@ in every patched copy of B.  :func:`decode_patched` therefore runs B's prompt
 up to its last token ONCE per pair (a prefill into the key-value cache), then
 one batched step of B's last token with one row per (pair, layer), the hook at
 layer L writing only its own rows, and one cached step per further answer
-token (digit-by-digit tokenisers).  Equal to the per-layer loop of full
+token (digit-by-digit tokenisers), rows whose number has ended leaving the
+batch and its cache.  Equal to the per-layer loop of full
 forward passes that :func:`patch_sweep_loop` keeps as the reference (tested).
 """
 
@@ -70,7 +71,7 @@ def last_resid(
 # Keys and values one decode block may hold (the prefix's cache repeated once per
 # patched layer): on CPU this bounds the sweep's transient memory, on a GPU it
 # leaves room beside llama-3-8b's 16 GB of bf16 weights.
-KV_BLOCK_BYTES = {"cpu": 64 * 2**20}
+KV_BLOCK_BYTES = {"cpu": 256 * 2**20}
 KV_BLOCK_BYTES_ACCELERATOR = 8 * 2**30
 
 
@@ -186,14 +187,20 @@ def _decode_block(
     ]
     reader = NumberReader(model.tokenizer, last.shape[0] * width)
     current = last.repeat_interleave(width, dim=0)
+    active = np.arange(last.shape[0] * width)  # rows still decoding; a row whose number ended leaves the batch
     with torch.no_grad():
         for step in range(steps):
             hooks = [hook for patch in patches for hook in patch.hooks()] if step == 0 else []
             with model.hooks(fwd_hooks=hooks):
                 logits, cache = model(current, past_key_values=cache, return_type="logits_and_cache", logits_to_keep=1)
             nxt = logits[:, -1].argmax(-1)
-            if not reader.add(nxt.tolist()):
+            if not reader.add(nxt.tolist(), active):
                 break
+            going = reader.alive[active]
+            if not going.all():
+                keep = torch.from_numpy(np.flatnonzero(going)).to(nxt.device)
+                cache.batch_select_indices(keep)
+                nxt, active = nxt[keep], active[going]
             current = nxt[:, None]
     return reader.numbers().reshape(-1, width).T
 
