@@ -71,7 +71,7 @@ def last_resid(
 # Keys and values one decode block may hold (the prefix's cache repeated once per
 # patched layer): on CPU this bounds the sweep's transient memory, on a GPU it
 # leaves room beside llama-3-8b's 16 GB of bf16 weights.
-KV_BLOCK_BYTES = {"cpu": 256 * 2**20}
+KV_BLOCK_BYTES = {"cpu": 64 * 2**20}
 KV_BLOCK_BYTES_ACCELERATOR = 8 * 2**30
 
 
