@@ -69,9 +69,11 @@ def last_resid(
 
 
 # Keys and values one decode block may hold (the prefix's cache repeated once per
-# patched layer): on CPU this bounds the sweep's transient memory, on a GPU it
-# leaves room beside llama-3-8b's 16 GB of bf16 weights.
-KV_BLOCK_BYTES = {"cpu": 64 * 2**20}
+# patched layer): on CPU this bounds the sweep's transient memory (about twice
+# this, while a step appends to the cache), on a GPU it leaves room beside
+# llama-3-8b's 16 GB of bf16 weights. Measured on SmolLM2's Claim 1 (docs/performance.md):
+# 256 MiB blocks take 608 s and peak at 1.71 GB, 64 MiB blocks 872 s and 1.34 GB.
+KV_BLOCK_BYTES = {"cpu": 256 * 2**20}
 KV_BLOCK_BYTES_ACCELERATOR = 8 * 2**30
 
 
