@@ -9,14 +9,15 @@ import pytest
 from mechclaims.cli import main
 
 
-def _run(tmp_path, name, verdicts, schema=1):
+def _run(tmp_path, name, verdicts, schema=1, complete=True, expected=None):
     run = tmp_path / name
     run.mkdir()
     record = {
         "schema_version": schema,
-        "run": {"header": "h", "seed": 0, "targets": {}},
+        "run": {"header": "h", "seed": 0, "targets": {}, "complete": complete},
         "claims": [
-            {"id": cid, "target": "organism", "verdict": v, "statistic": s, "ci": [0.0, 1.0], "n": 10}
+            {"id": cid, "target": "organism", "verdict": v, "statistic": s, "ci": [0.0, 1.0], "n": 10,
+             "expected": (expected or {}).get(cid)}
             for cid, (v, s) in verdicts.items()
         ],
     }
@@ -60,8 +61,21 @@ def test_report_renders_markdown_and_html(tmp_path):
         (json.dumps({"schema_version": 1, "run": [], "claims": []}), "'run' must be an object, got list"),
         (json.dumps({"schema_version": 1, "run": {}, "claims": ["x"]}), "claims[0] must be an object, got str"),
         (json.dumps({"schema_version": 1, "run": {}, "claims": [{"id": "x", "target": "t", "verdict": "refuted", "figures": [1]}]}),
-         "claims[0] figures must be an object, got list"),
+         "claims[0].figures must be an object, got list"),
         (json.dumps({"run": {}, "claims": []}), "schema_version None is not supported"),
+        (json.dumps({"schema_version": 1, "run": {}, "claims": [{"id": ["x"], "target": "t", "verdict": "refuted"}]}),
+         "claims[0].id must be a non-empty string, got ['x']"),
+        (json.dumps({"schema_version": 1, "run": {}, "claims": [{"id": "x", "target": 3, "verdict": "refuted"}]}),
+         "claims[0].target must be a string or null, got 3"),
+        (json.dumps({"schema_version": 1, "run": {}, "claims": [{"id": "x", "target": "t", "verdict": "refuted",
+                                                                "statistic": "big"}]}),
+         "claims[0].statistic must be a number or null, got 'big'"),
+        (json.dumps({"schema_version": 1, "run": {}, "claims": [{"id": "x", "target": "t", "verdict": "refuted",
+                                                                "expected": "yes"}]}),
+         "claims[0].expected 'yes' is not one of"),
+        (json.dumps({"schema_version": 1, "run": {}, "claims": [{"id": "x", "target": "t", "verdict": "refuted"},
+                                                               {"id": "x", "target": "t", "verdict": "supported"}]}),
+         "claims[1] repeats claim id 'x' on target 't' (also claims[0])"),
     ],
 )
 def test_broken_files_get_one_clear_error(tmp_path, capsys, content, message):
@@ -75,3 +89,33 @@ def test_broken_files_get_one_clear_error(tmp_path, capsys, content, message):
     err = capsys.readouterr().err
     assert message in err and str(bad) in err and err.count("\n") == 1
     assert not (tmp_path / "index.html").exists() and not (tmp_path / "claims.md").exists()
+
+
+def test_compare_regresses_on_a_move_to_errored_from_refuted(tmp_path, capsys):
+    """A negative control that starts erroring is no improvement: refuted -> errored regressed."""
+    a = _run(tmp_path, "a", {"C3.y-to-prey": ("refuted", -0.1)}, expected={"C3.y-to-prey": "refuted"})
+    b = _run(tmp_path, "b", {"C3.y-to-prey": ("errored", None)}, expected={"C3.y-to-prey": "refuted"})
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION C3.y-to-prey [organism]: refuted -> errored (pre-registered refuted)" in out
+    c = _run(tmp_path, "c", {"C3.y-to-prey": ("errored", None)})  # no pre-registration: errored still regresses
+    assert main(["compare", str(_run(tmp_path, "d", {"C3.y-to-prey": ("refuted", -0.1)})), str(c)]) == 1
+
+
+def test_compare_regresses_on_any_move_away_from_the_preregistration(tmp_path, capsys):
+    a = _run(tmp_path, "a", {"C1.parity-late": ("refuted", 0.0)}, expected={"C1.parity-late": "refuted"})
+    b = _run(tmp_path, "b", {"C1.parity-late": ("inconclusive", 0.0)}, expected={"C1.parity-late": "refuted"})
+    assert main(["compare", str(a), str(b)]) == 1
+    # negative control: a move towards the pre-registration is no regression
+    assert main(["compare", str(b), str(a)]) == 0
+    assert "1 changed, 0 regressed" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_compare_fails_on_an_incomplete_run(tmp_path, capsys):
+    a = _run(tmp_path, "a", {"C1.onset": ("supported", 3.0)})
+    b = _run(tmp_path, "b", {"C1.onset": ("supported", 3.0)}, complete=False)
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert f"INCOMPLETE run B: {b / 'claims.json'} stopped before every claim had a verdict" in out
+    assert out.splitlines()[-1] == "0 changed, 0 regressed, 1 incomplete"
+    assert main(["compare", str(a), str(_run(tmp_path, "c", {"C1.onset": ("supported", 3.0)}))]) == 0

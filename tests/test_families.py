@@ -46,7 +46,8 @@ def test_the_posts_pack_runs_on_every_family_with_no_claim_errored(tmp_path):
         merge_write(project / "claims" / "expectations" / f"tiny-{family.replace('_', '-')}.toml",
                     f"tiny-{family.replace('_', '-')}", source="the organism's layers, on a random model",
                     verdicts={cid: "refuted" if cid == "C0.in-context" else "not-applicable" for cid in CLAIM_IDS},
-                    sections={name: organism[name] for name in ("task", "c1", "c2", "c3")})
+                    sections={name: organism[name] for name in ("task", "c1", "c2", "c3")},
+                    registered={"n_layers": 8})  # a pre-registration names its model (here: its size)
     targets = [a for f in FAMILIES for a in ("--mechclaims-target", f"tiny-{f.replace('_', '-')}")]
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "claims/", *targets, "--mechclaims-n-prompts", "20", "-p", "no:cacheprovider"],

@@ -91,7 +91,7 @@ def test_{i}(target, claim):
         for i in range(5)
     )
     pytester.makepyfile(test_many=f"import pytest\nfrom mechclaims import proportion\n{tests}")
-    pytester.makepyfile(test_more=f"import pytest\nfrom mechclaims import proportion\n{tests}")
+    pytester.makepyfile(test_more=f"import pytest\nfrom mechclaims import proportion\n{tests.replace('T.', 'U.')}")
     result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     result.assert_outcomes(passed=10)
     assert _report(pytester)["run"]["load_counts"] == {"organism": 1}
@@ -230,6 +230,39 @@ def test_x(target, claim):
     result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *test_x*needs id=*"])
+
+
+def test_a_claim_id_used_twice_on_one_target_is_refused_with_both_places(pytester, as_organism):
+    pytester.makepyfile(test_dup='''
+import pytest
+
+@pytest.mark.claim(id="D.same", targets=["organism"])
+def test_first(target, claim):
+    pass
+
+@pytest.mark.claim(id="D.same", targets=["organism"])
+def test_second(target, claim):
+    pass
+''')
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: claim id 'D.same' is used twice on target 'organism': "
+                                 "test_dup.py:3 (test_first[[]organism[]]) and test_dup.py:7 (test_second[[]organism[]]); *"])
+
+
+def test_one_id_on_two_targets_is_one_claim_each(pytester, as_organism, tiny_llama, monkeypatch):
+    """Negative control of the duplicate check: the same test over two targets is two claims."""
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_CONTROL_DIR", str(tiny_llama))
+    pytester.makepyfile(test_one='''
+import pytest
+
+@pytest.mark.claim(id="D.same")
+def test_first(target, claim):
+    pass
+''')
+    result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism",
+                                "--mechclaims-target", "organism-control", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
 
 
 def test_markers_are_registered_for_strict_runs(pytester):

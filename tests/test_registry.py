@@ -45,15 +45,16 @@ def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
     assert f"registered by: {project / 'pyproject.toml'}" in block
     assert f"weights: present: {project / 'models' / 'my-model'}" in block and "(none yet: run discover)" in block
 
-    # B in the format the organism was trained with (the default is the post's <bos>(p, )
-    found = _run(project, "-m", "mechclaims_icl.discover", "--target", "my-model", "--probe", "newline")
+    # B in the format the organism was trained with (the default is the post's <bos>(p, ); 400 pairs as the
+    # shipped organism's file (at 200, C1.parity-late's interval touches its bound on the confirmation split)
+    found = _run(project, "-m", "mechclaims_icl.discover", "--target", "my-model", "--probe", "newline", "--n-pairs", "400")
     assert found.returncode == 0, found.stderr[-3000:]
     assert (project / "claims" / "expectations" / "my-model.toml").is_file()
 
     confirmed = _run(project, "-m", "pytest", "claims/", "--mechclaims-target", "my-model", "-p", "no:cacheprovider")
     out = confirmed.stdout + confirmed.stderr
     assert confirmed.returncode == 0, out[-3000:]
-    assert "supported  C1.onset [my-model] (expected supported)  3 [2, 3] n=200" in out
+    assert "supported  C1.onset [my-model] (expected supported)  3 [2, 3] n=400" in out
     assert "STAND-IN" not in out  # a configured target has no known shape to differ from
 
     # the pre-registration names the model it was made on; other weights are refused unless allowed
@@ -81,9 +82,18 @@ def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
     ('path = "m"\nrevision = "main"\n', "revision needs hf_id"),
 ])
 def test_a_bad_target_table_is_one_line_naming_file_key_and_choices(tmp_path, table, message):
-    project = _project(tmp_path, "[tool.mechclaims.targets.bad]\n" + table)
-    with pytest.raises(TargetError, match=message) as info:
-        registry.load_config(project / "pyproject.toml")
+    """The problem is the target's own: it errors when resolved, and the file's other targets load."""
+    from mechclaims.targets import resolve
+
+    project = _project(tmp_path, "[tool.mechclaims.targets.bad]\n" + table
+                       + f'[tool.mechclaims.targets.good]\npath = "{ORGANISM}"\n')
+    try:
+        assert registry.load_config(project / "pyproject.toml") == ["bad", "good"]
+        with pytest.raises(TargetError, match=message) as info:
+            resolve("bad")
+        assert resolve("good").path == ORGANISM
+    finally:
+        registry.unload_config(project / "pyproject.toml")
     assert "\n" not in str(info.value) and str(project / "pyproject.toml") in str(info.value)
     assert "bad" not in TARGETS
 

@@ -321,8 +321,7 @@ from mechclaims_icl.tasks import CANONICAL, make_prompts
 
 PROMPTS = make_prompts(CANONICAL, n_prompts=6, n_examples=3, seed=0)
 
-@pytest.mark.claim(id="T.same")
-@pytest.mark.parametrize("copy", range(4))
+@pytest.mark.parametrize("copy", [pytest.param(k, marks=pytest.mark.claim(id=f"T.same-{k}")) for k in range(4)])
 def test_same(target, claim, copy):
     claim.record(proportion_of(greedy_is(target.model, PROMPTS.texts, PROMPTS.answers) | True), threshold=0.5)
 """

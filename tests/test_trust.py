@@ -206,7 +206,8 @@ def test_compare_counts_any_loss_of_supported_as_a_regression(tmp_path, capsys, 
         (tmp_path / name).mkdir()
         claims = [{"id": cid, "target": "organism", "verdict": v, "statistic": 1.0, "ci": [0.0, 1.0], "n": 10}
                   for cid, v in verdicts.items()]
-        (tmp_path / name / "claims.json").write_text(json.dumps({"schema_version": 1, "run": {}, "claims": claims}))
+        (tmp_path / name / "claims.json").write_text(json.dumps({"schema_version": 1, "run": {"complete": True},
+                                                                 "claims": claims}))
         return str(tmp_path / name)
 
     before = run("a", {"C1.onset": "supported"})

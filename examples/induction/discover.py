@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from induction import induction_attention, repeat_accuracy, repeated  # noqa: E402
 
 from mechclaims import load_target, paired_increase, random_sets, top_heads  # noqa: E402
-from mechclaims.expectations import merge_write, registered_model  # noqa: E402
+from mechclaims.expectations import merge_write, path_for, registered_model  # noqa: E402
 
 N_RANDOM = 19
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     figures = ", ".join(f"L{la}H{h} {per_head[la, h]:.3f}" for la, h in heads)
     command = "python examples/induction/discover.py " + " ".join(argv if argv is not None else sys.argv[1:])
     path = merge_write(
-        Path(__file__).parent / "expectations" / f"{args.target}.toml", args.target,
+        path_for(Path(__file__).parent, args.target), args.target,
         source=f"exploration split (seed {args.seed}, {args.n} prompts): {command}",
         verdicts={"I.attention": "supported", "I.attention-without-repeats": "refuted", "I.ablation": "supported"},
         sections={"induction": {"heads": [list(h) for h in heads], "min_excess": half(excess),

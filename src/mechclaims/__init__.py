@@ -5,7 +5,7 @@ every other module is internal and may change. A claim pack imports from here on
 """
 
 from .batching import encode
-from .checks import all_of, at_least, at_most, equivalent, holds_across, significant
+from .checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
 from .errors import ConfigError, MechclaimsError, TargetError
 from .expectations import Expectations, Key, register_section
 from .fits import role_weights, top_heads, uniform_pattern
@@ -23,6 +23,7 @@ from .results import (
     Effect,
     Finding,
     Interval,
+    Rule,
 )
 from .settings import Settings, settings
 from .stats import (
@@ -40,7 +41,7 @@ from .targets import TARGETS, LoadedTarget, load_target
 
 __all__ = [
     # results
-    "ClaimResult", "Effect", "Finding", "Interval", "ERRORED", "NOT_APPLICABLE", "REFUTED", "SUPPORTED",
+    "ClaimResult", "Effect", "Finding", "Interval", "Rule", "ERRORED", "NOT_APPLICABLE", "REFUTED", "SUPPORTED",
     # errors
     "ConfigError", "MechclaimsError", "TargetError",
     # targets and settings
@@ -56,7 +57,7 @@ __all__ = [
     "proportion", "proportion_of", "equivalence", "paired_increase", "holm", "bootstrap_mean", "onset",
     "random_sets", "beats_random", "role_weights", "uniform_pattern", "top_heads",
     # checks and recording
-    "at_least", "at_most", "equivalent", "significant", "all_of", "holds_across", "ClaimRecorder",
+    "at_least", "at_most", "equivalent", "significant", "holds", "all_of", "holds_across", "ClaimRecorder",
 ]
 
 __version__ = "0.1.0"

@@ -24,47 +24,68 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .results import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding
+from .results import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding, Rule
 
 
 def _described(what: str, effect: Effect, rule: str) -> str:
     return f"{what}: {effect} ({rule})"
 
 
+def _rule(what: str, kind: str, bound: float, effect: Effect, bound_low: float | None = None) -> Rule:
+    """The rule with the verdict its interval reads (:meth:`Rule.reading`)."""
+    probe = Rule(what, kind, bound, effect, INCONCLUSIVE, bound_low)
+    return Rule(what, kind, bound, effect, probe.reading(), bound_low)
+
+
+def _finding(effect: Effect, rule: Rule, message: str, threshold: float | None, figures: Mapping[str, Any]) -> Finding:
+    return Finding(effect, rule.verdict == SUPPORTED, message, threshold, figures,
+                   decided=rule.verdict != INCONCLUSIVE, rules=(rule,))
+
+
 def at_least(effect: Effect, threshold: float, what: str, **figures: Any) -> Finding:
-    """Supported when the interval's lower bound is at or above ``threshold``."""
-    ok = effect.ci.low >= threshold
-    return Finding(effect, bool(ok), _described(what, effect, f"lower bound must be >= {threshold:g}"), threshold,
-                   figures, decided=bool(ok or effect.ci.high < threshold))
+    """Supported when the interval's lower bound is at or above ``threshold``; refuted when its
+    upper bound is below it; inconclusive when the interval crosses it."""
+    return _finding(effect, _rule(what, "at_least", threshold, effect),
+                    _described(what, effect, f"lower bound must be >= {threshold:g}"), threshold, figures)
 
 
 def at_most(effect: Effect, threshold: float, what: str, **figures: Any) -> Finding:
-    """Supported when the interval's upper bound is at or below ``threshold``."""
-    ok = effect.ci.high <= threshold
-    return Finding(effect, bool(ok), _described(what, effect, f"upper bound must be <= {threshold:g}"), threshold,
-                   figures, decided=bool(ok or effect.ci.low > threshold))
+    """Supported when the interval's upper bound is at or below ``threshold``; refuted when its
+    lower bound is above it; inconclusive when the interval crosses it."""
+    return _finding(effect, _rule(what, "at_most", threshold, effect),
+                    _described(what, effect, f"upper bound must be <= {threshold:g}"), threshold, figures)
 
 
-def equivalent(effect: Effect, margin: float, what: str, **figures: Any) -> Finding:
-    """Supported when the interval lies inside ``±margin`` (use with :func:`mechclaims.equivalence`,
-    whose interval is the one TOST inverts)."""
-    ok = -margin <= effect.ci.low and effect.ci.high <= margin
-    outside = effect.ci.low > margin or effect.ci.high < -margin
-    return Finding(effect, bool(ok), _described(what, effect, f"interval must lie within ±{margin:g}"), margin,
-                   figures, decided=bool(ok or outside))
+def equivalent(effect: Effect, margin: float, what: str, *, center: float = 0.0, **figures: Any) -> Finding:
+    """Supported when the interval lies inside ``center ± margin`` (use with :func:`mechclaims.equivalence`,
+    whose interval is the one TOST inverts); refuted when it lies wholly outside; inconclusive otherwise."""
+    low, high = center - margin, center + margin
+    window = f"±{margin:g}" if center == 0 else f"{center:.3g} ± {margin:g}"
+    return _finding(effect, _rule(what, "within", high, effect, bound_low=low),
+                    _described(what, effect, f"interval must lie within {window}"), margin, figures)
 
 
 def significant(effect: Effect, what: str, *, alpha: float = 0.05, **figures: Any) -> Finding:
-    """Supported when the effect's p-value is below ``alpha``."""
+    """Supported when the effect's p-value is below ``alpha``; otherwise inconclusive (no
+    significance is absence of evidence, not evidence against)."""
     if effect.pvalue is None:
         raise ValueError(f"{what}: {effect} has no p-value; use a test that gives one (paired_increase, beats_random)")
-    ok = effect.pvalue < alpha
-    return Finding(effect, bool(ok), _described(what, effect, f"p must be < {alpha:g}"), alpha, figures,
-                   decided=bool(ok))  # no significance is absence of evidence, not evidence against
+    return _finding(effect, _rule(what, "p_below", alpha, effect),
+                    _described(what, effect, f"p must be < {alpha:g}"), alpha, figures)
+
+
+def holds(condition: bool, what: str, effect: Effect, **figures: Any) -> Finding:
+    """A condition with no sampling error of its own (a count, a configuration, a point reading the
+    claim states without an interval): supported when true, refuted when false. ``effect`` is the
+    figure it is about, reported beside it. Prefer a rule on an interval wherever one exists."""
+    verdict = SUPPORTED if condition else REFUTED
+    return _finding(effect, Rule(what, "holds", None, effect, verdict),
+                    f"{what}: {'holds' if condition else 'does not hold'}", None, figures)
 
 
 def all_of(*findings: Finding) -> Finding:
-    """The first finding's effect, supported only if every finding is; messages joined with '; '."""
+    """The first finding's effect, supported only if every finding is, refuted when any is refuted,
+    inconclusive otherwise; messages joined with '; ', rules and figures gathered."""
     if not findings:
         raise ValueError("all_of needs at least one finding")
     figures: dict[str, Any] = {}
@@ -73,7 +94,14 @@ def all_of(*findings: Finding) -> Finding:
     supported = all(f.supported for f in findings)
     refuted = any(not f.supported and f.decided for f in findings)
     return Finding(findings[0].effect, supported, "; ".join(f.message for f in findings), findings[0].threshold,
-                   figures, decided=supported or refuted)
+                   figures, decided=supported or refuted, rules=_joined_rules(findings))
+
+
+def _joined_rules(findings: tuple[Finding, ...]) -> tuple:
+    """The parts' rules; none when some part was built by hand (its rules are unknown)."""
+    if not all(f.rules for f in findings):
+        return ()
+    return tuple(r for f in findings for r in f.rules)
 
 
 def holds_across(per_variant: Mapping[str, Finding], what: str) -> Finding:
@@ -88,18 +116,18 @@ def holds_across(per_variant: Mapping[str, Finding], what: str) -> Finding:
         raise ValueError(f"{what}: holds_across needs at least one variant")
     verdicts = {name: SUPPORTED if f.supported else REFUTED if f.decided else INCONCLUSIVE
                 for name, f in per_variant.items()}
-    holds = [name for name, v in verdicts.items() if v == SUPPORTED]
+    holding = [name for name, v in verdicts.items() if v == SUPPORTED]
     fails = [name for name, v in verdicts.items() if v == REFUTED]
     open_ = [name for name, v in verdicts.items() if v == INCONCLUSIVE]
     shown = (fails or open_ or list(per_variant))[0]
     effect = per_variant[shown].effect
     if not fails and not open_:
-        summary = f"{what} holds under every variant ({', '.join(holds)})"
+        summary = f"{what} holds under every variant ({', '.join(holding)})"
     elif fails:
-        summary = (f"{what} is specific to {', '.join(holds) or 'no variant'}: refuted under {', '.join(fails)}"
+        summary = (f"{what} is specific to {', '.join(holding) or 'no variant'}: refuted under {', '.join(fails)}"
                    + (f", undecided under {', '.join(open_)}" if open_ else ""))
     else:
-        summary = f"{what} holds under {', '.join(holds) or 'no variant'}, undecided under {', '.join(open_)}"
+        summary = f"{what} holds under {', '.join(holding) or 'no variant'}, undecided under {', '.join(open_)}"
     variants = {
         name: {"verdict": verdicts[name], "statistic": f.effect.statistic, "ci_low": f.effect.ci.low,
                "ci_high": f.effect.ci.high, "level": f.effect.ci.level, "n": f.effect.n, "message": f.message}
@@ -107,4 +135,13 @@ def holds_across(per_variant: Mapping[str, Finding], what: str) -> Finding:
     }
     message = summary + "; " + "; ".join(f"[{name}] {f.message}" for name, f in per_variant.items())
     return Finding(effect, not fails and not open_, message, per_variant[shown].threshold,
-                   {"variants": variants, "holds_under": holds, "refuted_under": fails}, decided=bool(fails) or not open_)
+                   {"variants": variants, "holds_under": holding, "refuted_under": fails}, decided=bool(fails) or not open_,
+                   rules=_variant_rules(per_variant))
+
+
+def _variant_rules(per_variant: Mapping[str, Finding]) -> tuple[Rule, ...]:
+    """Every variant's rules, named for their variant; none when some variant was built by hand."""
+    if not all(f.rules for f in per_variant.values()):
+        return ()
+    return tuple(Rule(f"[{name}] {r.what}", r.kind, r.bound, r.effect, r.verdict, r.bound_low)
+                 for name, f in per_variant.items() for r in f.rules)

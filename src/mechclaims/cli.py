@@ -8,9 +8,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import MechclaimsError
+from .errors import ConfigError, MechclaimsError
+from .files import describe_os_error
 from .report.claims_json import render_views
-from .report.compare import compare
+from .report.compare import compare, incomplete
 from .report.reading import read_run, resolve_run
 
 
@@ -31,23 +32,35 @@ def main(argv: list[str] | None = None) -> int:
             return _list_targets(args.claims_dir)
         if args.command == "report":
             record = read_run(args.run)
-            for out in render_views(resolve_run(args.run).parent, record):
+            run_dir = resolve_run(args.run).parent
+            try:
+                outputs = render_views(run_dir, record)
+            except OSError as exc:
+                raise ConfigError(describe_os_error(
+                    exc, f"{run_dir}", "copy the run to a writable directory and run `mechclaims report` there")) from None
+            for out in outputs:
                 print(out)
             return 0
-        changes = compare(read_run(args.run_a), read_run(args.run_b))
+        runs = {"A": (args.run_a, read_run(args.run_a)), "B": (args.run_b, read_run(args.run_b))}
+        changes = compare(runs["A"][1], runs["B"][1])
     except MechclaimsError as exc:
         print(f"mechclaims: error: {exc}", file=sys.stderr)
         return 2
     for change in changes:
         print(change.describe())
+    cut_short = [f"INCOMPLETE run {name}: {resolve_run(path)} stopped before every claim had a verdict "
+                 "(run.complete false); rerun it to the end" for name, (path, record) in runs.items() if incomplete(record)]
+    for line in cut_short:
+        print(line)
     regressions = sum(c.regressed for c in changes)
-    print(f"{len(changes)} changed, {regressions} regressed")
-    return 1 if regressions else 0
+    print(f"{len(changes)} changed, {regressions} regressed" + (f", {len(cut_short)} incomplete" if cut_short else ""))
+    return 1 if regressions or cut_short else 0
 
 
 def _list_targets(claims_dir: Path) -> int:
     """One block per target; exit 0 (a target whose weights are missing is listed, not an error)."""
     from . import registry
+    from .expectations import path_for
     from .targets import TARGETS, resolve
 
     registry.load_config(registry.find_pyproject(Path.cwd()))
@@ -57,7 +70,7 @@ def _list_targets(claims_dir: Path) -> int:
             weights = f"present: {resolved.path}"
         except MechclaimsError as exc:
             weights = f"missing: {exc}"
-        expectations = claims_dir / "expectations" / f"{name}.toml"
+        expectations = path_for(claims_dir, name)
         print(f"{name}{' (gpu)' if spec.gpu else ''}: {spec.summary}")
         print(f"  registered by: {registry.source_of(name)}")
         print(f"  device, dtype: {spec.device}, {spec.dtype}" + (f"; boot options {dict(spec.boot_options)}"

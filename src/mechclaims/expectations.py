@@ -252,8 +252,16 @@ def load(path: Path, target: str) -> Expectations:
                         sha256=hashlib.sha256(raw).hexdigest())
 
 
-def path_for(claims_dir: Path, target: str) -> Path:
-    return claims_dir / "expectations" / f"{target}.toml"
+def path_for(claims_dir: Path, target: str, variant: str | None = None) -> Path:
+    """``claims_dir/expectations/TARGET.toml`` (``TARGET@VARIANT.toml`` for a variant's own file); the
+    one place such a path is built. A name that could lead outside that directory is refused."""
+    from .registry import check_name
+
+    check_name(target)
+    name = target if variant is None else f"{target}@{variant}"
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(f"expectations variant {variant!r} of {target!r} cannot be a file name; use no '/' or '\\'")
+    return Path(claims_dir) / "expectations" / f"{name}.toml"
 
 
 def _toml_value(value: Any) -> str:

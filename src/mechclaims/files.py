@@ -32,12 +32,23 @@ class UnsafePathError(OSError):
 
 
 def _confined(directory: Path, root: Path) -> None:
-    real, real_root = directory.resolve(), root.resolve()
+    try:
+        real, real_root = directory.resolve(), root.resolve()
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError for a symlink loop
+        raise UnsafePathError(f"refusing to write into {directory}: a symlink loop on its path ({exc}); "
+                              "remove the looping link") from None
     if real != real_root and real_root not in real.parents:
         raise UnsafePathError(
             f"refusing to write into {directory}: it resolves to {real}, outside {real_root} "
             "(a symlink inside the directory points out of it); remove the symlink"
         )
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: Path, data: bytes, root: Path | None = None) -> None:
@@ -48,6 +59,7 @@ def write_atomic(path: Path, data: bytes, root: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would give it
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -18,7 +18,7 @@ import pytest
 
 from . import expectations as _expectations
 from . import registry, scheduling
-from .errors import MechclaimsError
+from .errors import TargetError, MechclaimsError
 from .recorder import ClaimRecorder
 from .report import write_run
 from .report.claims_json import new_run_id
@@ -68,6 +68,7 @@ expected_key = pytest.StashKey[str]()
 sigterm_key = pytest.StashKey[object]()
 forwards_key = pytest.StashKey[tuple]()
 expectations_key = pytest.StashKey[dict]()
+registered_key = pytest.StashKey[dict]()  # (claims dir, target) -> why the model is not the registered one, or None
 
 
 # --------------------------------------------------------------------------- options
@@ -142,7 +143,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[pyproject_key] = registry.find_pyproject(config.rootpath)
         registry.load_config(config.stash[pyproject_key])
         for name in config.getoption("mechclaims_target"):
-            get_spec(name)
+            if (problem := get_spec(name).problem) is not None:  # asked for by name: stop at once, in one line
+                raise TargetError(problem)
     except MechclaimsError as exc:
         raise pytest.UsageError(str(exc)) from None
     root = config.rootpath
@@ -206,6 +208,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     defined = _claim_ids_by_dir(items)  # before deselection, so every id of a directory counts
     _limit_to_claim_targets(config, items)
+    _check_unique_ids(items)
     _check_expected_ids(config, items, defined)
     for item in items:
         marker = item.get_closest_marker("claim")
@@ -267,6 +270,29 @@ def _claim_ids_by_dir(items: list[pytest.Item]) -> dict[Path, tuple[set[str], se
     return by_dir
 
 
+def _check_unique_ids(items: list[pytest.Item]) -> None:
+    """One test per (claim id, target): the report, the pre-registration and ``mechclaims compare``
+    key on that pair, so a second test under the same id would hide the first one's verdict."""
+    seen: dict[tuple[str, str | None], pytest.Item] = {}
+    for item in items:
+        marker = item.get_closest_marker("claim")
+        if marker is None or not marker.kwargs.get("id"):
+            continue
+        key = (marker.kwargs["id"], _target_name(item))
+        if key in seen:
+            first = seen[key]
+            raise pytest.UsageError(
+                f"claim id {key[0]!r} is used twice on target {key[1]!r}: {_where(first)} and {_where(item)}; "
+                "give each claim test its own id (a parametrised claim: one id per parameter)"
+            )
+        seen[key] = item
+
+
+def _where(item: pytest.Item) -> str:
+    path, line, name = item.location
+    return f"{path}:{line + 1 if line is not None else '?'} ({name})"
+
+
 def _check_expected_ids(config: pytest.Config, items: list[pytest.Item],
                         defined: dict[Path, tuple[set[str], set[Path]]]) -> None:
     """An expectations file may only name claim ids that its claim directory defines.
@@ -297,6 +323,13 @@ def _expectations_for(config: pytest.Config, claims_dir: Path, target: str) -> _
             cache[key] = _expectations.load(_expectations_path(config, claims_dir, target), target)
         except MechclaimsError as exc:
             raise pytest.UsageError(str(exc)) from None
+        if (cache[key].path is not None and not cache[key].sections.get("registered")
+                and not config.getoption("mechclaims_exploratory")):
+            raise pytest.UsageError(
+                f"{cache[key].path}: names no model ([registered] is missing or empty), so nothing ties its "
+                f"verdicts to {target}'s weights; write it with the pack's discovery (the post's: python -m "
+                f"mechclaims_icl.discover --target {target}; your own: mechclaims.expectations.merge_write(..., "
+                "registered=registered_model(target))), or pass --mechclaims-exploratory to run without one")
         if cache[key].path is not None:  # the report names the exact file each verdict was judged against
             config.stash[session_key].note_expectations(target, {
                 "path": str(cache[key].path), "sha256": cache[key].sha256})
@@ -386,10 +419,12 @@ def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession, mec
         raise pytest.UsageError("the `target` fixture is parametrised by mechclaims; do not request it directly")
     if name not in mechclaims_session.loaded:
         mechclaims_progress(f"loading {name} ...")
+    if name in mechclaims_session.target_errors:
+        pytest.fail(mechclaims_session.fail_target(name, mechclaims_session.target_errors[name]), pytrace=False)
     try:
         loaded = mechclaims_session.target(name)
     except MechclaimsError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        pytest.fail(mechclaims_session.fail_target(name, str(exc)), pytrace=False)
     yield loaded
     loaded.model.release()
 
@@ -398,7 +433,7 @@ def target(request: pytest.FixtureRequest, mechclaims_session: ClaimSession, mec
 def mechclaims_expectations(request: pytest.FixtureRequest):
     """``load(claims_dir, target_name)``: a target's pre-registration for the claims in ``claims_dir``,
     loaded once per run (what ``expectations`` gives a test), for session-scoped fixtures of a pack."""
-    return lambda claims_dir, target: _expectations_for(request.config, Path(claims_dir), target)
+    return lambda claims_dir, target: _registered(request.config, Path(claims_dir), target)
 
 
 @pytest.fixture
@@ -407,7 +442,7 @@ def expectations(request: pytest.FixtureRequest):
     name = _target_name(request.node)
     if name is None:
         raise pytest.UsageError("the `expectations` fixture needs the `target` fixture in the same test")
-    return _expectations_for(request.config, request.node.path.parent, name)
+    return _registered(request.config, request.node.path.parent, name)
 
 
 @pytest.fixture
@@ -433,16 +468,32 @@ def _mechclaims_registered_model(request: pytest.FixtureRequest) -> None:
     name = _target_name(request.node)
     if name is None or "target" not in request.fixturenames or request.node.get_closest_marker("claim") is None:
         return
-    loaded = request.getfixturevalue("target")
-    exp = _expectations_for(request.config, request.node.path.parent, name)
-    cfg = loaded.model.cfg
-    shape = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab}
-    mismatch = _expectations.model_mismatch(exp, loaded.info.sha256_or_revision, shape)
-    if mismatch is None:
-        return
-    if not request.config.getoption("mechclaims_allow_other_model"):
-        pytest.fail(mismatch, pytrace=False)
-    request.config.stash[session_key].expectation_overrides[name] = mismatch
+    _registered(request.config, request.node.path.parent, name)
+
+
+def _registered(config: pytest.Config, claims_dir: Path, name: str) -> _expectations.Expectations:
+    """The pre-registration of ``name`` for ``claims_dir``, once the model at hand is checked to be
+    the one it was made on (once per file and target). A target that cannot run (this check, a load
+    or boot that failed) fails every claim that asks, pointing to its one error in the report."""
+    session = config.stash[session_key]
+    if name in session.target_errors:
+        pytest.fail(session.fail_target(name, session.target_errors[name]), pytrace=False)
+    exp = _expectations_for(config, claims_dir, name)
+    checked = config.stash.setdefault(registered_key, {})
+    if (claims_dir, name) not in checked:
+        try:
+            loaded = session.target(name)
+        except MechclaimsError as exc:
+            pytest.fail(session.fail_target(name, str(exc)), pytrace=False)
+        cfg = loaded.model.cfg
+        shape = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab}
+        checked[claims_dir, name] = _expectations.model_mismatch(exp, loaded.info.sha256_or_revision, shape)
+    mismatch = checked[claims_dir, name]
+    if mismatch is not None:
+        if not config.getoption("mechclaims_allow_other_model"):
+            pytest.fail(session.fail_target(name, mismatch), pytrace=False)
+        session.expectation_overrides[name] = mismatch
+    return exp
 
 
 @pytest.fixture(autouse=True)
@@ -505,7 +556,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         return report
     if verdict_key in item.stash or (call.when == "setup" and report.passed):
         return report
-    verdict, message = _verdict(call, recorder)
+    verdict, message = _verdict(call, recorder, item.config.stash.get(session_key, None))
     if verdict == ERRORED and report.passed:
         report.outcome = "failed"
         report.longrepr = f"claim {recorder.id} errored: {message}"
@@ -544,10 +595,11 @@ def _result(item: pytest.Item, recorder: ClaimRecorder, verdict: str, message: s
         source=recorder.source,
         figures=recorder.figures,
         expected=item.stash.get(expected_key, None),
+        rules=recorder.rules,
     )
 
 
-def _verdict(call: pytest.CallInfo, recorder: ClaimRecorder) -> tuple[str, str]:
+def _verdict(call: pytest.CallInfo, recorder: ClaimRecorder, session: ClaimSession | None = None) -> tuple[str, str]:
     """The verdict from what the claim body did, independent of xfail bookkeeping."""
     excinfo = call.excinfo
     if excinfo is not None:
@@ -559,6 +611,8 @@ def _verdict(call: pytest.CallInfo, recorder: ClaimRecorder) -> tuple[str, str]:
             return NOT_APPLICABLE, text.removeprefix("not applicable: ")
         if call.when == "call" and excinfo.errisinstance(AssertionError):
             return REFUTED, text
+        if excinfo.errisinstance(TargetError) and session is not None and recorder.target is not None:
+            return ERRORED, session.fail_target(recorder.target, text)  # the model failed to boot, not the claim
         return ERRORED, f"{excinfo.typename}: {text}"
     if recorder.effect is None:
         return ERRORED, "the claim test passed without recording a statistic (call claim.record(...))"
@@ -621,6 +675,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr = terminalreporter
     tr.section("mechclaims")
     tr.write_line(state.header())
+    for name, why in state.target_errors.items():
+        tr.write_line(f"TARGET ERROR: {name} cannot run, so its claims errored: {why}", red=True)
     for name, t in state.targets().items():
         if t.get("stand_in"):
             tr.write_line(f"WARNING: {name} is a stand-in, not the model it names: {t['stand_in']}", yellow=True)

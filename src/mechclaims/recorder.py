@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from .results import Effect, Finding
+from .results import Effect, Finding, Rule
 
 
 @dataclass
@@ -21,6 +21,7 @@ class ClaimRecorder:
     threshold: float | None = None
     message: str = ""
     figures: dict[str, Any] = field(default_factory=dict)
+    rules: tuple[Rule, ...] = ()  # the rules the verdict rests on (claim.judge)
     seed: int = 0  # the run's --mechclaims-seed: every resampling and random control of the claim uses it
 
     def record(
@@ -43,7 +44,11 @@ class ClaimRecorder:
         """Record ``finding`` (effect, threshold, message, figures, plus ``notes``) and
         assert it: a refuted finding fails the test with the evidence; an undecided one
         (``finding.decided`` False) makes the claim inconclusive."""
+        if not isinstance(finding, Finding):
+            raise TypeError(f"claim.judge takes a Finding, got {type(finding).__name__}; build one with "
+                            "mechclaims.at_least, at_most, equivalent, significant, holds or all_of")
         self.record(finding.effect, threshold=finding.threshold, message=finding.message, **finding.figures, **notes)
+        self.rules = finding.rules
         if not finding.supported and not finding.decided:
             pytest.skip(f"inconclusive: {self.evidence()}")
         assert finding.supported, self.evidence()

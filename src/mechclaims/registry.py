@@ -17,18 +17,23 @@ Three sources fill that registry, in this order:
       device_map = "auto"             # with n_devices / max_memory: passed to boot_transformers (accelerate)
 
 A name registered twice is an error naming both sources; every error is one line naming the
-file, the key and the valid values.
+file, the key and the valid values. A table with a problem (a bad key or value, a path that
+loops) registers its target as broken: that target errors with the problem when selected, and
+every other target runs. Target names are letters, digits, ``.``, ``_`` and ``-``, not starting
+with ``.`` (:func:`check_name`): they name files, such as ``expectations/NAME.toml``.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import TargetError, did_you_mean
-from .targets import BUILTIN, DEVICE_MAPS, DEVICES, DTYPES, TARGETS, TargetSpec, resolve_configured
+from .targets import BUILTIN, DEVICE_MAPS, DTYPES, TARGETS, TargetSpec, is_device, resolve_configured
 
 ENTRY_POINT_GROUP = "mechclaims.targets"
 CONFIG_KEYS = ("path", "hf_id", "revision", "summary", "device", "dtype", "gpu", "device_map", "n_devices", "max_memory")
@@ -40,12 +45,28 @@ _sources: dict[str, str] = {spec.name: BUILTIN_SOURCE for spec in BUILTIN}
 _loaded_entry_points = False
 
 
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+# accelerate's sizes: bytes as an integer, or a number with a unit (convert_file_size_to_int)
+_SIZE = re.compile(r"[0-9]+(\.[0-9]+)?\s*([KMGT]i?B|B)", re.IGNORECASE)
+_MEMORY_DEVICES = ("cpu", "disk", "mps")
+
+
+def check_name(name: object, where: str = "target") -> str:
+    """``name`` when it is a safe target name (letters, digits, ``.``, ``_``, ``-``; not starting with
+    ``.``), else a TargetError: names become file names, and no name may lead outside its directory."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise TargetError(f"{where}: target name {name!r} is not allowed; use letters, digits, '.', '_' and '-', "
+                          "not starting with '.' (the name becomes file names such as expectations/NAME.toml)")
+    return name
+
+
 def source_of(name: str) -> str:
     return _sources.get(name, "registered in code")
 
 
 def register(spec: TargetSpec, source: str) -> None:
     """Add ``spec`` to the registry; a name already taken by another source is an error."""
+    check_name(spec.name, source)
     if spec.name in TARGETS and _sources.get(spec.name) != source:
         raise TargetError(
             f"target {spec.name!r} from {source} is already registered by {source_of(spec.name)}; "
@@ -97,10 +118,21 @@ def load_config(pyproject: Path | None) -> list[str]:
     tables = data.get("tool", {}).get("mechclaims", {}).get("targets", {})
     if not isinstance(tables, dict):
         raise TargetError(f"{pyproject}: [tool.mechclaims] targets must be tables [tool.mechclaims.targets.NAME]")
-    specs = [_spec_from_table(pyproject, name, table) for name, table in tables.items()]
+    specs = [_spec_or_broken(pyproject, name, table) for name, table in tables.items()]
     for spec in specs:  # all checked before any is registered
         register(spec, str(pyproject))
     return [spec.name for spec in specs]
+
+
+def _spec_or_broken(pyproject: Path, name: str, table: Any) -> TargetSpec:
+    """The table's target; one whose table has a problem is registered broken, so that it errors
+    when selected (naming the problem) and the other targets run. A name that is not allowed is
+    an error of the whole file: it cannot be registered, nor selected."""
+    check_name(name, f"{pyproject}: [tool.mechclaims.targets]")
+    try:
+        return _spec_from_table(pyproject, name, table)
+    except TargetError as exc:
+        return TargetSpec(name, f"misconfigured: {exc}", "cpu", "float32", False, resolve_configured, problem=str(exc))
 
 
 def unload_config(pyproject: Path | None) -> None:
@@ -111,6 +143,19 @@ def unload_config(pyproject: Path | None) -> None:
     for name in [n for n, src in _sources.items() if src == source]:
         TARGETS.pop(name, None)
         del _sources[name]
+
+
+def _is_placement(value: object) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value >= 0
+    return isinstance(value, str) and (is_device(value) or value == "disk")
+
+
+def _is_size(value: object) -> bool:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value >= 1
+    return isinstance(value, str) and _SIZE.fullmatch(value.strip()) is not None and float(
+        re.match(r"[0-9.]+", value.strip()).group()) > 0
 
 
 def _spec_from_table(pyproject: Path, name: str, table: Any) -> TargetSpec:
@@ -133,8 +178,8 @@ def _spec_from_table(pyproject: Path, name: str, table: Any) -> TargetSpec:
         raise TargetError(f"{where} needs exactly one of path (a local HF directory) or hf_id (+ revision, "
                           "a snapshot in the HF cache)")
     device, dtype = text("device", "cpu"), text("dtype", "float32")
-    if device.split(":")[0] not in DEVICES:
-        raise TargetError(f"{where} device = {device!r}; valid devices: {', '.join(DEVICES)} (or cuda:N)")
+    if not is_device(device):
+        raise TargetError(f"{where} device = {device!r}; valid devices: cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0)")
     if dtype not in DTYPES:
         raise TargetError(f"{where} dtype = {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
     gpu = table.get("gpu", device.startswith("cuda"))
@@ -146,6 +191,11 @@ def _spec_from_table(pyproject: Path, name: str, table: Any) -> TargetSpec:
         if not (device_map in DEVICE_MAPS or isinstance(device_map, dict)):
             raise TargetError(f"{where} device_map = {device_map!r}; valid: {', '.join(DEVICE_MAPS)} or a table "
                               "of module name = device")
+        if isinstance(device_map, dict):
+            for module, placed in device_map.items():
+                if not _is_placement(placed):
+                    raise TargetError(f"{where} device_map {module!r} = {placed!r}; a module goes to a GPU index "
+                                      "(0, 1, ...), cuda, cuda:N, cpu or disk")
         boot["device_map"] = device_map
     if "n_devices" in table:
         n = table["n_devices"]
@@ -154,11 +204,20 @@ def _spec_from_table(pyproject: Path, name: str, table: Any) -> TargetSpec:
         boot["n_devices"] = n
     if "max_memory" in table:
         memory = table["max_memory"]
-        if not isinstance(memory, dict) or not all(isinstance(v, (str, int)) for v in memory.values()):
-            raise TargetError(f"{where} max_memory = {memory!r}; expected a table of device = size, "
-                              'e.g. {0 = "70GiB", 1 = "70GiB", cpu = "200GiB"}')
+        example = 'e.g. {0 = "70GiB", 1 = "70GiB", cpu = "200GiB"}'
+        if not isinstance(memory, dict) or not memory:
+            raise TargetError(f"{where} max_memory = {memory!r}; expected a table of device = size, {example}")
+        for key, size in memory.items():
+            if not (key.isdigit() or key in _MEMORY_DEVICES):
+                raise TargetError(f"{where} max_memory key {key!r}; valid keys: GPU indices (0, 1, ...), "
+                                  f"{', '.join(_MEMORY_DEVICES)}; {example}")
+            if not _is_size(size):
+                raise TargetError(f"{where} max_memory {key} = {size!r}; a size is bytes (an integer >= 1) or a "
+                                  f"number with a unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB); {example}")
         boot["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in memory.items()}
-    location = (pyproject.parent / path).resolve() if path is not None else None
+    # Not resolved here: a loop or a missing directory is the target's own error when it is selected
+    # (targets.resolve_configured), never one of the file that lists it.
+    location = Path(os.path.abspath(pyproject.parent / path)) if path is not None else None
     revision = text("revision")
     if revision is not None and hf_id is None:
         raise TargetError(f"{where} revision needs hf_id; a path is used as it is")

@@ -70,6 +70,71 @@ class Effect:
         return text
 
 
+RULE_KINDS = ("at_least", "at_most", "within", "p_below", "holds")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule a claim had to meet and what its evidence says of it.
+
+    ``kind`` is how the interval is read against ``bound``: ``at_least`` (lower bound at or
+    above it), ``at_most`` (upper bound at or below it), ``within`` (the interval inside
+    ``[bound_low, bound]``), ``p_below`` (the p-value under it; never refuted), ``holds`` (a
+    fact with no sampling error, decided either way).  ``verdict`` is ``supported``,
+    ``refuted`` or ``inconclusive``, as the checks in :mod:`mechclaims.checks` read it.
+    """
+
+    what: str
+    kind: str
+    bound: float | None
+    effect: Effect | None
+    verdict: str
+    bound_low: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in RULE_KINDS:
+            raise ValueError(f"rule kind {self.kind!r} is not one of {', '.join(RULE_KINDS)}")
+        if self.verdict not in (SUPPORTED, REFUTED, INCONCLUSIVE):
+            raise ValueError(f"rule verdict {self.verdict!r} is not one of {SUPPORTED}, {REFUTED}, {INCONCLUSIVE}")
+        if self.kind != "holds" and self.verdict != INCONCLUSIVE and self.verdict != self.reading():
+            raise ValueError(
+                f"{self.what}: {self.effect} does not earn {self.verdict!r} under {self.kind} {self.bound!r} "
+                f"(the interval reads {self.reading()!r}); an interval across its rule is inconclusive"
+            )
+
+    def reading(self) -> str:
+        """What the interval says of the rule: ``supported`` when it lies on the rule's side,
+        ``refuted`` when it lies wholly on the other, ``inconclusive`` when it crosses the bound
+        (or holds a NaN). ``p_below`` is never refuted; ``holds`` is read by the claim itself."""
+        if self.kind == "holds":
+            return self.verdict
+        if self.effect is None or self.bound is None:
+            return INCONCLUSIVE
+        low, high, bound = self.effect.ci.low, self.effect.ci.high, self.bound
+        if self.kind == "at_least":
+            ok, wrong = low >= bound, high < bound
+        elif self.kind == "at_most":
+            ok, wrong = high <= bound, low > bound
+        elif self.kind == "within":
+            floor = -math.inf if self.bound_low is None else self.bound_low
+            ok, wrong = floor <= low and high <= bound, low > bound or high < floor
+        else:  # p_below
+            pvalue = self.effect.pvalue
+            ok, wrong = pvalue is not None and pvalue < bound, False
+        return SUPPORTED if ok else REFUTED if wrong else INCONCLUSIVE
+
+    def to_json(self) -> dict[str, Any]:
+        effect = self.effect
+        return {
+            "what": self.what, "kind": self.kind, "bound": _finite_or_none(self.bound),
+            "bound_low": _finite_or_none(self.bound_low), "verdict": self.verdict,
+            "statistic": _finite_or_none(effect.statistic) if effect else None,
+            "ci": effect.ci.as_list() if effect else None,
+            "n": effect.n if effect else None,
+            "pvalue": _finite_or_none(effect.pvalue) if effect else None,
+        }
+
+
 @dataclass(frozen=True)
 class ClaimResult:
     """The verdict on one claim for one target, as written to ``claims.json``."""
@@ -84,6 +149,7 @@ class ClaimResult:
     source: str | None = None
     figures: Mapping[str, Any] = field(default_factory=dict)
     expected: str | None = None
+    rules: tuple[Rule, ...] = ()
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -107,6 +173,7 @@ class ClaimResult:
             "message": self.message,
             "source": self.source,
             "figures": _jsonable(dict(self.figures)),
+            "rules": [rule.to_json() for rule in self.rules],
             "expected": self.expected,
             "as_expected": None if self.expected is None else self.verdict == self.expected,
         }
@@ -145,5 +212,29 @@ class Finding:
     threshold: float | None = None
     figures: Mapping[str, Any] = field(default_factory=dict)
     # False when the evidence decides neither way (an interval across the threshold): the claim is
-    # then inconclusive, never refuted; an under-powered result is not a verdict.
-    decided: bool = True
+    # then inconclusive, never refuted; an under-powered result is not a verdict. No default: every
+    # finding says whether its evidence decides (the checks in mechclaims.checks work it out).
+    decided: bool = field(kw_only=True)
+    # The rules the verdict rests on, each with its own interval and reading (empty only for a
+    # finding built by hand); when given, the verdict must follow from them.
+    rules: tuple[Rule, ...] = field(default=(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.decided, bool) or not isinstance(self.supported, bool):
+            raise TypeError(f"Finding takes supported and decided as bools, got {self.supported!r} and {self.decided!r}")
+        if self.supported and not self.decided:
+            raise ValueError(f"a supported finding is decided; got supported=True, decided=False: {self.message}")
+        if self.rules:
+            verdict = self.verdict
+            implied = (SUPPORTED if all(r.verdict == SUPPORTED for r in self.rules)
+                       else REFUTED if any(r.verdict == REFUTED for r in self.rules) else INCONCLUSIVE)
+            if verdict != implied:
+                raise ValueError(
+                    f"finding says {verdict} but its rules imply {implied} "
+                    f"({', '.join(f'{r.what}: {r.verdict}' for r in self.rules)}); build it with mechclaims.all_of"
+                )
+
+    @property
+    def verdict(self) -> str:
+        """``supported``, ``refuted`` or ``inconclusive``."""
+        return SUPPORTED if self.supported else REFUTED if self.decided else INCONCLUSIVE

@@ -103,6 +103,14 @@ class ClaimSession:
     target_records: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     expectation_overrides: dict[str, str] = field(default_factory=dict)  # target -> how its model differs
     expectation_files: dict[str, dict[str, str]] = field(default_factory=dict)  # target -> path, sha256
+    # target -> why it could not run (pre-registration refused, weights unreadable, boot failed, NaN):
+    # reported once for the target; its claims are errored and point here
+    target_errors: dict[str, str] = field(default_factory=dict)
+
+    def fail_target(self, name: str, message: str) -> str:
+        """Record that target ``name`` cannot run (the first cause is kept); the line its claims carry."""
+        self.target_errors.setdefault(name, message)
+        return f"target {name} cannot run (reported once for the target, at the top of the report): {_head(message)}"
 
     def target(self, name: str) -> LoadedTarget:
         """The loaded target ``name``; loaded on first use, then shared."""
@@ -163,6 +171,7 @@ class ClaimSession:
             "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
             "overrides": dict(self.expectation_overrides),
             "expectation_files": dict(self.expectation_files),
+            "target_errors": dict(self.target_errors),
             "targets": {
                 name: {
                     **t.info.to_json(),
@@ -195,6 +204,8 @@ class ClaimSession:
         """Collect one claim's payload (from this process or an xdist worker)."""
         self.claims.append(payload["claim"])
         self.expectation_overrides.update(payload.get("overrides", {}))
+        for name, message in payload.get("target_errors", {}).items():
+            self.target_errors.setdefault(name, message)
         for target, entry in payload.get("expectation_files", {}).items():
             self.note_expectations(target, entry)
             for more in entry.get("also", ()):
@@ -260,6 +271,8 @@ class ClaimSession:
                 "header": self.header(),
                 # targets run on another model than their pre-registration, allowed by the user
                 "expectation_overrides": dict(self.expectation_overrides),
+                # targets that could not run at all, each with its cause and fix, once
+                "target_errors": dict(self.target_errors),
                 "targets": {
                     name: {k: v for k, v in t.items() if k not in _COUNTED}
                     for name, t in targets.items()
@@ -275,3 +288,8 @@ class ClaimSession:
             },
             "claims": list(self.claims),
         }
+
+
+def _head(message: str, width: int = 100) -> str:
+    """The start of a long message, for the line each claim of a failed target carries."""
+    return message if len(message) <= width else message[: width - 3].rstrip() + "..."

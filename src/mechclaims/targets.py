@@ -26,7 +26,9 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import errno
 import os
+import re
 import shutil
 import sys
 import time
@@ -49,6 +51,12 @@ DEVICES = ("cpu", "cuda")
 # accelerate's named placements (TransformerBridge.boot_transformers passes device_map on to it)
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 CACHE_MARKER = "mechclaims-cache.json"
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+
+
+def is_device(value: object) -> bool:
+    """``cpu``, ``cuda`` or ``cuda:N``: where a target's inputs go."""
+    return isinstance(value, str) and _DEVICE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,9 @@ class TargetSpec:
     revision: str | None = None
     # Passed on to TransformerBridge.boot_transformers (accelerate): device_map, n_devices, max_memory.
     boot_options: Mapping[str, Any] = field(default_factory=dict)
+    # Why a configured target cannot run (its table has a bad key or value): the error it gives when
+    # selected; the other targets of the same file run (registry.py).
+    problem: str | None = None
 
     @property
     def env_var(self) -> str:
@@ -184,8 +195,15 @@ def _dir_fingerprint(path: Path, memo_dir: Path | None = None) -> str:
 
 
 def _check_hf_dir(path: Path) -> None:
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TargetError(f"weights directory {path} is a symlink loop; point it at a real HF model directory") from None
+        raise TargetError(f"weights directory {path} does not exist; point to an HF model directory") from None
     if not path.is_dir():
-        raise TargetError(f"weights directory {path} does not exist; point to an HF model directory")
+        raise TargetError(f"weights directory {path} is a file, not a directory; point to the HF model directory "
+                          "that holds config.json, a tokenizer and *.safetensors")
     missing = [name for name in ("config.json",) if not (path / name).is_file()]
     has_tokenizer = any((path / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
     if not has_tokenizer:
@@ -366,9 +384,11 @@ def resolve(
 ) -> Resolved:
     """Check that target ``name`` can run on ``device`` and locate its weights, without loading."""
     spec = get_spec(name)
+    if spec.problem is not None:
+        raise TargetError(spec.problem)
     device = device or spec.device
-    if device.split(":")[0] not in DEVICES:
-        raise TargetError(f"unknown device {device!r}; valid devices: {', '.join(DEVICES)}")
+    if not is_device(device):
+        raise TargetError(f"unknown device {device!r}; valid devices: cpu, cuda, cuda:N (N a GPU index)")
     if device.startswith("cuda"):
         import torch
 
@@ -444,6 +464,8 @@ def load_target(
     def boot_now() -> Any:
         import torch
 
+        from .finite import first_non_finite
+
         booted = time.perf_counter()
         model = boot(resolved.path, device=device, dtype=getattr(torch, dtype), tokenizer=tokenizer,
                      options=options)
@@ -451,7 +473,13 @@ def load_target(
         before = dict(loaded.forwards.__dict__)
         _count_forwards(model, loaded.forwards)
         loaded.torch_hook_baseline = _settled_hook_count(model)
-        loaded.forwards.__dict__.update(before)  # the warm-up forward is not the claims' work
+        problem = first_non_finite(model)
+        loaded.forwards.__dict__.update(before)  # the warm-up and probe forwards are not the claims' work
+        if problem is not None:
+            raise TargetError(
+                f"target {name} computes NaN or inf: first at {problem} on a probe prompt, so no reading of it is "
+                f"evidence; check the weights at {resolved.path} (a NaN in a tensor, a broken conversion), or "
+                f"run in float32 if {dtype} overflows")
         loaded.boot_seconds = round((loaded.boot_seconds or 0.0) + time.perf_counter() - booted, 3)
         loaded.boots += 1
         return model
@@ -580,6 +608,7 @@ class DeferredBridge:
         self.cfg = DeferredConfig(self, shape, device, getattr(torch, dtype))
         self._boot = boot
         self._bridge: Any = None
+        self._failure: TargetError | None = None
 
     @property
     def booted(self) -> bool:
@@ -595,15 +624,22 @@ class DeferredBridge:
 
     @property
     def bridge(self) -> Any:
-        """The TransformerBridge (booted now if it was not)."""
+        """The TransformerBridge (booted now if it was not). A boot that failed is not retried:
+        every later use raises the same error (one cause, one message, one boot)."""
+        if self._failure is not None:
+            raise self._failure
         if self._bridge is None:
-            bridge = self._boot()
-            _check_same_model(self, bridge)
+            try:
+                bridge = self._boot()
+                _check_same_model(self, bridge)
+            except TargetError as exc:
+                self._failure = exc
+                raise
             self._bridge = bridge
         return self._bridge
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_boot", "_bridge"):
+        if name.startswith("__") or name in ("_boot", "_bridge", "_failure"):
             raise AttributeError(name)
         return getattr(self.bridge, name)
 

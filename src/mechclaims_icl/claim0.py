@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from mechclaims.results import Finding
+from mechclaims import Finding, all_of, at_least, at_most
 from mechclaims.stats import proportion_of
 
 MIN_ACCURACY = 0.8  # lower 95% bound of accuracy with context
@@ -15,11 +17,7 @@ def in_context(correct_with: np.ndarray, correct_without: np.ndarray, task: str)
     """With examples the target answers correctly; without examples it does not."""
     accuracy = proportion_of(correct_with)
     baseline = proportion_of(correct_without)
-    ok = accuracy.ci.low >= MIN_ACCURACY and baseline.ci.high <= MAX_ACCURACY_WITHOUT_CONTEXT
-    return Finding(
-        accuracy, bool(ok),
-        f"task {task}: accuracy with context {accuracy} (lower bound must be >= {MIN_ACCURACY}); "
-        f"without context {baseline} (upper bound must be <= {MAX_ACCURACY_WITHOUT_CONTEXT})",
-        threshold=MIN_ACCURACY,
-        figures={"accuracy_without_context": baseline, "task": task},
-    )
+    finding = all_of(at_least(accuracy, MIN_ACCURACY, "accuracy with context"),
+                     at_most(baseline, MAX_ACCURACY_WITHOUT_CONTEXT, "without context"))
+    return replace(finding, message=f"task {task}: {finding.message}",
+                   figures={"accuracy_without_context": baseline, "task": task})

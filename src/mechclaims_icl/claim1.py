@@ -15,9 +15,9 @@ import numpy as np
 
 from .experiments import AblationStudy, Condition
 from .patching import Sweep
-from mechclaims.checks import holds_across
+from mechclaims.checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
 from .claim0 import MIN_ACCURACY
-from mechclaims.results import Effect, Finding
+from mechclaims.results import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding, Rule
 from mechclaims.stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
 
 ALPHA = 0.05
@@ -74,13 +74,15 @@ def _onset(sweep: Sweep, p: C1Params, seed: int) -> Finding:
     narrow = effect.ci.high - effect.ci.low <= 2 * p.onset_tolerance
     decided = ok or (narrow and (effect.ci.low > high or effect.ci.high < low))
     why = "it straddles the window's edge" if narrow else "too few pairs"
+    verdict = SUPPORTED if ok else REFUTED if decided else INCONCLUSIVE
+    rule = Rule("onset layer", "within", float(high), effect, verdict, bound_low=float(low))
     return Finding(
-        effect, ok,
+        effect, bool(ok),
         f"onset {effect} (n_layers means none); pre-registered {p.onset} ± {p.onset_tolerance}"
         + ("" if decided else f"; the interval is neither inside nor outside the ±{p.onset_tolerance} window: {why}"),
         threshold=float(p.onset),
         figures={"rates": rates_by_layer(sweep), "expected_onset": p.onset},
-        decided=decided,
+        decided=bool(decided), rules=(rule,),
     )
 
 
@@ -111,11 +113,11 @@ def ablate(study: AblationStudy, stage: int, p: C1Params, seed: int = 0) -> Find
     before = study.clean if stage == 0 else study.after(stage - 1)
     after = study.after(stage)
     shift = onset_shift(before.task_flags(), after.task_flags(), p.threshold, seed=seed)
-    ok = same.pvalue < ALPHA and shift.ci.low >= 1
-    return Finding(
-        shift, ok,
-        f"{after.name}: accuracy change {same} (TOST margin ±{p.margin}); onset shift {shift}",
-        threshold=1.0,
+    finding = all_of(at_least(shift, 1.0, "onset shift"), equivalent(same, p.margin, "accuracy change (TOST)"))
+    return replace(
+        finding,
+        message=f"{after.name}: accuracy change {same} (TOST margin ±{p.margin}); onset shift {shift} "
+                "(lower bound must be >= 1)",
         figures={
             "accuracy_change": same, "rates": rates_by_layer(after), "accuracy": proportion_of(after.correct),
             "heatmaps": {
@@ -136,12 +138,16 @@ def no_task_stage(study: AblationStudy, stage: int, p: C1Params) -> Finding:
     worst = max(task, key=lambda e: e.ci.high)
     copy_onset = onset_layer(after.flags("copy"), p.threshold)
     n_layers = after.sweep.outcomes.shape[0]
-    ok = same.pvalue < ALPHA and worst.ci.high < p.threshold and copy_onset < n_layers
-    return Finding(
-        worst, ok,
-        f"{after.name}: accuracy change {same}; highest ≈a*p rate {worst} (must stay < {p.threshold}); "
+    finding = all_of(
+        at_most(worst, p.threshold, "highest ≈a*p rate"),
+        equivalent(same, p.margin, "accuracy change (TOST)"),
+        # onset_layer reads each layer's interval: a copy onset is a layer whose lower bound reaches the threshold
+        holds(copy_onset < n_layers, "B copies A from some layer", worst),
+    )
+    return replace(
+        finding,
+        message=f"{after.name}: accuracy change {same}; highest ≈a*p rate {worst} (must stay < {p.threshold}); "
         f"copy onset layer {copy_onset}",
-        threshold=p.threshold,
         figures={
             "accuracy_change": same, "rates": rates_by_layer(after), "copy_onset": copy_onset,
             "heatmaps": {
@@ -170,9 +176,9 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
     n_heads = before.scores.dla.shape[2]
     tests = [paired_increase(before.scores.dla[:, layer, h], after.scores.dla[:, layer, h]) for h in range(n_heads)]
     adjusted = holm(np.array([t.pvalue for t in tests]))
-    significant = np.flatnonzero(adjusted < ALPHA)
-    if significant.size:
-        best = int(significant[np.argmax([tests[h].statistic for h in significant])])
+    below = np.flatnonzero(adjusted < ALPHA)
+    if below.size:
+        best = int(below[np.argmax([tests[h].statistic for h in below])])
     else:
         best = int(np.argmin(adjusted))
     effect = Effect(tests[best].statistic, tests[best].ci, tests[best].n, float(adjusted[best]))
@@ -180,12 +186,13 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
     needed = p.backup_share * abs(removed)
     dot_before = before.scores.dot[:, layer].mean(0)
     dot_after = after.scores.dot[:, layer].mean(0)
-    return Finding(
-        effect, bool(adjusted[best] < ALPHA and effect.statistic >= needed and effect.statistic > 0),
-        f"{after.name}: head L{layer}H{best} direct logit attribution rises by {effect} (Holm over "
-        f"{n_heads} heads; needs >= {needed:.3g}, {p.backup_share:.0%} of the {removed:.3g} the ablated "
+    finding = all_of(at_least(effect, needed, f"{p.backup_share:.0%} of the attribution the ablated heads carried"),
+                     significant(effect, f"Holm over {n_heads} heads", alpha=ALPHA))
+    return replace(
+        finding,
+        message=f"{after.name}: head L{layer}H{best} direct logit attribution rises by {effect} (Holm over "
+        f"{n_heads} heads; lower bound needs >= {needed:.3g}, {p.backup_share:.0%} of the {removed:.3g} the ablated "
         f"heads carried); dot-score row sum {dot_before.sum():.3g} -> {dot_after.sum():.3g}",
-        threshold=needed,
         figures={
             "layer": layer,
             "dla_increase": [t.statistic for t in tests],
@@ -208,10 +215,12 @@ def parity_late(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
     n_layers = approx.shape[0]
     shift = onset_shift(approx, study.clean.flags("exact"), p.threshold, seed=seed)
     has_stage = onset_layer(approx, p.threshold) < n_layers
-    return Finding(
-        shift, bool(has_stage and shift.ci.low >= 1),
-        f"exact-answer onset minus ≈a*p onset {shift} (n_layers means never exact)",
-        threshold=1.0,
+    finding = all_of(at_least(shift, 1.0, "exact-answer onset minus ≈a*p onset"),
+                     holds(has_stage, "a ≈a*p stage forms (some layer's lower bound reaches the threshold)", shift))
+    return replace(
+        finding,
+        message=f"exact-answer onset minus ≈a*p onset {shift} (n_layers means never exact; lower bound must be >= 1)"
+                + ("" if has_stage else "; no ≈a*p stage forms"),
         figures={"rates": rates_by_layer(study.clean)},
     )
 
@@ -221,11 +230,11 @@ def redundancy(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
     delays the task stage, yet the answer survives every cumulative ablation."""
     parts = [ablate(study, k, p, seed) for k in range(min(2, len(p.stages)))]
     last = answer_unchanged(study, len(p.stages) - 1, p)
-    ok = all(f.supported for f in parts) and last.pvalue < ALPHA
-    return Finding(
-        last, ok,
-        "; ".join(f.message for f in parts) + f"; after all stages accuracy change {last}",
-        threshold=ALPHA,
+    finding = all_of(equivalent(last, p.margin, "accuracy change after all stages (TOST)"), *parts)
+    return replace(
+        finding,
+        message="; ".join(f.message for f in parts) + f"; after all stages accuracy change {last} "
+                f"(TOST margin ±{p.margin})",
         figures={"stages": [list(s) for s in p.stages], "stage_supported": [f.supported for f in parts]},
     )
 

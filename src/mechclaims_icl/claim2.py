@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -47,6 +47,7 @@ from mechclaims.fits import (
     slope_c, uniform_pattern,
 )
 from mechclaims.interventions import resid_pre
+from mechclaims.checks import all_of, at_least, at_most, equivalent, holds
 from mechclaims.results import Effect, Finding, Interval
 from .roles import Roles, roles
 from mechclaims.stats import proportion_of
@@ -333,6 +334,14 @@ def _curve(x, mean, low, high, fit=None, *, ylabel: str) -> dict:
     return c
 
 
+def _linear_growth(g: Any, min_r2: float) -> list[Finding]:
+    """The rules of linear growth (:meth:`mechclaims.fits.Growth.linear`): a slope above 0 and linear
+    beating log(n+1) on held-out sequences (both intervals), and R^2 at least ``min_r2`` (a point figure)."""
+    return [at_least(g.slope, 0.0, "slope"),
+            at_most(g.heldout, 0.0, "held-out error, linear minus log"),
+            holds(g.r2 >= min_r2, f"R^2 {g.r2:.3f} >= {min_r2:g}", g.slope)]
+
+
 def log_additive(reading: Reading, p: C2Params, span: tuple[int, int], *, seed: int = 0) -> Finding:
     """C2.log-additive on ``reading`` over examples ``span`` (inclusive)."""
     first, last = span
@@ -340,20 +349,18 @@ def log_additive(reading: Reading, p: C2Params, span: tuple[int, int], *, seed: 
     n = np.arange(reading.n_examples)
     g = growth(n[first : last + 1], values[:, first : last + 1], seed=seed)
     c = slope_c(g.slope)
-    ok = g.linear(p.min_r2)
+    parts = _linear_growth(g, p.min_r2)
     c_text = ""
     if p.c_expected is not None:
-        inside = p.c_expected - p.c_margin <= c.ci.low and c.ci.high <= p.c_expected + p.c_margin
-        ok = ok and inside
+        parts.append(equivalent(c, p.c_margin, "c = sigmoid(slope)", center=p.c_expected))
         c_text = f"; c must lie within {p.c_expected:.3g} ± {p.c_margin:g}"
     mean, low, high = mean_ci(values)
     pm, pl, ph = mean_ci(reading.p_correct)
-    return Finding(
-        g.slope, bool(ok),
-        f"logit P(correct) over n = {first}..{last} (mean P reaches {p.saturation:g} at {last} or never): slope "
+    return replace(
+        all_of(*parts),
+        message=f"logit P(correct) over n = {first}..{last} (mean P reaches {p.saturation:g} at {last} or never): slope "
         f"{g.slope}, R^2 {g.r2:.3f} (needs >= {p.min_r2:g}; log(n+1) fit R^2 {g.r2_log:.3f}); held-out error linear "
         f"minus log {g.heldout} (needs CI below 0); AIC {g.aic:.1f} vs {g.aic_log:.1f}; c = sigmoid(slope) {c}{c_text}",
-        threshold=0.0,
         figures={
             "fit_range": [first, last],
             "c": c,
@@ -381,7 +388,6 @@ def parity_by_n(reading: Reading, p: C2Params, *, level: float = 0.95) -> Findin
     if np.all(per_seq == per_seq[0]):  # no spread: fall back to the pooled Wilson interval
         later = proportion_of(reading.parity_ok[:, p.parity_from :], level=level)
         later = Effect(later.statistic, later.ci, per_seq.size)
-    ok = later.ci.low >= p.parity_threshold and by_n[0].ci.high < p.parity_threshold
     curves = {
         "correct parity by examples seen": {
             "x": list(range(k)), "y": [e.statistic for e in by_n], "ci_low": [e.ci.low for e in by_n],
@@ -393,11 +399,11 @@ def parity_by_n(reading: Reading, p: C2Params, *, level: float = 0.95) -> Findin
             "x": list(range(len(p.parity_reference))), "y": list(p.parity_reference),
             "xlabel": "examples seen (n)", "ylabel": "share of odd predictions",
         }
-    return Finding(
-        later, bool(ok),
-        f"right parity from n = {p.parity_from} on: {later} per-sequence mean (lower bound must be >= "
-        f"{p.parity_threshold:g}); with no example {by_n[0]} (upper bound must be < {p.parity_threshold:g})",
-        threshold=p.parity_threshold,
+    return replace(
+        all_of(at_least(later, p.parity_threshold, f"right parity from n = {p.parity_from} on"),
+               at_most(by_n[0], p.parity_threshold, "right parity with no example")),
+        message=f"right parity from n = {p.parity_from} on: {later} per-sequence mean (lower bound must be >= "
+        f"{p.parity_threshold:g}); with no example {by_n[0]} (upper bound must be <= {p.parity_threshold:g})",
         figures={"by_n": [e.statistic for e in by_n], "n0": by_n[0], "curves": curves},
     )
 
@@ -415,14 +421,12 @@ def feature_linear(
     proj = reading.resid[layer].astype(float) @ np.asarray(direction, dtype=float)
     n = np.arange(reading.n_examples)
     g = growth(n[first : last + 1], proj[:, first : last + 1], seed=seed)
-    ok = g.linear(p.min_r2)
     mean, low, high = mean_ci(proj)
-    return Finding(
-        g.slope, bool(ok),
-        f"projection on the layer-{layer} task direction over n = {first}..{last}: slope {g.slope}, R^2 "
+    return replace(
+        all_of(*_linear_growth(g, p.min_r2)),
+        message=f"projection on the layer-{layer} task direction over n = {first}..{last}: slope {g.slope}, R^2 "
         f"{g.r2:.3f} (needs >= {p.min_r2:g}); log(n+1) fit R^2 {g.r2_log:.3f}; held-out error linear minus log "
         f"{g.heldout} (needs CI below 0)",
-        threshold=0.0,
         figures={
             "layer": layer, "fit_range": [first, last], "r2": g.r2, "r2_log": g.r2_log,
             "heldout_error_difference": g.heldout,

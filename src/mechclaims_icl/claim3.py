@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -36,7 +36,8 @@ from mechclaims.errors import ConfigError
 from mechclaims.fits import RoleAttention, role_attention, top_heads
 from mechclaims.hooks import head_z, mlp_out, resid_pre
 from mechclaims.interventions import AblateMLP
-from mechclaims.results import Finding
+from mechclaims.checks import all_of, at_least, significant
+from mechclaims.results import Effect, Finding
 from .roles import Roles, roles
 from .scores import FINAL_SCALE, scores_from
 from mechclaims.stats import paired_increase, proportion_of
@@ -184,15 +185,15 @@ def _role_figures(result: RoleAttention, title: str, role: str) -> dict:
 
 
 def _role_finding(result: RoleAttention, p: C3Params, role: str, title: str, extra: str = "") -> Finding:
-    ok = result.above_baselines(p.min_excess, ALPHA)
     heads = ", ".join(f"L{layer}H{h}" for layer, h in result.heads)
-    return Finding(
-        result.excess, ok,
-        f"{heads}: attention {role} {result.mass}; uniform baseline {result.uniform:.3g}, excess {result.excess} "
+    against_random = Effect(result.mass.statistic, result.mass.ci, result.mass.n, result.random_p)
+    return replace(
+        all_of(at_least(result.excess, p.min_excess, "excess over uniform"),
+               significant(against_random, f"mass against random sets of {len(result.heads)} heads", alpha=ALPHA)),
+        message=f"{heads}: attention {role} {result.mass}; uniform baseline {result.uniform:.3g}, excess {result.excess} "
         f"(lower bound must be >= {p.min_excess:g}); random sets of {len(result.heads)} heads: mean "
         f"{result.random_mean:.3g}, 95th percentile {result.random_high:.3g}, p = {result.random_p:.3g} "
         f"(must be < {ALPHA}){extra}",
-        threshold=p.min_excess,
         figures=_role_figures(result, title, role),
     )
 
@@ -219,7 +220,7 @@ def y_to_prey(reading: Reading, heads: Sequence[tuple[int, int]], dla: np.ndarra
             "matrix": np.asarray(dla).tolist(), "xlabel": "head", "ylabel": "layer",
         },
     }
-    return Finding(finding.effect, finding.supported, finding.message, finding.threshold, figures)
+    return replace(finding, figures=figures)
 
 
 def control_layers(band: Sequence[int], n_layers: int) -> tuple[int, ...]:
@@ -244,7 +245,6 @@ def mlp_needed(
     """
     drop = paired_increase(np.asarray(ablated, dtype=float), np.asarray(clean, dtype=float))
     before, after = proportion_of(clean), proportion_of(ablated)
-    ok = drop.ci.low >= p.min_drop and drop.pvalue is not None and drop.pvalue < ALPHA
     layers = "+".join(map(str, p.mlp_layers))
     labels = ["clean", f"MLPs {layers} mean-ablated"]
     shares = [before, after]
@@ -266,11 +266,10 @@ def mlp_needed(
             "ylabel": "accuracy",
         }
     }
-    return Finding(
-        drop, bool(ok),
-        f"mean-ablating MLPs {layers}: accuracy {before} -> {after}; paired drop {drop} (lower bound must be "
+    return replace(
+        all_of(at_least(drop, p.min_drop, "paired accuracy drop"), significant(drop, "Wilcoxon", alpha=ALPHA)),
+        message=f"mean-ablating MLPs {layers}: accuracy {before} -> {after}; paired drop {drop} (lower bound must be "
         f">= {p.min_drop:g}, Wilcoxon p < {ALPHA}){text}",
-        threshold=p.min_drop,
         figures=figures,
     )
 

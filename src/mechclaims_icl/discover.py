@@ -50,7 +50,7 @@ from .answers import greedy_is
 from mechclaims.errors import MechclaimsError
 from .experiments import AblationStudy, Condition, measure, probe_sweeps
 from mechclaims.expectations import load as load_expectations
-from mechclaims.expectations import merge_write, registered_model
+from mechclaims.expectations import merge_write, path_for, registered_model
 from .expectations import task as task_of
 from mechclaims.fits import fit_range, separation, top_heads
 from mechclaims.results import INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                         "and pre-register its verdict (with [c1] probe and probe_variants)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing expectations file")
     args = parser.parse_args(argv)
-    default = Path("claims") / "expectations" / f"{args.target}.toml"
+    default = path_for(Path("claims"), args.target)
     out = args.out or (task_path(default.parent.parent, args.target, args.task) if args.task else default)
     if args.probe_variants_only:
         return _probe_variants_only(args, out, argv)

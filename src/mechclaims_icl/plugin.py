@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mechclaims.expectations import path_for
+
 from .tasks import CANONICAL, AffineTask
 
 
@@ -29,7 +31,7 @@ def parse_task(text: str) -> AffineTask:
 
 def task_path(claims_dir: Path, target: str, task: AffineTask) -> Path:
     """Where ``task``'s own pre-registration of ``target`` lives (see the module docstring)."""
-    default = claims_dir / "expectations" / f"{target}.toml"
+    default = path_for(claims_dir, target)
     if not default.is_file():  # the target's first pre-registration is its main file, whatever the task
         return default
     try:
@@ -38,7 +40,7 @@ def task_path(claims_dir: Path, target: str, task: AffineTask) -> Path:
         return default  # let the loader say what is wrong with it
     if isinstance(table, dict) and AffineTask(table.get("a", CANONICAL.a), table.get("b", CANONICAL.b)) == task:
         return default
-    return claims_dir / "expectations" / f"{target}@{task.name}.toml"
+    return path_for(claims_dir, target, task.name)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..results import SUPPORTED
+from ..results import ERRORED, SUPPORTED
 
 
 @dataclass(frozen=True)
@@ -16,22 +16,37 @@ class Change:
 
     @property
     def regressed(self) -> bool:
-        """supported before, anything else (or gone) after: refuted, errored or not-applicable."""
-        was = self.before and self.before["verdict"] == SUPPORTED
-        return bool(was) and (self.after is None or self.after["verdict"] != SUPPORTED)
+        """The new run moved away from what was expected of it.
+
+        Against a pre-registration (the new run's ``expected``): any change to a verdict other than
+        the pre-registered one, ``errored`` included. Without one: supported before and anything
+        else after, or ``errored`` after. A claim that is gone from the new run always regressed."""
+        if self.before is None:
+            return self.after is not None and self.after["verdict"] == ERRORED
+        if self.after is None:
+            return True
+        expected = self.after.get("expected")
+        if expected is not None:
+            return self.after["verdict"] != expected
+        return self.after["verdict"] == ERRORED or (
+            self.before["verdict"] == SUPPORTED and self.after["verdict"] != SUPPORTED)
 
     def describe(self) -> str:
         claim_id, target = self.key
         before = self.before["verdict"] if self.before else "absent"
         after = self.after["verdict"] if self.after else "absent"
         text = f"{claim_id} [{target}]: {before} -> {after}"
+        expected = self.after.get("expected") if self.after else None
+        if expected is not None and expected != after:
+            text += f" (pre-registered {expected})"
         if self.before and self.after and self.before.get("statistic") != self.after.get("statistic"):
             text += f"; statistic {self.before.get('statistic')} -> {self.after.get('statistic')}"
         return ("REGRESSION " if self.regressed else "") + text
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
-    """Claims whose verdict or main statistic differs between runs ``a`` and ``b``."""
+    """Claims whose verdict or main statistic differs between runs ``a`` and ``b`` (each checked by
+    :func:`mechclaims.report.reading.read_run`, so an (id, target) appears once in each)."""
     index_a = {(c["id"], c["target"]): c for c in a["claims"]}
     index_b = {(c["id"], c["target"]): c for c in b["claims"]}
     changes = []
@@ -40,3 +55,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Change]:
         if before is None or after is None or before["verdict"] != after["verdict"] or before.get("statistic") != after.get("statistic"):
             changes.append(Change(key, before, after))
     return changes
+
+
+def incomplete(record: dict[str, Any]) -> bool:
+    """The run stopped before every selected claim had a verdict (``run.complete`` false)."""
+    return not record["run"].get("complete", False)

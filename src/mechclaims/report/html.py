@@ -232,8 +232,13 @@ def _run_section(run: dict[str, Any], claims: list[dict[str, Any]]) -> str:
             "<th>dtype</th><th>device</th><th>layers × heads</th><th>load s</th><th>boot s</th><th>forwards / tokens</th>"
             f"</tr></thead><tbody>{''.join(target_rows)}</tbody></table>"
         )
+    errors = run.get("target_errors") if isinstance(run.get("target_errors"), dict) else {}
+    failed = "".join(
+        f'<p class="target-error" id="target-error-{escape(str(name), quote=True)}"><span class="badge v-errored">'
+        f"TARGET ERROR</span> <strong>{escape(str(name))}</strong> cannot run, so its claims errored: "
+        f"{escape(str(why))}</p>" for name, why in errors.items())
     return (
-        f'<header id="run"><h1>Claim report</h1>'
+        f'<header id="run"><h1>Claim report</h1>{failed}'
         f'<p class="header-line"><code>{escape(str(run.get("header", "")))}</code></p>'
         f"<div>{status}</div>"
         f'<div class="cards">{"".join(cards)}</div>{target_table}</header>'

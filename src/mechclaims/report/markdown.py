@@ -1,12 +1,17 @@
 """``claims.md``: one table per claim (target, verdict, expected, statistic, CI, threshold, n).
 
 Every text that comes from a run (ids, target names, messages, sources) is untrusted: markdown
-viewers render inline HTML, so ``&``, ``<`` and ``>`` become entities, and a table cell's ``|``
-and line breaks are escaped."""
+viewers render inline HTML, images and links, so ``&``, ``<`` and ``>`` become entities, the
+characters of images, links and emphasis are backslash-escaped, URLs and addresses are broken
+so that no viewer links them, and a table cell's ``|`` and line breaks are escaped."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_MARKUP = re.compile(r"([\\`*_\[\]()!|~@])")
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|file|javascript|data|www)([:.])")
 
 
 def _num(value: Any) -> str:
@@ -18,16 +23,20 @@ def _num(value: Any) -> str:
 
 
 def _text(value: Any) -> str:
-    """Run text as inert markdown: no HTML, no table breaks, one line."""
+    """Run text as inert markdown: no HTML, no image, link or emphasis, no table breaks, one line."""
     text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return " ".join(text.replace("|", "\\|").replace("`", "\\`").split())
+    text = _AUTOLINK.sub(lambda m: m.group(1) + "\\" + m.group(2), _MARKUP.sub(r"\\\1", text))
+    return " ".join(text.split())
 
 
 def render(record: dict[str, Any]) -> str:
     run = record["run"]
+    errors = run.get("target_errors") if isinstance(run.get("target_errors"), dict) else {}
     lines = [
         "# Claim report",
         "",
+        *(f"**TARGET ERROR** {_text(name)} cannot run, so its claims errored: {_text(why)}\n"
+          for name, why in errors.items()),
         _text(run.get("header", "")),
         "",
         f"- started {_text(run.get('started'))}, finished {_text(run.get('finished') or 'not finished (incomplete run)')}",

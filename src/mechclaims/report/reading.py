@@ -39,14 +39,40 @@ def read_run(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{file}: 'run' must be an object, got {type(record['run']).__name__}")
     if not isinstance(record["claims"], list):
         raise ConfigError(f"{file}: 'claims' must be a list, got {type(record['claims']).__name__}")
+    if not isinstance(record["run"].get("complete", False), bool):
+        raise ConfigError(f"{file}: run.complete must be true or false, got {record['run']['complete']!r}")
+    seen: dict[tuple[str, str | None], int] = {}
     for i, claim in enumerate(record["claims"]):
-        if not isinstance(claim, dict):
-            raise ConfigError(f"{file}: claims[{i}] must be an object, got {type(claim).__name__}")
-        missing = [k for k in ("id", "target", "verdict") if k not in claim]
-        if missing:
-            raise ConfigError(f"{file}: claims[{i}] lacks {', '.join(missing)}")
-        if claim["verdict"] not in VERDICTS:
-            raise ConfigError(f"{file}: claims[{i}] verdict {claim['verdict']!r} is not one of {', '.join(VERDICTS)}")
-        if not isinstance(claim.get("figures", {}), (dict, type(None))):
-            raise ConfigError(f"{file}: claims[{i}] figures must be an object, got {type(claim['figures']).__name__}")
+        _check_claim(file, i, claim)
+        key = (claim["id"], claim["target"])
+        if key in seen:
+            raise ConfigError(f"{file}: claims[{i}] repeats claim id {key[0]!r} on target {key[1]!r} "
+                              f"(also claims[{seen[key]}]); every (id, target) is one claim: give each test its own id")
+        seen[key] = i
     return record
+
+
+def _check_claim(file: Path, i: int, claim: Any) -> None:
+    """One claim entry: the fields compare and the views read, of the types they must have."""
+    where = f"{file}: claims[{i}]"
+    if not isinstance(claim, dict):
+        raise ConfigError(f"{where} must be an object, got {type(claim).__name__}")
+    missing = [k for k in ("id", "target", "verdict") if k not in claim]
+    if missing:
+        raise ConfigError(f"{where} lacks {', '.join(missing)}")
+    if not isinstance(claim["id"], str) or not claim["id"]:
+        raise ConfigError(f"{where}.id must be a non-empty string, got {claim['id']!r}")
+    if not isinstance(claim["target"], (str, type(None))):
+        raise ConfigError(f"{where}.target must be a string or null, got {claim['target']!r}")
+    if claim["verdict"] not in VERDICTS:
+        raise ConfigError(f"{where}.verdict {claim['verdict']!r} is not one of {', '.join(VERDICTS)}")
+    if claim.get("expected") is not None and claim["expected"] not in VERDICTS:
+        raise ConfigError(f"{where}.expected {claim['expected']!r} is not one of {', '.join(VERDICTS)} or null")
+    for key in ("statistic", "threshold", "pvalue"):
+        value = claim.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{where}.{key} must be a number or null, got {value!r}")
+    if not isinstance(claim.get("figures", {}), (dict, type(None))):
+        raise ConfigError(f"{where}.figures must be an object, got {type(claim['figures']).__name__}")
+    if not isinstance(claim.get("rules", []), list):
+        raise ConfigError(f"{where}.rules must be a list, got {type(claim['rules']).__name__}")
