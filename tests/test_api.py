@@ -208,7 +208,7 @@ def test_an_interval_across_the_threshold_is_inconclusive_not_refuted():
 def test_an_undecided_claim_is_inconclusive_and_fails_a_run_that_expected_a_verdict(pytester, as_organism):
     (pytester.path / "expectations").mkdir()
     (pytester.path / "expectations" / "organism.toml").write_text(
-        '[verdicts]\n"T.wide" = "supported"\n"T.known" = "inconclusive"\n')
+        '[registered]\nn_layers = 2\n[verdicts]\n"T.wide" = "supported"\n"T.known" = "inconclusive"\n')
     pytester.makepyfile(test_x='''
 import pytest
 from mechclaims import at_least, proportion
