@@ -1,6 +1,7 @@
 """The ``mechclaims`` command: ``report RUN`` re-renders claims.md and index.html
 from a claims.json; ``compare RUN_A RUN_B`` lists changes and exits 1 on a regression;
-``targets`` lists every registered target, where it comes from and whether its weights are there."""
+``targets`` lists every registered target, where it comes from and whether its weights are there;
+``cache info|prune|clear`` shows the disk activation cache and keeps it in bounds."""
 
 from __future__ import annotations
 
@@ -26,8 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     tgt = sub.add_parser("targets", help="registered targets: source, weights, expectations file")
     tgt.add_argument("--claims-dir", type=Path, default=Path("claims"),
                      help="where the pack's expectations/ are (default claims)")
+    cache = sub.add_parser("cache", help="the disk activation cache: info, prune, clear")
+    cache_sub = cache.add_subparsers(dest="action", required=True)
+    for action, text in (("info", "where the cache is, its size and entries, oldest and newest per target"),
+                         ("prune", "remove entries unused for a while, then the least recently used down to a size"),
+                         ("clear", "remove every entry")):
+        one = cache_sub.add_parser(action, help=text)
+        one.add_argument("--dir", type=Path, default=None,
+                         help="the cache directory (default: $MECHCLAIMS_CACHE_DIR/activations, else "
+                         "~/.cache/mechclaims/activations; the same as the claim runs')")
+        if action == "prune":
+            one.add_argument("--older-than", default=None, metavar="AGE",
+                             help="remove entries not used for longer than AGE (90s, 30m, 12h, 7d)")
+            one.add_argument("--max-size", default=None, metavar="SIZE",
+                             help="then remove the least recently used until the cache holds at most SIZE "
+                             "(bytes, or 500MB, 2GiB, ...)")
     args = parser.parse_args(argv)
     try:
+        if args.command == "cache":
+            return _cache(args)
         if args.command == "targets":
             return _list_targets(args.claims_dir)
         if args.command == "report":
@@ -77,6 +95,34 @@ def _list_targets(claims_dir: Path) -> int:
                                                                  if spec.boot_options else ""))
         print(f"  weights: {weights}")
         print(f"  expectations: {expectations}" + ("" if expectations.is_file() else " (none yet: run discover)"))
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from . import cachedir
+    from .targets import default_cache_dir
+
+    directory = args.dir or default_cache_dir() / "activations"
+    if args.action == "info":
+        inv = cachedir.inventory(directory)
+        when = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")  # noqa: E731
+        print(f"activation cache: {directory}" + ("" if directory.is_dir() else " (does not exist yet)"))
+        print(f"  {inv.entries} entries, {cachedir.human_size(inv.size)}")
+        for name, usage in inv.targets.items():
+            print(f"  {name}: {usage.entries} entries, {cachedir.human_size(usage.size)}, "
+                  f"oldest {when(usage.oldest)}, newest {when(usage.newest)}")
+        return 0
+    if args.action == "prune":
+        result = cachedir.prune(
+            directory,
+            older_than=None if args.older_than is None else cachedir.parse_age(args.older_than, "--older-than"),
+            max_size=None if args.max_size is None else cachedir.parse_size(args.max_size, "--max-size"))
+    else:
+        result = cachedir.clear(directory)
+    print(f"{directory}: removed {result.removed} entries ({cachedir.human_size(result.freed)}); "
+          f"{result.kept} left ({cachedir.human_size(result.size)})")
     return 0
 
 

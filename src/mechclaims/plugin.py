@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from . import expectations as _expectations
-from . import registry, scheduling
+from . import cachedir, registry, scheduling
 from .errors import TargetError, MechclaimsError
 from .recorder import ClaimRecorder
 from .report import write_run
@@ -143,6 +143,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:  # targets the project configures ([tool.mechclaims.targets.NAME] in its pyproject.toml)
         config.stash[pyproject_key] = registry.find_pyproject(config.rootpath)
         registry.load_config(config.stash[pyproject_key])
+        cache_cap = cachedir.configured_cap(config.stash[pyproject_key])
         for name in config.getoption("mechclaims_target"):
             if (problem := get_spec(name).problem) is not None:  # asked for by name: stop at once, in one line
                 raise TargetError(problem)
@@ -160,6 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
         fixtures_dir=_fixtures_dir(root),
         cache_mode=config.getoption("mechclaims_cache"),
         activation_dir=Path(config.getoption("mechclaims_cache_dir") or default_cache_dir() / "activations"),
+        cache_max_size=cache_cap,
     )
     config.stash[session_key] = state
     config.pluginmanager.register(_ResultCollector(state), f"mechclaims-collector-{id(config)}")
@@ -650,6 +652,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if session.exitstatus == pytest.ExitCode.OK and any(c["as_expected"] is False for c in state.claims):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report_dir = Path(config.getoption("mechclaims_report_dir") or config.rootpath / "reports")
+    state.enforce_cache_cap()
     # With the disk cache, the report's plots are kept beside the activations (a warm run redraws nothing).
     plot_cache = state.activation_dir / "plots" if state.cache_mode == "disk" and state.activation_dir else None  # never read-only
     try:
@@ -678,6 +681,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr.write_line(state.header())
     for name, why in state.target_errors.items():
         tr.write_line(f"TARGET ERROR: {name} cannot run, so its claims errored: {why}", red=True)
+    if state.cache_pruned is not None and state.cache_pruned["removed"]:
+        p = state.cache_pruned
+        tr.write_line(f"activation cache: removed {p['removed']} least recently used entries "
+                      f"({p['freed']} bytes) to stay under [tool.mechclaims] cache-max-size ({p['max_size']} bytes)")
     for name, t in state.targets().items():
         if t.get("stand_in"):
             tr.write_line(f"WARNING: {name} is a stand-in, not the model it names: {t['stand_in']}", yellow=True)

@@ -100,6 +100,8 @@ class ClaimSession:
     fixtures_dir: Path | None = None
     cache_mode: str = "memory"
     activation_dir: Path | None = None
+    cache_max_size: int | None = None  # [tool.mechclaims] cache-max-size, enforced at the run's end
+    cache_pruned: dict[str, int] | None = None  # what enforcing it removed
     started: str = field(default_factory=utc_now)
     finished: str | None = None
     claims: list[dict[str, Any]] = field(default_factory=list)
@@ -164,6 +166,16 @@ class ClaimSession:
         )
         attach(loaded.model, store)
         return store
+
+    def enforce_cache_cap(self) -> None:
+        """Prune the disk cache, least recently used first, down to ``cache_max_size`` (a writing run only)."""
+        if self.cache_max_size is None or self.cache_mode != "disk" or self.activation_dir is None:
+            return
+        from .cachedir import prune
+
+        done = prune(self.activation_dir, max_size=self.cache_max_size)
+        self.cache_pruned = {"max_size": self.cache_max_size, "removed": done.removed, "freed": done.freed,
+                             "size": done.size}
 
     def forward_totals(self) -> tuple[int, int]:
         """Forward calls and tokens so far, over every loaded target."""
@@ -295,6 +307,9 @@ class ClaimSession:
                     "directory": str(self.activation_dir) if self.cache_mode in DISK_MODES else None,
                     # seconds this process spent fingerprinting code for cache keys
                     "code_fingerprint_seconds": round(codeprint.spent(), 4),
+                    # [tool.mechclaims] cache-max-size and what enforcing it at the end removed
+                    "max_size": self.cache_max_size,
+                    "pruned": self.cache_pruned,
                     "stats": {name: t["store"] for name, t in targets.items()},
                 },
             },
