@@ -380,3 +380,49 @@ def test_a_bad_number_of_prompts_is_a_usage_error_naming_the_range(pytester, val
     result = pytester.runpytest("--mechclaims-n-prompts", value)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*invalid number of prompts {value!r}: expected an integer from 2 to 100000*"])
+
+
+def _hf_cache(root, model_dir, repo="meta-llama/Meta-Llama-3-8B", revision="a" * 40):
+    """``model_dir`` laid out as the HF cache stores a download: blobs named by their content's hash
+    (SHA-256 for large files, the git blob SHA-1 for small ones), a snapshot of links, refs/main."""
+    import hashlib
+
+    repo_dir = root / "hub" / ("models--" + repo.replace("/", "--"))
+    (repo_dir / "blobs").mkdir(parents=True)
+    snapshot = repo_dir / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in sorted(model_dir.iterdir()):
+        data = file.read_bytes()
+        name = (hashlib.sha256(data).hexdigest() if file.suffix == ".safetensors"
+                else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+        (repo_dir / "blobs" / name).write_bytes(data)
+        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / name)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+def _resolve_in(hf_home, tmp_path):
+    script = ("from mechclaims.targets import resolve; from mechclaims.errors import TargetError\n"
+              "try:\n    print('OK', resolve('llama-3-8b', device='cpu').sha256_or_revision)\n"
+              "except TargetError as exc:\n    print('REFUSED', exc)")
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "MECHCLAIMS_CACHE_DIR": str(tmp_path / "memo")}
+    env.pop("MECHCLAIMS_LLAMA_3_8B_DIR", None)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=600).stdout.strip()
+
+
+@pytest.mark.parametrize("changed", ["model.safetensors", "config.json"])
+def test_a_weight_file_changed_in_a_shared_hf_cache_is_refused(tiny_llama, tmp_path, changed):
+    """The GPU runner's HF cache outlives its jobs: a file changed there after download (by a job
+    that shared the cache) does not match the blob it is stored as, and the target is refused."""
+    hf_home = tmp_path / "hf"
+    snapshot = _hf_cache(hf_home, tiny_llama)
+    assert _resolve_in(hf_home, tmp_path).startswith("OK revision:" + "a" * 40)
+    blob = (snapshot / changed).resolve()
+    data = bytearray(blob.read_bytes())
+    data[-2] ^= 0xFF  # one byte of the last tensor (or of the config's text)
+    blob.write_bytes(bytes(data))
+    out = _resolve_in(hf_home, tmp_path)
+    assert out.startswith(f"REFUSED {snapshot / changed} was changed after download"), out
+    assert f"delete {blob} and download the model again" in out

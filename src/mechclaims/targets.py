@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import TargetError
-from .weights import check_checkpoint, check_safetensors, companion_digest, fingerprint, safetensors_files, sha256_file
+from .weights import (
+    check_checkpoint, check_hf_snapshot, check_safetensors, companion_digest, fingerprint, safetensors_files, sha256_file,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -230,6 +232,7 @@ def _resolve_llama3(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> Re
             f"`HF_HUB_OFFLINE=0 hf download {LLAMA3_REPO}` (needs HF_TOKEN with access)"
         ) from None
     _check_hf_dir(path)
+    check_hf_snapshot(path, cache_dir)
     for file in safetensors_files(path):
         check_safetensors(file)
     return Resolved(path, f"hf-cache:{LLAMA3_REPO}", f"revision:{path.name}")
@@ -357,6 +360,7 @@ def resolve_configured(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) ->
             f"or set {spec.env_var} to a local HF directory"
         ) from None
     _check_hf_dir(path)
+    check_hf_snapshot(path, cache_dir)
     return Resolved(path, f"hf-cache:{spec.hf_id}", f"revision:{path.name}")
 
 

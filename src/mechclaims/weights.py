@@ -97,6 +97,29 @@ def sha256_file(path: Path, memo_dir: Path | None = None) -> str:
     return hexdigest
 
 
+def check_hf_snapshot(snapshot: Path, memo_dir: Path | None = None) -> None:
+    """Every file of an HF-cache snapshot against the name of the blob it links to: a large (LFS)
+    file's blob is named by the SHA-256 of its content, a small file's by its git blob SHA-1. A
+    file changed after download (by hand, by a job that shared the cache) is refused in one line.
+    The SHA-256 of a large file is memoised like :func:`sha256_file`'s."""
+    for link in sorted(Path(snapshot).iterdir()):
+        blob = link.resolve()
+        if blob.parent.name != "blobs" or not blob.is_file():
+            continue
+        if len(blob.name) == 64:
+            actual = sha256_file(link, memo_dir)
+        elif len(blob.name) == 40:
+            data = blob.read_bytes()
+            actual = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+        else:
+            continue
+        if actual != blob.name:
+            raise TargetError(
+                f"{link} was changed after download: its content hashes to {actual}, but the HF cache "
+                f"stored it as blob {blob.name}; delete {blob} and download the model again "
+                "(`HF_HUB_OFFLINE=0 hf download ...`)")
+
+
 def fingerprint(files: list[Path], memo_dir: Path | None = None) -> str:
     """One SHA-256 over several weight files (the digest of their digests)."""
     if len(files) == 1:
