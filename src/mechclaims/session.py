@@ -157,8 +157,10 @@ class ClaimSession:
     def _store_for(self, loaded: LoadedTarget) -> ActivationStore:
         """The activation store of one loaded target, attached to its model."""
         info = loaded.info
+        # the resolver's code too: a package's own resolver may convert or patch the weights it finds
+        setup = codeprint.fingerprint(get_spec(info.name).resolve)
         store = ActivationStore(
-            model_key=f"{info.sha256_or_revision}|files:{info.files_sha256}|{info.dtype}|{info.device}",
+            model_key=f"{info.sha256_or_revision}|files:{info.files_sha256}|{info.dtype}|{info.device}|setup:{setup}",
             mode=self.cache_mode,
             directory=self.activation_dir,
             version=cache_version(),
