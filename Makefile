@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: claims test env clean-env
+.PHONY: claims test test-quick env clean-env
 
 claims: $(STAMP)
 	$(BIN)/pytest claims/ --mechclaims-target $(TARGET) --mechclaims-cache $(CACHE) -p no:cacheprovider $(PYTEST_ARGS); \
@@ -31,6 +31,10 @@ claims: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest tests/ $(PYTEST_ARGS)
+
+# The quick tier: everything but the tests marked slow (the full calibration table).
+test-quick: $(STAMP)
+	$(BIN)/pytest tests/ -m "not slow" $(PYTEST_ARGS)
 
 env: $(STAMP)
 

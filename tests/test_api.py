@@ -122,8 +122,8 @@ def test_zero_ablating_mlps_needs_no_means_and_changes_the_output(tiny_model):
 def test_checks_read_the_interval_and_say_the_rule():
     effect = mc.proportion(80, 100)
     passed, failed = mc.at_least(effect, 0.7, "accuracy"), mc.at_least(effect, 0.75, "accuracy")
-    assert passed.supported and not failed.supported  # lower bound 0.711: the point 0.8 is not what counts
-    assert "lower bound must be >= 0.75" in failed.message and "accuracy: 0.8 [" in failed.message
+    assert passed.supported and not failed.supported  # lower bound 0.708: the point 0.8 is not what counts
+    assert "lower bound must be > 0.75" in failed.message and "accuracy: 0.8 [" in failed.message
     assert mc.at_most(mc.proportion(5, 100), 0.15, "x").supported and not mc.at_most(mc.proportion(5, 100), 0.1, "x").supported
     both = mc.all_of(passed, failed)
     assert not both.supported and passed.message in both.message and failed.message in both.message

@@ -35,7 +35,8 @@ def _condition(onset, *, accuracy=0.95, copy_from=6, exact_from=None, backup=Non
         dla[:, backup, 1] += 1.0
     return Condition(
         name=name, layers=(),
-        correct=rng.random(N) < accuracy,
+        # one draw per prompt seed, so conditions on the same prompts are paired in correctness too
+        correct=np.random.default_rng(seed + 1000).random(N) < accuracy,
         sweep=Sweep(tuple(range(LAYERS)), np.zeros((LAYERS, N), dtype=np.int64), outcomes),
         scores=HeadScores(dla=dla, dot=dla, read_layer=7),
     )

@@ -15,7 +15,7 @@ from mechclaims_icl.claim3 import C3Params
 from mechclaims.fits import role_attention, role_mass, role_weights, top_heads, uniform_pattern
 from mechclaims_icl.roles import Roles
 
-LAYERS, HEADS, K = 4, 8, 10  # 32 heads: one named head can beat random draws at p < 0.05
+LAYERS, HEADS, K = 4, 16, 10  # 64 heads: one named head can beat random draws at one-sided p < 0.025
 X_HEAD, PREY_HEAD = (1, 2), (2, 0)
 
 
@@ -52,8 +52,9 @@ def patterns(n_seq: int, *, shuffle: bool = False, seed: int = 0) -> np.ndarray:
         for j in range(1, K):
             q = r.pre_y[j]
             earlier = [p for y in r.y[:j] for p in y]
-            row = np.full(q + 1, 0.1 / (q + 1 - len(earlier)))
-            row[earlier] = 0.9 / len(earlier)
+            share = 0.9 + 0.05 * (jitter - 0.8)  # 0.895 to 0.905: a spread, as real attention has
+            row = np.full(q + 1, (1 - share) / (q + 1 - len(earlier)))
+            row[earlier] = share / len(earlier)
             out[s, PREY_HEAD[0], PREY_HEAD[1], q, : q + 1] = row
         if shuffle:
             for q in range(t):
@@ -84,7 +85,7 @@ def test_hand_built_roles_are_scored_as_built():
     reading = reading_of(patterns(60))
     assert reading.x_to_y.shape == (60, LAYERS, HEADS)
     assert 0.7 <= reading.x_to_y[:, X_HEAD[0], X_HEAD[1]].min() and reading.x_to_y[:, X_HEAD[0], X_HEAD[1]].max() <= 0.9
-    assert np.allclose(reading.y_to_prey[:, PREY_HEAD[0], PREY_HEAD[1]], 0.9)
+    assert np.allclose(reading.y_to_prey[:, PREY_HEAD[0], PREY_HEAD[1]], 0.9, atol=0.006)
     assert top_heads(reading.x_to_y.mean(0), 1) == [X_HEAD] and top_heads(reading.y_to_prey.mean(0), 1) == [PREY_HEAD]
     x = claim3.x_to_y(reading, PARAMS)
     assert x.supported, x.message

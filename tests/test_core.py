@@ -11,13 +11,12 @@ from mechclaims.interventions import run_with
 from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts
 
 
-def test_wilson_interval_matches_the_closed_form():
+def test_a_proportion_has_the_exact_clopper_pearson_interval():
+    """Each bound is a beta quantile: P(Binom(n, low) >= k) = P(Binom(n, high) <= k) = (1 - level) / 2."""
+    from scipy.stats import binom
+
     effect = proportion(18, 20)
-    z = 1.959963984540054
-    p, n = 0.9, 20
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    assert effect.ci.low == pytest.approx(centre - half) and effect.ci.high == pytest.approx(centre + half)
+    assert binom.sf(17, 20, effect.ci.low) == pytest.approx(0.025) and binom.cdf(18, 20, effect.ci.high) == pytest.approx(0.025)
     assert effect.n == 20 and effect.statistic == 0.9
 
 

@@ -63,7 +63,9 @@ def test_a_finding_whose_verdict_does_not_follow_from_its_rules_is_refused():
 @pytest.mark.parametrize("check, low, high, verdict", [
     (lambda e: mc.at_least(e, 0.8, "a"), 0.76, 0.99, "inconclusive"),
     (lambda e: mc.at_least(e, 0.8, "a"), 0.5, 0.79, "refuted"),
-    (lambda e: mc.at_least(e, 0.8, "a"), 0.8, 0.9, "supported"),
+    (lambda e: mc.at_least(e, 0.8, "a"), 0.8, 0.9, "inconclusive"),  # a bound on the threshold: a tie
+    (lambda e: mc.at_least(e, 0.8, "a", inclusive=True), 0.8, 0.9, "supported"),  # ...that an integer rule decides
+    (lambda e: mc.at_least(e, 0.8, "a"), 0.81, 0.9, "supported"),
     (lambda e: mc.at_most(e, 0.2, "a"), 0.1, 0.3, "inconclusive"),
     (lambda e: mc.at_most(e, 0.2, "a"), 0.21, 0.3, "refuted"),
     (lambda e: mc.equivalent(e, 0.1, "a"), 0.05, 0.15, "inconclusive"),

@@ -6,13 +6,18 @@ its interval and the rule it had to meet, so a failed claim reads as evidence::
     finding = at_least(excess, 0.1, "attention to the next token, above uniform")
     claim.judge(finding)            # records it, and asserts it
 
-Rules read the interval, never the point estimate: ``at_least`` needs the lower bound at
-or above the threshold, ``at_most`` the upper bound at or below it, ``equivalent`` the
-whole interval inside the margin, ``significant`` a p-value below alpha. A rule is
+Rules read the interval, never the point estimate: ``at_least`` needs the lower bound above
+the threshold, ``at_most`` the upper bound below it, ``equivalent`` the whole interval inside
+the margin, ``significant`` a p-value below alpha (by default the one-sided
+``(1 - level) / 2`` that the interval's bound inverts, so ``significant`` and ``at_least(., 0)``
+agree). A bound equal to the threshold decides only with ``inclusive=True``, for statistics
+on integers such as layers: elsewhere (a bootstrap percentile on the ``k/n`` lattice) ties land
+on the threshold too often for the rule to keep its error rate. A rule is
 refuted only when the interval lies wholly on the wrong side (``at_least``: the upper
 bound below the threshold; ``equivalent``: the interval wholly outside the margin); an
 interval across the threshold decides nothing and makes the claim **inconclusive**, as
-does a p-value at or above alpha. :func:`all_of` joins findings: supported when every
+does a p-value at or above alpha, and an unbounded interval (a sample with no spread).
+:func:`all_of` joins findings: supported when every
 part is, refuted when any part is refuted, inconclusive otherwise.
 
 :func:`holds_across` judges one claim over pre-registered variants (prompt formats,
@@ -24,17 +29,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .results import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding, Rule
+from .results import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding, Rule, read
 
 
 def _described(what: str, effect: Effect, rule: str) -> str:
     return f"{what}: {effect} ({rule})"
 
 
-def _rule(what: str, kind: str, bound: float, effect: Effect, bound_low: float | None = None) -> Rule:
+def _rule(what: str, kind: str, bound: float, effect: Effect, bound_low: float | None = None,
+          inclusive: bool = False) -> Rule:
     """The rule with the verdict its interval reads (:meth:`Rule.reading`)."""
-    probe = Rule(what, kind, bound, effect, INCONCLUSIVE, bound_low)
-    return Rule(what, kind, bound, effect, probe.reading(), bound_low)
+    return Rule(what, kind, bound, effect, read(kind, bound, effect, bound_low, inclusive), bound_low, inclusive)
 
 
 def _finding(effect: Effect, rule: Rule, message: str, threshold: float | None, figures: Mapping[str, Any]) -> Finding:
@@ -42,34 +47,40 @@ def _finding(effect: Effect, rule: Rule, message: str, threshold: float | None, 
                    decided=rule.verdict != INCONCLUSIVE, rules=(rule,))
 
 
-def at_least(effect: Effect, threshold: float, what: str, **figures: Any) -> Finding:
-    """Supported when the interval's lower bound is at or above ``threshold``; refuted when its
-    upper bound is below it; inconclusive when the interval crosses it."""
-    return _finding(effect, _rule(what, "at_least", threshold, effect),
-                    _described(what, effect, f"lower bound must be >= {threshold:g}"), threshold, figures)
+def at_least(effect: Effect, threshold: float, what: str, *, inclusive: bool = False, **figures: Any) -> Finding:
+    """Supported when the interval's lower bound is above ``threshold`` (or equal to it, with
+    ``inclusive``); refuted when its upper bound is below it; inconclusive otherwise."""
+    rule = f"lower bound must be {'>=' if inclusive else '>'} {threshold:g}"
+    return _finding(effect, _rule(what, "at_least", threshold, effect, inclusive=inclusive),
+                    _described(what, effect, rule), threshold, figures)
 
 
-def at_most(effect: Effect, threshold: float, what: str, **figures: Any) -> Finding:
-    """Supported when the interval's upper bound is at or below ``threshold``; refuted when its
-    lower bound is above it; inconclusive when the interval crosses it."""
-    return _finding(effect, _rule(what, "at_most", threshold, effect),
-                    _described(what, effect, f"upper bound must be <= {threshold:g}"), threshold, figures)
+def at_most(effect: Effect, threshold: float, what: str, *, inclusive: bool = False, **figures: Any) -> Finding:
+    """Supported when the interval's upper bound is below ``threshold`` (or equal to it, with
+    ``inclusive``); refuted when its lower bound is above it; inconclusive otherwise."""
+    rule = f"upper bound must be {'<=' if inclusive else '<'} {threshold:g}"
+    return _finding(effect, _rule(what, "at_most", threshold, effect, inclusive=inclusive),
+                    _described(what, effect, rule), threshold, figures)
 
 
-def equivalent(effect: Effect, margin: float, what: str, *, center: float = 0.0, **figures: Any) -> Finding:
+def equivalent(effect: Effect, margin: float, what: str, *, center: float = 0.0, inclusive: bool = False,
+               **figures: Any) -> Finding:
     """Supported when the interval lies inside ``center ± margin`` (use with :func:`mechclaims.equivalence`,
     whose interval is the one TOST inverts); refuted when it lies wholly outside; inconclusive otherwise."""
     low, high = center - margin, center + margin
     window = f"±{margin:g}" if center == 0 else f"{center:.3g} ± {margin:g}"
-    return _finding(effect, _rule(what, "within", high, effect, bound_low=low),
+    return _finding(effect, _rule(what, "within", high, effect, bound_low=low, inclusive=inclusive),
                     _described(what, effect, f"interval must lie within {window}"), margin, figures)
 
 
-def significant(effect: Effect, what: str, *, alpha: float = 0.05, **figures: Any) -> Finding:
+def significant(effect: Effect, what: str, *, alpha: float | None = None, **figures: Any) -> Finding:
     """Supported when the effect's p-value is below ``alpha``; otherwise inconclusive (no
-    significance is absence of evidence, not evidence against)."""
+    significance is absence of evidence, not evidence against). ``alpha`` defaults to
+    ``(1 - level) / 2`` of the effect's interval: the one-sided level its bound inverts, so that
+    ``significant`` and ``at_least(effect, 0, ...)`` test one hypothesis at one level."""
     if effect.pvalue is None:
         raise ValueError(f"{what}: {effect} has no p-value; use a test that gives one (paired_increase, beats_random)")
+    alpha = (1 - effect.ci.level) / 2 if alpha is None else alpha
     return _finding(effect, _rule(what, "p_below", alpha, effect),
                     _described(what, effect, f"p must be < {alpha:g}"), alpha, figures)
 
@@ -143,5 +154,5 @@ def _variant_rules(per_variant: Mapping[str, Finding]) -> tuple[Rule, ...]:
     """Every variant's rules, named for their variant; none when some variant was built by hand."""
     if not all(f.rules for f in per_variant.values()):
         return ()
-    return tuple(Rule(f"[{name}] {r.what}", r.kind, r.bound, r.effect, r.verdict, r.bound_low)
+    return tuple(Rule(f"[{name}] {r.what}", r.kind, r.bound, r.effect, r.verdict, r.bound_low, r.inclusive)
                  for name, f in per_variant.items() for r in f.rules)

@@ -255,7 +255,7 @@ def uniform_pattern(length: int) -> np.ndarray:
 class RoleAttention:
     """Attention along a role link for a set of heads, against both baselines."""
 
-    excess: Effect  # mean over sequences of (set mass - uniform mass); paired t interval, Wilcoxon p
+    excess: Effect  # mean over sequences of (set mass - uniform mass); paired t interval, one-sided t-test p
     mass: Effect  # the set's mean mass (t interval)
     uniform: float  # mean uniform-baseline mass
     random_p: float  # share of random head sets of the same size with at least this mass
@@ -264,8 +264,8 @@ class RoleAttention:
     heads: tuple[tuple[int, int], ...]
     per_head: np.ndarray = field(repr=False)  # [n_layers, n_heads] mean mass
 
-    def above_baselines(self, min_excess: float, alpha: float = 0.05) -> bool:
-        return bool(self.excess.ci.low >= min_excess and self.random_p < alpha)
+    def above_baselines(self, min_excess: float, alpha: float = 0.025) -> bool:
+        return bool(self.excess.ci.low > min_excess and self.random_p < alpha)
 
 
 def role_attention(

@@ -55,10 +55,12 @@ class Effect:
     pvalue: float | None = None
 
     def is_finite(self) -> bool:
-        values = [self.statistic, self.ci.low, self.ci.high]
+        """A finite statistic and p-value, and an interval without NaN (an unbounded interval,
+        from a sample with no spread, is allowed: no rule decides on it)."""
+        values = [self.statistic]
         if self.pvalue is not None:
             values.append(self.pvalue)
-        return all(math.isfinite(v) for v in values)
+        return all(math.isfinite(v) for v in values) and not (math.isnan(self.ci.low) or math.isnan(self.ci.high))
 
     def __str__(self) -> str:
         text = (
@@ -71,6 +73,30 @@ class Effect:
 
 
 RULE_KINDS = ("at_least", "at_most", "within", "p_below", "holds")
+
+
+def read(kind: str, bound: float | None, effect: "Effect | None", bound_low: float | None = None,
+         inclusive: bool = False) -> str:
+    """What an interval says of a rule: ``supported`` when it lies on the rule's side (strictly,
+    unless ``inclusive``), ``refuted`` when it lies wholly on the other, ``inconclusive`` when it
+    crosses the bound, is unbounded or holds a NaN. ``p_below`` reads the p-value and is never
+    refuted."""
+    if effect is None or bound is None:
+        return INCONCLUSIVE
+    low, high = effect.ci.low, effect.ci.high
+    beyond = (lambda x, y: x >= y) if inclusive else (lambda x, y: x > y)  # x past y on the rule's side
+    if kind == "at_least":
+        ok, wrong = beyond(low, bound), high < bound
+    elif kind == "at_most":
+        ok, wrong = beyond(bound, high), low > bound
+    elif kind == "within":
+        floor = -math.inf if bound_low is None else bound_low
+        ok, wrong = beyond(low, floor) and beyond(bound, high), low > bound or high < floor
+    elif kind == "p_below":
+        ok, wrong = effect.pvalue is not None and effect.pvalue < bound, False
+    else:
+        raise ValueError(f"rule kind {kind!r} is not read from an interval; use one of at_least, at_most, within, p_below")
+    return SUPPORTED if ok else REFUTED if wrong else INCONCLUSIVE
 
 
 @dataclass(frozen=True)
@@ -90,6 +116,10 @@ class Rule:
     effect: Effect | None
     verdict: str
     bound_low: float | None = None
+    # Whether an interval bound equal to the rule's bound decides it. Off by default: a bound on a
+    # lattice (a bootstrap percentile at k/n) lands on the threshold too often for the rule to keep
+    # its error rate. On for statistics that live on integers, such as layers.
+    inclusive: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in RULE_KINDS:
@@ -103,31 +133,15 @@ class Rule:
             )
 
     def reading(self) -> str:
-        """What the interval says of the rule: ``supported`` when it lies on the rule's side,
-        ``refuted`` when it lies wholly on the other, ``inconclusive`` when it crosses the bound
-        (or holds a NaN). ``p_below`` is never refuted; ``holds`` is read by the claim itself."""
-        if self.kind == "holds":
-            return self.verdict
-        if self.effect is None or self.bound is None:
-            return INCONCLUSIVE
-        low, high, bound = self.effect.ci.low, self.effect.ci.high, self.bound
-        if self.kind == "at_least":
-            ok, wrong = low >= bound, high < bound
-        elif self.kind == "at_most":
-            ok, wrong = high <= bound, low > bound
-        elif self.kind == "within":
-            floor = -math.inf if self.bound_low is None else self.bound_low
-            ok, wrong = floor <= low and high <= bound, low > bound or high < floor
-        else:  # p_below
-            pvalue = self.effect.pvalue
-            ok, wrong = pvalue is not None and pvalue < bound, False
-        return SUPPORTED if ok else REFUTED if wrong else INCONCLUSIVE
+        """What the interval says of the rule (:func:`read`); ``holds`` is read by the claim itself."""
+        return self.verdict if self.kind == "holds" else read(self.kind, self.bound, self.effect, self.bound_low,
+                                                               self.inclusive)
 
     def to_json(self) -> dict[str, Any]:
         effect = self.effect
         return {
             "what": self.what, "kind": self.kind, "bound": _finite_or_none(self.bound),
-            "bound_low": _finite_or_none(self.bound_low), "verdict": self.verdict,
+            "bound_low": _finite_or_none(self.bound_low), "inclusive": self.inclusive, "verdict": self.verdict,
             "statistic": _finite_or_none(effect.statistic) if effect else None,
             "ci": effect.ci.as_list() if effect else None,
             "n": effect.n if effect else None,

@@ -20,7 +20,9 @@ from .claim0 import MIN_ACCURACY
 from mechclaims.results import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding, Rule
 from mechclaims.stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
 
-ALPHA = 0.05
+# One-sided, the level the lower bound of a 95% interval keeps: a rule on the bound and a test on the
+# p-value of one effect judge one hypothesis at one level (mechclaims.significant's default).
+ALPHA = 0.025
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,9 @@ class C1Params:
 
 
 def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
-    """The clean model answers A correctly (lower bound >= C0's MIN_ACCURACY)."""
+    """The clean model answers A correctly (lower bound above C0's MIN_ACCURACY)."""
     accuracy = proportion_of(correct)
-    return accuracy.ci.low >= MIN_ACCURACY, accuracy
+    return accuracy.ci.low > MIN_ACCURACY, accuracy
 
 
 def rates_by_layer(condition: Condition | Sweep) -> dict[str, dict[str, list[float]]]:
@@ -75,7 +77,7 @@ def _onset(sweep: Sweep, p: C1Params, seed: int) -> Finding:
     decided = ok or (narrow and (effect.ci.low > high or effect.ci.high < low))
     why = "it straddles the window's edge" if narrow else "too few pairs"
     verdict = SUPPORTED if ok else REFUTED if decided else INCONCLUSIVE
-    rule = Rule("onset layer", "within", float(high), effect, verdict, bound_low=float(low))
+    rule = Rule("onset layer", "within", float(high), effect, verdict, bound_low=float(low), inclusive=True)  # layers
     return Finding(
         effect, bool(ok),
         f"onset {effect} (n_layers means none); pre-registered {p.onset} ± {p.onset_tolerance}"
@@ -113,7 +115,9 @@ def ablate(study: AblationStudy, stage: int, p: C1Params, seed: int = 0) -> Find
     before = study.clean if stage == 0 else study.after(stage - 1)
     after = study.after(stage)
     shift = onset_shift(before.task_flags(), after.task_flags(), p.threshold, seed=seed)
-    finding = all_of(at_least(shift, 1.0, "onset shift"), equivalent(same, p.margin, "accuracy change (TOST)"))
+    # onsets are layers (integers): a lower bound of exactly one layer decides
+    finding = all_of(at_least(shift, 1.0, "onset shift", inclusive=True),
+                     equivalent(same, p.margin, "accuracy change (TOST)"))
     return replace(
         finding,
         message=f"{after.name}: accuracy change {same} (TOST margin ±{p.margin}); onset shift {shift} "
@@ -164,7 +168,7 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
     """C1.backup-*: after ablating stage ``stage``, a head of its backup layer takes over.
 
     "Takes over" means a significant paired increase of the head's direct logit
-    attribution (Wilcoxon, Holm over the layer's heads) that amounts to at least
+    attribution (one-sided paired t test, Holm over the layer's heads) that amounts to at least
     ``backup_share`` of the attribution the newly ablated heads carried before.
     The head reported is the one with the largest increase among the significant
     ones (the smallest p when none is): with many prompts several heads reach the
@@ -191,7 +195,7 @@ def backup(study: AblationStudy, stage: int, p: C1Params) -> Finding:
     return replace(
         finding,
         message=f"{after.name}: head L{layer}H{best} direct logit attribution rises by {effect} (Holm over "
-        f"{n_heads} heads; lower bound needs >= {needed:.3g}, {p.backup_share:.0%} of the {removed:.3g} the ablated "
+        f"{n_heads} heads; lower bound needs > {needed:.3g}, {p.backup_share:.0%} of the {removed:.3g} the ablated "
         f"heads carried); dot-score row sum {dot_before.sum():.3g} -> {dot_after.sum():.3g}",
         figures={
             "layer": layer,
@@ -215,7 +219,7 @@ def parity_late(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
     n_layers = approx.shape[0]
     shift = onset_shift(approx, study.clean.flags("exact"), p.threshold, seed=seed)
     has_stage = onset_layer(approx, p.threshold) < n_layers
-    finding = all_of(at_least(shift, 1.0, "exact-answer onset minus ≈a*p onset"),
+    finding = all_of(at_least(shift, 1.0, "exact-answer onset minus ≈a*p onset", inclusive=True),
                      holds(has_stage, "a ≈a*p stage forms (some layer's lower bound reaches the threshold)", shift))
     return replace(
         finding,

@@ -309,11 +309,11 @@ def shuffled_labels(prompts: PromptSet, seed: int) -> list[Prompt]:
 
 
 def precondition(reading: Reading, n_examples: int) -> tuple[bool, Effect]:
-    """The target answers y_j right after ``n_examples`` examples (lower bound >= C0's MIN_ACCURACY)."""
+    """The target answers y_j right after ``n_examples`` examples (lower bound above C0's MIN_ACCURACY)."""
     if not 0 <= n_examples < reading.n_examples:
         raise ValueError(f"n_examples {n_examples} outside 0..{reading.n_examples - 1}")
     accuracy = proportion_of(reading.correct[:, n_examples])
-    return accuracy.ci.low >= MIN_ACCURACY, accuracy
+    return accuracy.ci.low > MIN_ACCURACY, accuracy
 
 
 def fitted_range(p: C2Params, exploration: Reading) -> tuple[int, int]:
@@ -402,7 +402,7 @@ def parity_by_n(reading: Reading, p: C2Params, *, level: float = 0.95) -> Findin
     return replace(
         all_of(at_least(later, p.parity_threshold, f"right parity from n = {p.parity_from} on"),
                at_most(by_n[0], p.parity_threshold, "right parity with no example")),
-        message=f"right parity from n = {p.parity_from} on: {later} per-sequence mean (lower bound must be >= "
+        message=f"right parity from n = {p.parity_from} on: {later} per-sequence mean (lower bound must be > "
         f"{p.parity_threshold:g}); with no example {by_n[0]} (upper bound must be <= {p.parity_threshold:g})",
         figures={"by_n": [e.statistic for e in by_n], "n0": by_n[0], "curves": curves},
     )

@@ -43,7 +43,8 @@ from .scores import FINAL_SCALE, scores_from
 from mechclaims.stats import paired_increase, proportion_of
 from mechclaims.store import derived
 
-ALPHA = 0.05
+# One-sided, the level the lower bound of a 95% interval keeps (mechclaims.significant's default).
+ALPHA = 0.025
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def _role_finding(result: RoleAttention, p: C3Params, role: str, title: str, ext
         all_of(at_least(result.excess, p.min_excess, "excess over uniform"),
                significant(against_random, f"mass against random sets of {len(result.heads)} heads", alpha=ALPHA)),
         message=f"{heads}: attention {role} {result.mass}; uniform baseline {result.uniform:.3g}, excess {result.excess} "
-        f"(lower bound must be >= {p.min_excess:g}); random sets of {len(result.heads)} heads: mean "
+        f"(lower bound must be > {p.min_excess:g}); random sets of {len(result.heads)} heads: mean "
         f"{result.random_mean:.3g}, 95th percentile {result.random_high:.3g}, p = {result.random_p:.3g} "
         f"(must be < {ALPHA}){extra}",
         figures=_role_figures(result, title, role),
@@ -267,9 +268,9 @@ def mlp_needed(
         }
     }
     return replace(
-        all_of(at_least(drop, p.min_drop, "paired accuracy drop"), significant(drop, "Wilcoxon", alpha=ALPHA)),
+        all_of(at_least(drop, p.min_drop, "paired accuracy drop"), significant(drop, "paired test", alpha=ALPHA)),
         message=f"mean-ablating MLPs {layers}: accuracy {before} -> {after}; paired drop {drop} (lower bound must be "
-        f">= {p.min_drop:g}, Wilcoxon p < {ALPHA}){text}",
+        f"> {p.min_drop:g}, paired p < {ALPHA}){text}",
         figures=figures,
     )
 

@@ -182,7 +182,7 @@ def _parity_from(parity_ok: np.ndarray, threshold: float) -> int:
     k = parity_ok.shape[1]
     for n in range(1, k):
         f = claim2.parity_by_n(claim2.Reading(parity_ok, parity_ok, parity_ok), claim2.C2Params(0, n))
-        if f.effect.ci.low >= threshold:
+        if f.effect.ci.low > threshold:
             return n
     return k - 1
 
