@@ -30,7 +30,7 @@ claims: $(STAMP)
 	status=$$?; echo "claim report: $$(readlink -f reports/latest)/claims.json"; exit $$status
 
 test: $(STAMP)
-	$(BIN)/pytest tests/ $(PYTEST_ARGS)
+	$(BIN)/pytest tests/ --durations=10 $(PYTEST_ARGS)
 
 # The quick tier: everything but the tests marked slow (the full calibration table).
 test-quick: $(STAMP)

@@ -3,6 +3,8 @@ intervention was answered from the old code's entries), and a read-only run chan
 
 from __future__ import annotations
 
+import pytest
+
 import hashlib
 import json
 import os
@@ -79,6 +81,7 @@ def _figures(record: dict) -> dict[str, tuple]:
     return {c["id"]: (c["verdict"], c["statistic"], tuple(c["ci"])) for c in record["claims"]}
 
 
+@pytest.mark.slow
 def test_an_edited_intervention_is_recomputed_not_served_from_the_old_codes_cache(tmp_path):
     project, cache = _project(tmp_path), tmp_path / "cache"
     original = _run(project, cache, "disk", tmp_path / "r-warm")

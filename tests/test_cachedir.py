@@ -145,6 +145,7 @@ def test_fill(target, claim):
 '''
 
 
+@pytest.mark.slow
 def test_a_run_enforces_the_configured_cap_at_its_end(pytester, as_organism, tmp_path):
     cache = tmp_path / "cache"
     pytester.makepyfile(test_fill=CLAIM)

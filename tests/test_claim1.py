@@ -179,6 +179,7 @@ def test_one_a_forward_per_condition_gives_the_same_measurements(tiny, tiny_llam
     assert np.allclose(got.scores.dla, separate.dla) and np.allclose(got.scores.dot, separate.dot)
 
 
+@pytest.mark.slow
 def test_one_teacher_forced_pass_of_a_reads_what_separate_passes_read(digit_model):
     """Digit-by-digit answers: A's correctness and last-position residual come from
     one forward over prompt + answer, equal to greedy checking and a prompt-only pass."""

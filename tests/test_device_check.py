@@ -25,6 +25,7 @@ def test_without_cuda_it_says_so_and_stops(tmp_path):
     assert record["machine"]["packages"]["transformer-lens"].startswith("4.3")
 
 
+@pytest.mark.slow
 def test_the_check_runs_compares_and_records_on_the_cpu(tmp_path):
     # The budget is the check's own guard on a GPU machine, not part of what this test checks: set out
     # of reach here (a loaded machine ran the three runs past 450 s). The timeout only guards a hang:

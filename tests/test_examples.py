@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end claim runs: the quick tier (make test-quick) leaves them out
+
 ROOT = Path(__file__).resolve().parents[1]
 PACK = ROOT / "examples" / "induction"
 

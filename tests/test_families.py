@@ -18,6 +18,8 @@ from tiny import write_tiny_family
 from mechclaims.expectations import merge_write
 from mechclaims.targets import read_shape
 
+pytestmark = pytest.mark.slow  # end-to-end claim runs: the quick tier (make test-quick) leaves them out
+
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("gpt2", "gpt_neox", "qwen2", "gemma")
 CLAIM_IDS = ("C0.in-context", "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13", "C1.backup-15",

@@ -92,6 +92,7 @@ def workdir(tmp_path):
     return work
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_write_keeps_latest_complete_and_the_cache_sound(workdir, tmp_path):
     """Kill -9 just before each of several renames (activation-cache entries, the checksum memo,
     plot cache, claims.json's staging, the run directory, `latest`): `reports/latest` stays a
@@ -135,6 +136,7 @@ def full_disk(tmp_path):
         subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_no_torn_file(workdir, full_disk):
     reports, cache = full_disk / "reports", full_disk / "cache"
     with (full_disk / "filler").open("wb", buffering=0) as fh:  # fill it: every later write meets ENOSPC
@@ -228,6 +230,7 @@ def test_a_symlink_planted_in_the_cache_or_report_directory_never_carries_a_writ
     assert not [p for p in reports.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_two_claim_runs_at_once_share_one_cache_and_one_report_directory(workdir, tmp_path):
     reports, cache = tmp_path / "reports", tmp_path / "cache"
     procs = [_claim_run(workdir, reports, cache) for _ in range(2)]
@@ -243,6 +246,7 @@ def test_two_claim_runs_at_once_share_one_cache_and_one_report_directory(workdir
     assert not [p for p in cache.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_a_run_that_selects_no_claim_writes_no_report_and_keeps_latest(workdir, tmp_path):
     """`pytest claims/ -k nothing` exits 5 (pytest's "no tests ran"), writes no report and
     leaves `latest` where it was (docs/reliability.md, Exit status)."""

@@ -21,6 +21,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import mechclaims_icl.claim2  # noqa: F401  (patched below; imported before pytester runs so it stays one module object)
 
+pytestmark = pytest.mark.slow  # end-to-end claim runs: the quick tier (make test-quick) leaves them out
+
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 PACK = ("conftest.py", "test_claim0.py", "test_claim1.py", "test_claim2.py", "test_claim3.py")
 

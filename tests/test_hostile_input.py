@@ -40,6 +40,7 @@ def nan_organism(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_model_with_nan_weights_errors_every_claim_naming_where(nan_organism, tmp_path):
     proc, claims = _claims(ROOT, tmp_path, "claims/", "--mechclaims-target", "organism", "--mechclaims-n-prompts", "20",
                            "--mechclaims-allow-other-model", env={"MECHCLAIMS_ORGANISM_DIR": str(nan_organism)})
@@ -155,6 +156,7 @@ def test_a_symlink_loop_errors_its_own_target_only_in_one_line(tmp_path):
     assert "is a symlink loop" in listed.stdout
 
 
+@pytest.mark.slow
 def test_a_claim_run_of_another_target_ignores_a_looping_one(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
@@ -217,6 +219,7 @@ def test_valid_device_settings_are_accepted(tmp_path):
         unload()
 
 
+@pytest.mark.slow
 def test_a_symlink_loop_in_the_cache_directory_warns_and_the_claim_goes_on(tmp_path):
     loop = tmp_path / "cache"
     loop.symlink_to("cache")

@@ -331,6 +331,7 @@ def test_the_probe_sees_a_broken_image(chromium, tmp_path):
         check_in_chromium(chromium, index, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_real_organism_claim_run_in_chromium(chromium, tmp_path):
     reports = tmp_path / "reports"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -2,14 +2,16 @@
 
 Exact tensor equality is asserted only between passes of the same shapes in one process, where
 it holds by construction (same kernels, same reduction order; rows of a matmul do not depend on
-other rows' values). Passes of different batch shapes are compared on their greedy answers,
-which must be equal, and on floats within fp32 rounding."""
+other rows' values). Passes of different batch shapes are compared on their greedy answers under
+the one rule of tests/answers_rule.py (near ties may go either way), and on floats within fp32
+rounding."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from answers_rule import agree
 
 from mechclaims import ConfigError
 from mechclaims_icl.answers import OUTCOMES, classify, encode
@@ -106,9 +108,9 @@ def test_batched_sweep_equals_the_per_layer_loop(model):
     pairs = make_patch_pairs(CANONICAL, n_pairs=6, n_examples=5, seed=0)
     batched = patch_sweep(model, pairs)
     loop = patch_sweep_loop(model, pairs)
-    assert np.array_equal(batched.answers, loop.answers)
+    assert agree(batched.answers, loop.answers)
     chunked = patch_sweep(model, pairs, max_rows=6)  # one layer per forward
-    assert np.array_equal(chunked.answers, loop.answers)
+    assert agree(chunked.answers, loop.answers)
     assert model.list_hooks() == {}
 
 
@@ -179,7 +181,7 @@ def test_cached_decoding_of_multi_token_answers_equals_full_forwards(digit_model
     batched = patch_sweep(digit_model, pairs)
     assert (batched.answers >= 100).any()  # answers of three and more tokens were decoded
     assert (batched.answers[batched.answers >= 0] < 100).any()  # and shorter ones, whose rows left the batch early
-    assert np.array_equal(batched.answers, patch_sweep_loop(digit_model, pairs).answers)
+    assert agree(batched.answers, patch_sweep_loop(digit_model, pairs).answers)
     assert digit_model.list_hooks() == {}
 
 
@@ -208,7 +210,7 @@ def test_a_small_key_value_budget_splits_pairs_and_layers_alike(model, monkeypat
     monkeypatch.setattr(patching, "_decode_block", lambda *a: calls.append(a[5]) or decode(*a))
     # less than one row's keys and values: one (pair, layer) row per step
     monkeypatch.setitem(patching.KV_BLOCK_BYTES, "cpu", patching.kv_bytes_per_token(model))
-    assert np.array_equal(patch_sweep(model, pairs).answers, whole.answers)
+    assert agree(patch_sweep(model, pairs).answers, whole.answers)
     assert len(calls) == len(pairs) * model.cfg.n_layers and all(len(chunk) == 1 for chunk in calls)
 
 

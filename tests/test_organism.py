@@ -8,10 +8,10 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from answers_rule import rates_agree
 import torch
 
 from organisms import measure, train
@@ -102,8 +102,8 @@ def test_patching_at_layer_zero_is_clean_b_under_every_format_of_b():
     sweep = measure.patch_sweeps(model, *CANONICAL, n_pairs=20, seed=3, family=Family())
     assert list(sweep["probes"]) == list(PROBES) and sweep["n"] == 20
     for probe, row in sweep["probes"].items():
-        layer0 = row["layers"][0]  # the same values by another path (cached decode vs a full pass): allow one pair
-        assert all(abs(layer0[k] - row["clean_b"][k]) <= 1 / 20 for k in ("approx", "exact", "copy", "other")), probe
+        layer0 = row["layers"][0]  # the same values by another path (cached decode vs a full pass)
+        assert all(rates_agree(layer0[k], row["clean_b"][k], 20) for k in ("approx", "exact", "copy", "other")), probe
         assert row["b_text"].endswith(", ") and all(0 <= r["task"] <= 1 for r in row["layers"])
     assert measure.sweep_stages(sweep["probes"]["newline"])["task_onset"] is not None
 
@@ -192,6 +192,7 @@ def _agreement(reference, other):
     return weight_diff, (l0 - l1).abs().max().item(), answers_equal
 
 
+@pytest.mark.slow
 def test_training_at_a_fixed_seed_and_thread_count_is_bitwise_reproducible(tmp_path):
     """Same seed, same thread count, same machine: the same kernels reduce in the same order, so
     the weights are bit-identical, twice in one process and in a second process."""
@@ -200,6 +201,7 @@ def test_training_at_a_fixed_seed_and_thread_count_is_bitwise_reproducible(tmp_p
     assert _digest(_train_short(tmp_path / "c", env={})) == first
 
 
+@pytest.mark.slow
 def test_training_across_thread_counts_and_kernel_sets_agrees_within_tolerance(tmp_path):
     """Two threads, and the generic kernels another processor would get (ATEN_CPU_CAPABILITY=default),
     train to weights and logits within the stated tolerances and the same decided greedy answers;
@@ -404,12 +406,15 @@ def test_sigterm_leaves_no_weights(tmp_path):
     out = tmp_path / "m"
     proc = subprocess.Popen([sys.executable, "-m", "organisms.train", "--out", str(out), *TINY],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
-    deadline = time.time() + 120
-    for line in proc.stderr:
-        if "step " in line or time.time() > deadline:
+    seen = []
+    for line in proc.stderr:  # wait for the event itself: training has started (no deadline)
+        seen.append(line)
+        if "step " in line:
             break
+    else:
+        pytest.fail(f"training ended before its first step line: {''.join(seen)[-2000:]}")
     proc.send_signal(signal.SIGTERM)
-    rest = proc.communicate(timeout=60)[1]
+    rest = proc.communicate(timeout=600)[1]  # a hang guard only: it exits within a second of the signal
     assert proc.returncode == 130, rest
     assert "Traceback" not in rest
     assert list(tmp_path.iterdir()) == []

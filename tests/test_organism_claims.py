@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end-to-end claim runs: the quick tier (make test-quick) leaves them out
+
 CLAIMS_DIR = Path(__file__).resolve().parents[1] / "claims"
 
 

@@ -98,6 +98,7 @@ def test_a_spread_target_under_workers_is_refused(monkeypatch):
         session.target("organism")
 
 
+@pytest.mark.slow
 def test_two_workers_two_targets_each_target_boots_once_on_one_worker(pytester, tiny_llama, monkeypatch):
     """-n 2 --dist loadgroup: the plugin groups items by target, so each model loads on one worker."""
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))

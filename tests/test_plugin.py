@@ -185,6 +185,7 @@ def test_any(target, claim):
 '''
 
 
+@pytest.mark.slow
 def test_plain_run_deselects_gpu_targets(pytester, as_organism, monkeypatch):
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_CONTROL_DIR", str(as_organism))
     pytester.makepyfile(test_gpu=GPU_CLAIM)
@@ -419,6 +420,7 @@ def test_claim_properties_land_in_junit_xml(pytester, as_organism):
     assert cases["test_refuted[organism]"]["claim_id"] == "T.refuted"
 
 
+@pytest.mark.slow
 def test_xdist_workers_report_through_the_controller(pytester, as_organism):
     pytester.makepyfile(test_claims=CLAIMS)
     pytester.makepyfile(test_many="import pytest\nfrom mechclaims import proportion\n" + "\n".join(

@@ -87,6 +87,7 @@ def test_x(target, claim):
     result.stderr.fnmatch_lines(["*targets='organism'; expected a list of target names*"])
 
 
+@pytest.mark.slow
 def test_resampling_statistics_are_seeded_by_the_run_seed_and_record_it(tmp_path):
     """Claim 1's bootstrap on the shipped organism takes --mechclaims-seed, and the report says so."""
     work = tmp_path / "w"

@@ -3,6 +3,7 @@ pre-registers it with discovery and confirms it with the claim suite (docs/targe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from mechclaims import TargetError
 from mechclaims import registry
 from mechclaims.targets import TARGETS
+from mechclaims.weights import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 ORGANISM = REPO / "fixtures" / "organism"
@@ -35,6 +37,7 @@ def _run(project: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
     project = _project(tmp_path, '[tool.mechclaims.targets.my-model]\npath = "models/my-model"\n', claims=True)
     shutil.copytree(ORGANISM, project / "models" / "my-model")
@@ -54,17 +57,21 @@ def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
     confirmed = _run(project, "-m", "pytest", "claims/", "--mechclaims-target", "my-model", "-p", "no:cacheprovider")
     out = confirmed.stdout + confirmed.stderr
     assert confirmed.returncode == 0, out[-3000:]
-    assert "supported  C1.onset [my-model] (expected supported)  3 [2, 3] n=400" in out
+    report = json.loads((project / "reports" / "latest" / "claims.json").read_text())
+    onset = next(c for c in report["claims"] if c["id"] == "C1.onset")
+    assert onset["verdict"] == "supported" and onset["as_expected"] and onset["n"] == 400
     assert "STAND-IN" not in out  # a configured target has no known shape to differ from
 
-    # the pre-registration names the model it was made on; other weights are refused unless allowed
+    # the pre-registration names the model it was made on (its weight file's hash); other weights are
+    # refused unless allowed
+    weights = "sha256:" + sha256_file(ORGANISM / "model.safetensors")
     text = (project / "claims" / "expectations" / "my-model.toml").read_text()
-    assert "[registered]" in text and 'weights = "sha256:b948dbe6' in text and "n_layers = 8" in text
+    assert "[registered]" in text and f'weights = "{weights}"' in text and "n_layers = 8" in text
     shutil.rmtree(project / "models" / "my-model")
     shutil.copytree(REPO / "fixtures" / "organism-control", project / "models" / "my-model")
     other = _run(project, "-m", "pytest", "claims/test_claim0.py", "--mechclaims-target", "my-model", "-p",
                  "no:cacheprovider")
-    assert other.returncode == 1 and "registered on weights = 'sha256:b948dbe6" in other.stdout
+    assert other.returncode == 1 and f"registered on weights = '{weights}'" in other.stdout
     allowed = _run(project, "-m", "pytest", "claims/test_claim0.py", "--mechclaims-target", "my-model", "-p",
                    "no:cacheprovider", "--mechclaims-allow-other-model")
     assert allowed.returncode == 0 and "runs on another model than its pre-registration (allowed)" in allowed.stdout

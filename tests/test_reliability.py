@@ -46,8 +46,10 @@ def test_a_cpu_claim_run_opens_no_network_connection(pytester, as_organism, monk
     monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(None, address))
     result, record = _claim_run(pytester)
     assert attempts == []
-    assert [c["verdict"] for c in record["claims"]] in (["refuted"], ["supported"])
-    assert result.ret in (0, 1)
+    # the run went all the way, offline: the tiny random model does not do the task (accuracy 0 of 100,
+    # far from C0's bound on any processor), so C0 is refuted and the exploratory run exits 1
+    assert record["run"]["complete"] and [c["verdict"] for c in record["claims"]] == ["refuted"]
+    assert record["claims"][0]["statistic"] == 0.0 and result.ret == pytest.ExitCode.TESTS_FAILED
 
 
 def test_loading_is_offline_unless_the_environment_says_otherwise():
@@ -100,6 +102,7 @@ def test_no_code_unpickles_or_enables_remote_code():
     assert problems == []
 
 
+@pytest.mark.slow
 def test_two_xdist_workers_run_the_claim_suite_on_one_cache_like_one_process(pytester, tmp_path):
     """The real claim suite on the shipped organism: -n 2 with a shared disk cache gives
     the verdicts and figures of a single process, and leaves every cache file intact."""

@@ -241,6 +241,7 @@ def _verdicts(run):
     return sorted((c["id"], c["verdict"], c["statistic"], *c["ci"]) for c in run["claims"])
 
 
+@pytest.mark.slow
 def test_a_warm_disk_cache_serves_a_whole_claim_run(pytester, as_organism, tmp_path):
     pytester.makepyfile(test_forward_claims=FORWARD_CLAIMS)
     cold = _claim_run(pytester, tmp_path / "acts", tmp_path / "r0")
@@ -252,6 +253,7 @@ def test_a_warm_disk_cache_serves_a_whole_claim_run(pytester, as_organism, tmp_p
     assert _verdicts(cold) == _verdicts(warm)
 
 
+@pytest.mark.slow
 def test_two_xdist_workers_share_one_cache_directory(pytester, as_organism, tmp_path):
     """Same verdicts as one process, and every cache file intact afterwards."""
     pytester.makepyfile(test_forward_claims=FORWARD_CLAIMS)
@@ -327,6 +329,7 @@ def test_same(target, claim, copy):
 """
 
 
+@pytest.mark.slow
 def test_work_two_xdist_workers_both_need_counts_once_in_tokens_needed(pytester, as_organism, tmp_path):
     pytester.makepyfile(test_same_work=SAME_WORK)
     single = _claim_run(pytester, tmp_path / "solo", tmp_path / "r0")

@@ -171,6 +171,7 @@ def test_smollm2_loads_offline_and_copies_in_context(smollm2):
     assert correct.mean() >= 0.9, f"SmolLM2 copied {correct.mean():.0%} of 20 prompts: {correct.tolist()}"
 
 
+@pytest.mark.slow
 def test_corrupt_smollm2_cache_entry_is_rebuilt(smollm2, tmp_path, monkeypatch, caplog):
     # Copy the shared cache entry into a private cache, corrupt it, and load again.
     entries = list((default_cache_dir() / "smollm2-135m").glob("*/model.safetensors"))

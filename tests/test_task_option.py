@@ -37,6 +37,7 @@ def test_a_task_without_its_own_preregistration_is_one_line(project):
     assert len(errors) == 1 and "organism@4x+17.toml: no pre-registration for target 'organism'" in errors[0]
 
 
+@pytest.mark.slow
 def test_each_task_is_judged_against_its_own_file(project):
     default = project / "claims" / "expectations" / "organism.toml"
     own = default.with_name("organism@4x+17.toml")

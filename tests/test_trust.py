@@ -58,6 +58,7 @@ def _c0(record: dict) -> dict:
 # ------------------------------------------------------------------ 1. the cache key
 
 
+@pytest.mark.slow
 def test_an_edited_config_is_never_a_stale_cache_hit(tmp_path):
     """The disk-cache key covers config.json (and the tokenizer and generation config), not
     only the weights: rms_norm_eps = 1.0 in a copy's config breaks the model, and a run on the
@@ -219,6 +220,7 @@ def test_compare_counts_any_loss_of_supported_as_a_regression(tmp_path, capsys, 
 # ------------------------------------------------------------------ 5. a stand-in is flagged
 
 
+@pytest.mark.slow
 def test_a_stand_in_is_flagged_in_every_view(tmp_path):
     """The llama-3-8b target pointed at the 8-layer organism runs, but the header, the terminal,
     claims.json, claims.md and index.html all say it is a stand-in; the real shape is not flagged."""
@@ -272,6 +274,7 @@ def test_a_poisoned_or_misplaced_plot_cache_entry_is_drawn_again(tmp_path):
         assert plots_for(figures, cache) == fresh, poison
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["a-file", "read-only"])
 def test_an_unwritable_report_directory_still_prints_the_verdicts(tmp_path, kind):
     if kind == "read-only" and os.geteuid() == 0:

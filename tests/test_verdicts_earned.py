@@ -154,6 +154,7 @@ def test_the_checker_catches_a_forged_verdict():
     assert not unearned([{**forged, "verdict": "inconclusive", "rules": [{**rule, "verdict": "inconclusive"}]}])
 
 
+@pytest.mark.slow
 def test_a_quick_run_of_the_pack_on_the_organism_earns_every_verdict(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "claims/", "--mechclaims-target", "organism", "--mechclaims-n-prompts", "20",

@@ -27,8 +27,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def release() -> None:
-    """Return the allocator's free pages to the operating system (glibc only)."""
+def release() -> bool:
+    """Return the allocator's free pages to the operating system (glibc only); whether it asked."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+    return trim is not None
