@@ -3,11 +3,12 @@
 Each constructor gives the interval its data call for, and its p-value (where it has one)
 tests the same hypothesis as that interval at the matching level:
 
-- 0/1 data: the Wilson score interval (:func:`proportion`, and :func:`bootstrap_mean` of
-  flags); paired 0/1 flags: Tango's score interval for a difference of paired proportions,
-  with the score test it inverts;
-- continuous data: the BCa bootstrap (:func:`bootstrap_mean`, ``scipy.stats.bootstrap``), or
-  the t interval with the t test (:func:`paired_increase`, :func:`equivalence`);
+- 0/1 data: the exact (Clopper-Pearson) interval (:func:`proportion`, and
+  :func:`bootstrap_mean` of flags); paired 0/1 flags: Tango's score interval for a difference
+  of paired proportions, with the score test it inverts;
+- continuous data: the studentized bootstrap (bootstrap-t) of the mean, with the bootstrap-t
+  p-values its bounds invert (:func:`bootstrap_mean`, :func:`paired_increase`,
+  :func:`equivalence`);
 - a sample with no variance carries no information about its spread: its interval is
   unbounded (every rule on it is inconclusive) unless the caller declares the quantity
   deterministic.
@@ -21,7 +22,7 @@ check is measured in ``tests/calibration`` and tabulated in docs/statistics.md.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy import stats as _st

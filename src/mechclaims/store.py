@@ -268,7 +268,7 @@ class ActivationStore:
         if self.mode != "off" and full in self._derived:
             self.stats.memory_hits += 1
             return {name: a.copy() for name, a in self._derived[full].items()}
-        path = None if not self.reads else self.directory / full[:2] / f"{full}.safetensors"
+        path = self._path(full) if self.reads else None
         value = self._read(path, full) if path is not None else None
         if value is not None:
             self.stats.disk_hits += 1
@@ -303,14 +303,13 @@ class ActivationStore:
         )
         return hashlib.sha256(spec.encode()).hexdigest()
 
-    def path_for(self, request: Request, base: str) -> Path:
-        key = self.full_key(request, base)
+    def _path(self, key: str) -> Path:
         assert self.directory is not None
         return self.directory / key[:2] / f"{key}.safetensors"
 
     def _from_disk(self, request: Request, base: str) -> Forward | None:
-        path = self.path_for(request, base)
-        tensors = self._read(path, self.full_key(request, base))
+        key = self.full_key(request, base)  # once: it fingerprints the request's code
+        tensors = self._read(self._path(key), key)
         if tensors is None:
             return None
         device = request.tokens.device  # where the model (and so the caller) works
@@ -322,7 +321,8 @@ class ActivationStore:
         tensors = {f"act:{name}": t for name, t in value.acts.items()}
         if value.logits is not None:
             tensors["logits"] = value.logits
-        self._write(self.path_for(request, base), self.full_key(request, base), tensors)
+        key = self.full_key(request, base)
+        self._write(self._path(key), key, tensors)
 
     def _read(self, path: Path, key: str) -> dict[str, torch.Tensor] | None:
         """The tensors of one entry; None when there is none (a miss, or an entry pruned meanwhile),
