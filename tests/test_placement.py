@@ -99,8 +99,9 @@ def test_a_spread_target_under_workers_is_refused(monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_workers_two_targets_each_target_boots_once_on_one_worker(pytester, tiny_llama, monkeypatch):
-    """-n 2 --dist loadgroup: the plugin groups items by target, so each model loads on one worker."""
+@pytest.mark.parametrize("dist", [[], ["--dist", "loadgroup"]], ids=["default", "loadgroup"])
+def test_two_workers_two_targets_each_target_boots_once_on_one_worker(pytester, tiny_llama, monkeypatch, dist):
+    """-n 2 (and --dist loadgroup): the plugin groups items by target, so each model loads on one worker."""
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
     monkeypatch.setenv("MECHCLAIMS_ORGANISM_CONTROL_DIR", str(tiny_llama))
     pytester.makepyfile(test_many="import pytest, torch\nfrom mechclaims import proportion\n"
@@ -112,7 +113,7 @@ def test_{i}(target, claim):
 ''' for i in range(4)))
     result = pytester.runpytest_subprocess(
         "--mechclaims-exploratory", "--mechclaims-target", "organism", "--mechclaims-target", "organism-control",
-        "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider")
+        "-n", "2", *dist, "-p", "no:cacheprovider")
     report = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())
     run = report["run"]
     assert result.ret == 0 and len(report["claims"]) == 8  # one report, from the controller

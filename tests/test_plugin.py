@@ -431,7 +431,8 @@ def test_{i}(target, claim):
 ''' for i in range(6)))
     single = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-p", "no:randomly")
     first = _report(pytester)
-    parallel = pytester.runpytest_subprocess("--mechclaims-exploratory", "--mechclaims-target", "organism", "-n", "2")
+    parallel = pytester.runpytest_subprocess("--mechclaims-exploratory", "--mechclaims-target", "organism", "-n", "2",
+                                                   "--dist", "load")
     second = _report(pytester)
     assert single.ret == parallel.ret == 1
     verdicts = lambda r: sorted((c["id"], c["verdict"], c["statistic"]) for c in r["claims"])  # noqa: E731

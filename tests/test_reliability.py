@@ -123,7 +123,7 @@ def test_two_xdist_workers_run_the_claim_suite_on_one_cache_like_one_process(pyt
         return sorted((c["id"], c["verdict"], c["n"], c["statistic"], *c["ci"]) for c in record["claims"]), record
 
     single, _ = run("solo", "--mechclaims-cache", "off")
-    parallel, _ = run("par", "-n", "2", "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache))
+    parallel, _ = run("par", "-n", "2", "--dist", "load", "--mechclaims-cache", "disk", "--mechclaims-cache-dir", str(cache))
     # verdicts and n exactly; figures to fp32 rounding (workers may shape a shared pass differently)
     assert single and [c[:3] for c in single] == [c[:3] for c in parallel]
     for one, two in zip(single, parallel):

@@ -259,7 +259,7 @@ def test_two_xdist_workers_share_one_cache_directory(pytester, as_organism, tmp_
     pytester.makepyfile(test_forward_claims=FORWARD_CLAIMS)
     single = _claim_run(pytester, tmp_path / "solo", tmp_path / "r0")
     shared = tmp_path / "shared"
-    parallel = _claim_run(pytester, shared, tmp_path / "r1", "-n", "2")
+    parallel = _claim_run(pytester, shared, tmp_path / "r1", "-n", "2", "--dist", "load")
     assert _verdicts(single) == _verdicts(parallel)
     files = list(shared.rglob("*"))
     assert [f.name for f in files if f.is_file() and f.name.startswith(".")] == []
@@ -333,7 +333,7 @@ def test_same(target, claim, copy):
 def test_work_two_xdist_workers_both_need_counts_once_in_tokens_needed(pytester, as_organism, tmp_path):
     pytester.makepyfile(test_same_work=SAME_WORK)
     single = _claim_run(pytester, tmp_path / "solo", tmp_path / "r0")
-    parallel = _claim_run(pytester, tmp_path / "shared", tmp_path / "r1", "-n", "2")
+    parallel = _claim_run(pytester, tmp_path / "shared", tmp_path / "r1", "-n", "2", "--dist", "load")
     one, two = (r["run"]["activation_cache"]["stats"]["organism"] for r in (single, parallel))
     assert one["requests"] == two["requests"] == 4  # four claims, one pass each, as one process sees it
     assert two["tokens_needed"] == one["tokens_needed"] > 0

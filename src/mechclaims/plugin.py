@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from . import expectations as _expectations
-from . import cachedir, registry, scheduling
+from . import cachedir, registry, scheduling, threads
 from .errors import TargetError, MechclaimsError
 from .recorder import ClaimRecorder
 from .report import write_run
@@ -32,30 +32,25 @@ from .targets import DEVICE_MAPS, DEVICES, DTYPES, TARGETS, attached_hooks, defa
 REPORT_NOT_WRITTEN = 6
 
 
-def _seed(text: str) -> int:
-    """A --mechclaims-seed value: an integer from 0 to 2**32 - 1 (what numpy's seeding takes)."""
+def _whole(what: str, low: int, high: int):
+    """An option type: a whole number from ``low`` to ``high``, else an error naming the range."""
     import argparse
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected an integer from 0 to {2**32 - 1}")
-    return value
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected an integer from {low} to {high}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    """A --mechclaims-n-prompts value: a whole number from 2 (a paired interval needs two) to 100000."""
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 2 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"invalid number of prompts {text!r}: expected an integer from 2 to 100000")
-    return value
+_seed = _whole("seed", 0, 2**32 - 1)  # what numpy's seeding takes
+_positive = _whole("number of prompts", 2, 100_000)  # a paired interval needs two
+_threads = _whole("thread count", 1, 4096)
 
 
 session_key = pytest.StashKey[ClaimSession]()
@@ -119,6 +114,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "minimum still use at least that many)",
     )
     group.addoption(
+        "--mechclaims-threads", type=_threads, default=None, metavar="N",
+        help="torch intra-op threads of every process (default: torch's own in a serial run; under "
+        "pytest-xdist the cores divided among the workers that have work; OMP_NUM_THREADS also wins)",
+    )
+    group.addoption(
         "--mechclaims-cache-dir", default=None, metavar="DIR",
         help="directory of the disk activation cache (default: $MECHCLAIMS_CACHE_DIR/activations, "
         "else ~/.cache/mechclaims/activations)",
@@ -163,6 +163,7 @@ def pytest_configure(config: pytest.Config) -> None:
         activation_dir=Path(config.getoption("mechclaims_cache_dir") or default_cache_dir() / "activations"),
         cache_max_size=cache_cap,
     )
+    state.parallel = _parallel_notes(config)
     config.stash[session_key] = state
     config.pluginmanager.register(_ResultCollector(state), f"mechclaims-collector-{id(config)}")
 
@@ -235,10 +236,56 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """``-n N --dist loadgroup``: one group per target, so each model loads on one worker."""
-    if config.getvalue("dist") != "loadgroup":
+    """``-n N`` (or ``--dist loadgroup``): one group per target, so each model loads on one worker."""
+    if not scheduling.by_target(config):
         return None
     return scheduling.make_scheduler(config, log, _selected_targets(config))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """Tell each pytest-xdist worker whether it gets whole targets (its thread share depends on it)."""
+    node.workerinput["mechclaims_by_target"] = scheduling.by_target(node.config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Set this process's torch threads (mechclaims.threads) once its tests are known."""
+    config = session.config
+    state = config.stash.get(session_key, None)
+    if state is None:
+        return
+    workerinput = getattr(config, "workerinput", None)
+    workers = int(workerinput["workercount"]) if workerinput else 1
+    busy = workers
+    if workerinput and workerinput.get("mechclaims_by_target"):
+        names = [_target_name(item) for item in session.items]
+        if names and None not in names:  # only claim tests: one worker per target has work
+            busy = len(set(names))
+    state.threads = threads.apply(workers=workers, busy=busy, asked=config.getoption("mechclaims_threads"))
+
+
+def _parallel_notes(config: pytest.Config) -> list[str]:
+    """What ``-n`` does for this run, said once in the run header: the cost of a ``--dist`` that
+    splits targets, or that one CPU target cannot go faster."""
+    workers = config.getoption("numprocesses", None)
+    if not workers or hasattr(config, "workerinput"):
+        return []
+    if (cost := scheduling.cost_of_dist(config)) is not None:
+        return [cost]
+    names = _selected_targets(config)
+    if not config.option.markexpr and not any(TARGETS[n].gpu for n in config.getoption("mechclaims_target")):
+        names = [n for n in names if n in TARGETS and not TARGETS[n].gpu]
+    device = config.getoption("mechclaims_device")
+    if len(names) == 1 and (device or get_spec(names[0]).device) == "cpu":
+        return [f"-n {workers} with one CPU target ({names[0]}): its claims run on one worker, which takes "
+                f"all {threads.available_cores()} cores; -n cannot make one CPU target faster than a serial run "
+                "(docs/concepts.md)"]
+    return []
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash.get(session_key, None)
+    return [f"mechclaims: {line}" for line in (state.parallel if state is not None else [])]
 
 
 def _limit_to_claim_targets(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -555,6 +602,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
                                           "wall_seconds": round(item.stash[seconds_key], 3)})
         # Travels with the report (also from pytest-xdist workers); recorded in logreport.
         report.mechclaims = item.config.stash[session_key].payload(result)
+        if hasattr(item.config, "workerinput"):  # draw this claim's plots here, beside the other workers
+            report.mechclaims["plots"] = _drawn_plots(report.mechclaims["claim"].get("figures"), item.config)
         report.user_properties.extend(_junit_properties(result))
         return report
     if verdict_key in item.stash or (call.when == "setup" and report.passed):
@@ -565,6 +614,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.longrepr = f"claim {recorder.id} errored: {message}"
     item.stash[verdict_key] = _result(item, recorder, verdict, message)
     return report
+
+
+def _drawn_plots(figures: object, config: pytest.Config) -> dict:
+    from .report.plots import plots_for
+
+    state = config.stash[session_key]
+    drawn: dict = {}
+    plots_for(figures, _plot_cache(state), drawn)
+    return drawn
+
+
+def _plot_cache(state: ClaimSession) -> Path | None:
+    """With the disk cache, the report's plots are kept beside the activations (a warm run redraws
+    nothing); never with disk-readonly."""
+    return state.activation_dir / "plots" if state.cache_mode == "disk" and state.activation_dir else None
 
 
 class _ResultCollector:
@@ -653,10 +717,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report_dir = Path(config.getoption("mechclaims_report_dir") or config.rootpath / "reports")
     state.enforce_cache_cap()
-    # With the disk cache, the report's plots are kept beside the activations (a warm run redraws nothing).
-    plot_cache = state.activation_dir / "plots" if state.cache_mode == "disk" and state.activation_dir else None  # never read-only
     try:
-        config.stash[report_path_key] = write_run(report_dir, new_run_id(), state.to_json(), plot_cache)
+        config.stash[report_path_key] = write_run(report_dir, new_run_id(), state.to_json(), _plot_cache(state),
+                                                  state.drawn)
     except OSError as exc:  # a full disk, a read-only or unsafe directory: one line, no traceback
         from .files import describe_os_error
 

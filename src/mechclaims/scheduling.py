@@ -1,6 +1,7 @@
-"""pytest-xdist scheduling by target: ``-n N --dist loadgroup`` sends all of a target's claims
-to one worker, so each model loads once, on one worker (and, with ``--mechclaims-device cuda``,
-on that worker's own GPU: worker K takes ``cuda:K``, :func:`mechclaims.targets.worker_device`).
+"""pytest-xdist scheduling by target: ``-n N`` sends all of a target's claims to one worker, so
+each model loads once, on one worker (and, with ``--mechclaims-device cuda``, on that worker's own
+GPU: worker K takes ``cuda:K``, :func:`mechclaims.targets.worker_device`). It is the default under
+``-n`` and what ``--dist loadgroup`` asks for; any other ``--dist`` the user names is kept.
 
 xdist's own ``loadgroup`` groups by ``@pytest.mark.xdist_group``, which it records by renaming
 node ids; pytest 9.2 derives node ids from their parts, so the rename no longer takes and every
@@ -28,6 +29,24 @@ def target_of(nodeid: str, names: Iterable[str]) -> str | None:
             if found is None or len(name) > len(found):
                 found = name
     return found
+
+
+def by_target(config) -> bool:
+    """Whether this run's pytest-xdist workers get whole targets: ``-n`` without ``--dist`` (xdist
+    then says ``load``, but the command line said nothing) or ``--dist loadgroup``."""
+    dist = config.getoption("dist", None)
+    asked = getattr(config.known_args_namespace, "dist", None)
+    return dist == "loadgroup" or (dist == "load" and asked in (None, "no"))
+
+
+def cost_of_dist(config) -> str | None:
+    """One line on what an explicitly asked ``--dist`` other than by target costs, or None."""
+    dist = config.getoption("dist", None)
+    if not config.getoption("numprocesses", None) or dist in (None, "no") or by_target(config):
+        return None
+    return (f"--dist {dist} spreads each target's claims over the workers: every worker loads each target "
+            "it meets and recomputes what one activation store would share; leave --dist out to give "
+            "each worker whole targets")
 
 
 def make_scheduler(config, log, names: list[str]):

@@ -115,6 +115,12 @@ class ClaimSession:
     # target -> why it could not run (pre-registration refused, weights unreadable, boot failed, NaN):
     # reported once for the target; its claims are errored and point here
     target_errors: dict[str, str] = field(default_factory=dict)
+    parallel: list[str] = field(default_factory=list)  # what -n does for this run (said in the header)
+    threads: Any = None  # this process's mechclaims.threads.Plan, once its tests are collected
+    # process ("main", "gw0", ...) -> its thread plan, as each process reported it
+    thread_records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # plots pytest-xdist workers drew for the claims they ran (mechclaims.report.plots.plots_for)
+    drawn: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def fail_target(self, name: str, message: str) -> str:
         """Record that target ``name`` cannot run (the first cause is kept); the line its claims carry."""
@@ -194,6 +200,7 @@ class ClaimSession:
             "overrides": dict(self.expectation_overrides),
             "expectation_files": dict(self.expectation_files),
             "target_errors": dict(self.target_errors),
+            "threads": self.threads.to_json() if self.threads is not None else None,
             "targets": {
                 name: {
                     **t.info.to_json(),
@@ -234,6 +241,21 @@ class ClaimSession:
                 self.note_expectations(target, more)
         for name, record in payload["targets"].items():
             self.target_records[payload["worker"], name] = record
+        self.drawn.update(payload.get("plots") or {})
+        if payload.get("threads") is not None:
+            self.thread_records[payload["worker"]] = payload["threads"]
+
+    def threads_line(self) -> str | None:
+        """The torch threads of the processes that ran claims, for the header."""
+        if not self.thread_records:
+            return None
+        plans = sorted(self.thread_records.items())
+        first = plans[0][1]
+        if len(plans) == 1 and plans[0][0] == "main":
+            return f"{first['threads']} torch thread(s) ({first['source']})"
+        per = ", ".join(f"{worker} {plan['threads']}" for worker, plan in plans)
+        sources = sorted({plan["source"] for _, plan in plans})
+        return f"torch threads per worker: {per} ({'; '.join(sources)}; {first['cores']} cores, {first['workers']} workers)"
 
     def targets(self) -> dict[str, dict[str, Any]]:
         """Per target: provenance, and load counts and forwards summed over processes."""
@@ -248,6 +270,8 @@ class ClaimSession:
             entry["load_count"] += rec["load_count"]
             if rec["load_count"]:  # the processes that loaded the target
                 entry.setdefault("workers", []).append(worker)
+            # forward passes per process: with targets grouped, one process per target
+            entry.setdefault("forwards_by_process", {})[worker] = dict(rec["forwards"])
             entry["boots"] += rec.get("boots", 0)
             for key, value in rec["forwards"].items():
                 entry["forwards"][key] = entry["forwards"].get(key, 0) + value
@@ -273,6 +297,8 @@ class ClaimSession:
                else "")
             + "".join(f" | {name} EXPLORATORY (no pre-registration)"
                       for name, e in self.expectation_files.items() if e.get("exploratory"))
+            + (f" | {line}" if (line := self.threads_line()) else "")
+            + "".join(f" | {note}" for note in self.parallel)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -293,6 +319,10 @@ class ClaimSession:
                 "settings": dict(self.settings.__dict__),
                 "versions": package_versions(),
                 "header": self.header(),
+                # torch intra-op threads of each process that ran claims, and why (mechclaims.threads)
+                "threads": dict(sorted(self.thread_records.items())),
+                # what -n did for this run: the cost of a --dist that splits targets, or why it cannot help
+                "parallel": list(self.parallel),
                 # targets run on another model than their pre-registration, allowed by the user
                 "expectation_overrides": dict(self.expectation_overrides),
                 # targets that could not run at all, each with its cause and fix, once

@@ -40,17 +40,19 @@ def point_latest(report_dir: Path, run_dir: Path) -> Path:
     return latest
 
 
-def render_views(run_dir: Path, record: dict[str, Any], plot_cache: Path | None = None) -> list[Path]:
+def render_views(run_dir: Path, record: dict[str, Any], plot_cache: Path | None = None,
+                 drawn: dict | None = None) -> list[Path]:
     """(Re)write the views people read, ``claims.md`` and ``index.html``, from a run record
-    (plots kept in ``plot_cache`` are reused)."""
+    (plots kept in ``plot_cache``, or already drawn by the processes that ran the claims, are reused)."""
     from . import html, markdown
 
     atomic_write_text(run_dir / "claims.md", markdown.render(record), root=run_dir)
-    atomic_write_text(run_dir / "index.html", html.render(record, plot_cache), root=run_dir)
+    atomic_write_text(run_dir / "index.html", html.render(record, plot_cache, drawn), root=run_dir)
     return [run_dir / "claims.md", run_dir / "index.html"]
 
 
-def write_run(report_dir: Path, run_id: str, record: dict[str, Any], plot_cache: Path | None = None) -> Path:
+def write_run(report_dir: Path, run_id: str, record: dict[str, Any], plot_cache: Path | None = None,
+              drawn: dict | None = None) -> Path:
     """Write ``claims.json``, ``claims.md`` and ``index.html`` for one run; repoint
     ``latest`` only at a complete run.
 
@@ -66,7 +68,7 @@ def write_run(report_dir: Path, run_id: str, record: dict[str, Any], plot_cache:
     try:
         text = json.dumps(record, indent=2, allow_nan=False) + "\n"
         atomic_write_text(stage / "claims.json", text, root=stage)
-        render_views(stage, json.loads(text), plot_cache)  # the views show exactly what claims.json holds
+        render_views(stage, json.loads(text), plot_cache, drawn)  # the views show exactly what claims.json holds
         os.rename(stage, run_dir)  # fails rather than merge into an existing run directory
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

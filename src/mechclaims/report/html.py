@@ -275,9 +275,9 @@ def _summary(claims: list[dict[str, Any]], anchors: list[str]) -> str:
     )
 
 
-def _plots(figures: Any, plot_cache: Path | None) -> str:
+def _plots(figures: Any, plot_cache: Path | None, drawn: dict | None = None) -> str:
     items = []
-    for plot in plots_for(figures, plot_cache):
+    for plot in plots_for(figures, plot_cache, drawn):
         if isinstance(plot, Plot):
             items.append(
                 f'<figure><img src="{escape(plot.uri)}" alt="{escape(plot.title)}">'
@@ -318,7 +318,8 @@ def _other_figures(figures: Any) -> str:
     return f'<table class="figs"><thead><tr><th>figure</th><th>value</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _claim_article(claim: dict[str, Any], anchor: str, plot_cache: Path | None = None) -> str:
+def _claim_article(claim: dict[str, Any], anchor: str, plot_cache: Path | None = None,
+                   drawn: dict | None = None) -> str:
     stats = [
         ("statistic", _num(claim.get("statistic"))),
         (_level(claim), _ci(claim)),
@@ -345,12 +346,12 @@ def _claim_article(claim: dict[str, Any], anchor: str, plot_cache: Path | None =
         f"{verdict_badge(claim.get('verdict'))} {expectation_badge(claim)}"
         '<a class="top" href="#summary">↑ summary</a></h3>'
         f'<div class="stats">{stat_html}</div>{message}'
-        f"{_variants(claim.get('figures'))}{_plots(claim.get('figures'), plot_cache)}{_other_figures(claim.get('figures'))}"
+        f"{_variants(claim.get('figures'))}{_plots(claim.get('figures'), plot_cache, drawn)}{_other_figures(claim.get('figures'))}"
         f'<div class="meta">{" · ".join(meta)}</div></article>'
     )
 
 
-def render(record: dict[str, Any], plot_cache: Path | None = None) -> str:
+def render(record: dict[str, Any], plot_cache: Path | None = None, drawn: dict | None = None) -> str:
     """The whole page for one run record (the content of ``claims.json``); plots
     already drawn into ``plot_cache`` are reused (:func:`plots_for`)."""
     run = record.get("run") if isinstance(record.get("run"), dict) else {}
@@ -364,7 +365,7 @@ def render(record: dict[str, Any], plot_cache: Path | None = None) -> str:
         section_id = "section-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", claim_id)
         sections.append(
             f'<section id="{section_id}"><h2>{escape(claim_id)}</h2>'
-            + "".join(_claim_article(c, a, plot_cache) for c, a in rows)
+            + "".join(_claim_article(c, a, plot_cache, drawn) for c, a in rows)
             + "</section>"
         )
     title = f"Claim report – {run.get('started') or ''}".strip(" –")

@@ -336,12 +336,15 @@ _DRAW: dict[str, Callable[[Any], list[Plot | PlotError]]] = {
 }
 
 
-def plots_for(figures: Any, cache: Path | None = None) -> list[Plot | PlotError]:
+def plots_for(figures: Any, cache: Path | None = None,
+              drawn: dict[str, list[list[str]]] | None = None) -> list[Plot | PlotError]:
     """Every plot that ``figures`` (one claim result's) asks for, in PLOT_KINDS order.
 
     Never raises on content: an entry off its schema becomes a :class:`PlotError`.
     With ``cache`` (a directory), an entry drawn before is read from there, and one
-    drawn now without error is kept there.
+    drawn now without error is kept there. ``drawn`` is the same in memory: entries found
+    there are not drawn again, and entries drawn now are added (pytest-xdist workers draw the
+    plots of the claims they ran and send them along, so the report's writer draws none).
     """
     if not isinstance(figures, dict):
         return []
@@ -349,21 +352,38 @@ def plots_for(figures: Any, cache: Path | None = None) -> list[Plot | PlotError]
     for kind in PLOT_KINDS:
         if kind not in figures:
             continue
-        path = None if cache is None else _cache_path(cache, kind, figures[kind])
-        kept = _read_kept(path)
+        key = _key(kind, figures[kind])
+        path = None if cache is None or key is None else Path(cache) / f"{key}.json"
+        kept = _from_memo(drawn, key)
+        if kept is None:
+            kept = _read_kept(path)
         if kept is not None:
             out.extend(kept)
             continue
         try:
-            drawn = _DRAW[kind](figures[kind])
+            plots = _DRAW[kind](figures[kind])
         except FigureSchemaError as exc:
-            drawn = [PlotError(kind, str(exc))]
+            plots = [PlotError(kind, str(exc))]
         except (ValueError, TypeError) as exc:  # matplotlib refusing odd data
-            drawn = [PlotError(kind, f"{type(exc).__name__}: {exc}")]
-        if path is not None and all(isinstance(p, Plot) for p in drawn):
-            _keep(path, drawn, root=Path(cache).parent)
-        out.extend(drawn)
+            plots = [PlotError(kind, f"{type(exc).__name__}: {exc}")]
+        if all(isinstance(p, Plot) for p in plots):
+            if path is not None:
+                _keep(path, plots, root=Path(cache).parent)
+            if drawn is not None and key is not None:
+                drawn[key] = [[p.title, p.uri] for p in plots]
+        out.extend(plots)
     return out
+
+
+def _from_memo(drawn: dict[str, list[list[str]]] | None, key: str | None) -> list[Plot] | None:
+    """The plots ``drawn`` holds for ``key``; None when absent or not inline PNGs (drawn again)."""
+    if drawn is None or key is None or key not in drawn:
+        return None
+    try:
+        plots = [Plot(str(title), str(uri)) for title, uri in drawn[key]]
+    except (TypeError, ValueError):
+        return None
+    return plots if all(p.uri.startswith(PNG_URI) for p in plots) else None
 
 
 # --------------------------------------------------------------------------- kept plots
@@ -377,12 +397,13 @@ def _renderer() -> str:
     return hashlib.sha256(Path(__file__).read_bytes() + matplotlib.__version__.encode()).hexdigest()
 
 
-def _cache_path(cache: Path, kind: str, entry: Any) -> Path | None:
+def _key(kind: str, entry: Any) -> str | None:
+    """What a drawing of ``entry`` is kept under: a digest of it and of the renderer."""
     try:
         text = json.dumps([kind, entry], sort_keys=True)
     except (TypeError, ValueError):  # not JSON data: draw it, keep nothing
         return None
-    return Path(cache) / f"{hashlib.sha256((_renderer() + text).encode()).hexdigest()}.json"
+    return hashlib.sha256((_renderer() + text).encode()).hexdigest()
 
 
 def _read_kept(path: Path | None) -> list[Plot] | None:

@@ -1,0 +1,82 @@
+"""How many torch threads each process of a run uses.
+
+torch starts every process with one intra-op thread per core. Under pytest-xdist that is one
+thread per core *per worker*: two workers on two cores run four threads and fight over the
+cores, which made ``-n 2`` many times slower than a serial run. The rule here: a worker takes
+the available cores divided by the workers that have work (at least one), unless the user chose
+(``--mechclaims-threads``, ``OMP_NUM_THREADS``, or ``torch.set_num_threads`` in a conftest).
+A serial run keeps torch's default. :func:`plan` is the pure rule; :func:`apply` sets it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+# torch's intra-op threads when mechclaims' plugin was imported, before any conftest ran: a
+# conftest that calls torch.set_num_threads leaves a different value, and that choice wins.
+AT_IMPORT = torch.get_num_threads()
+
+# Where a process's thread count came from (Plan.source).
+ASKED, OMP, PRESET, DEFAULT, SHARED = (
+    "--mechclaims-threads", "OMP_NUM_THREADS", "torch.set_num_threads", "torch default", "cores / busy workers")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The intra-op threads of one process, and why."""
+
+    threads: int
+    source: str  # one of ASKED, OMP, PRESET, DEFAULT, SHARED
+    cores: int  # cores this process may run on
+    workers: int  # pytest-xdist workers in the run (1: a serial run)
+    busy: int  # workers that have tests to run (claims grouped by target leave some idle)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if self.source == SHARED:
+            return f"{self.threads} torch thread(s) per worker ({self.cores} cores / {self.busy} busy worker(s))"
+        return f"{self.threads} torch thread(s) per process ({self.source})"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def plan(*, cores: int, workers: int, busy: int, current: int, asked: int | None = None,
+         omp: str | None = None, preset: bool = False) -> Plan:
+    """The thread count of one process.
+
+    ``asked`` is ``--mechclaims-threads``; ``omp`` the ``OMP_NUM_THREADS`` environment variable
+    (torch has already applied it, so ``current`` holds its effect); ``preset`` whether user code
+    changed torch's threads before the plugin configured. Any of them wins over the rule.
+    """
+    if asked is not None:
+        return Plan(asked, ASKED, cores, workers, busy)
+    if omp is not None:
+        return Plan(current, OMP, cores, workers, busy)
+    if preset:
+        return Plan(current, PRESET, cores, workers, busy)
+    if workers <= 1:
+        return Plan(current, DEFAULT, cores, workers, busy)
+    busy = max(1, min(busy, workers))
+    return Plan(max(1, cores // busy), SHARED, cores, workers, busy)
+
+
+def apply(*, workers: int, busy: int, asked: int | None) -> Plan:
+    """Decide this process's threads from its environment, and set them."""
+    current = torch.get_num_threads()
+    chosen = plan(cores=available_cores(), workers=workers, busy=busy, current=current, asked=asked,
+                  omp=os.environ.get("OMP_NUM_THREADS"), preset=current != AT_IMPORT)
+    if chosen.threads != current:
+        torch.set_num_threads(chosen.threads)
+    return chosen
