@@ -35,10 +35,28 @@ def test_compare_exits_nonzero_on_a_regression(tmp_path, capsys):
 
 
 def test_compare_exits_zero_without_a_regression(tmp_path, capsys):
-    a = _run(tmp_path, "a", {"C1.onset": ("refuted", 5.0)})
-    b = _run(tmp_path, "b", {"C1.onset": ("supported", 3.0)})
+    a = _run(tmp_path, "a", {"C1.onset": ("supported", 5.0)})
+    b = _run(tmp_path, "b", {"C1.onset": ("supported", 3.0)})  # a figure moved, the verdict did not
     assert main(["compare", str(a), str(b / "claims.json")]) == 0
     assert "1 changed, 0 regressed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("registered_in", ["both", "old", "new"])
+def test_compare_fails_on_a_negative_control_turning_supported(tmp_path, capsys, registered_in):
+    """The CI gate's worst miss: a control pre-registered refuted that starts passing."""
+    control = {"C3.y-to-prey": "refuted"}
+    a = _run(tmp_path, "a", {"C3.y-to-prey": ("refuted", -0.1)}, expected=control if registered_in != "new" else None)
+    b = _run(tmp_path, "b", {"C3.y-to-prey": ("supported", 0.4)}, expected=control if registered_in != "old" else None)
+    assert main(["compare", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION C3.y-to-prey [organism]: refuted -> supported (pre-registered refuted)" in out
+
+
+def test_without_a_preregistration_any_change_of_verdict_fails_the_gate(tmp_path, capsys):
+    a = _run(tmp_path, "a", {"C1.onset": ("refuted", 5.0)})
+    b = _run(tmp_path, "b", {"C1.onset": ("supported", 3.0)})  # a control nobody registered looks the same
+    assert main(["compare", str(a), str(b)]) == 1
+    assert "REGRESSION C1.onset [organism]: refuted -> supported" in capsys.readouterr().out
 
 
 def test_report_renders_markdown_and_html(tmp_path):

@@ -20,7 +20,7 @@ from . import expectations as _expectations
 from . import cachedir, registry, scheduling, threads
 from .errors import TargetError, MechclaimsError
 from .recorder import ClaimRecorder
-from .report import write_run
+from .report import reproduce, write_run
 from .report.claims_json import new_run_id
 from .results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult
 from .session import ClaimSession
@@ -765,6 +765,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         if c["as_expected"] is False:
             expected = f" (UNEXPECTED: pre-registered {c['expected']})"
         tr.write_line(f"{c['verdict']:>14}  {c['id']} [{c['target']}]{expected}  {figure}")
+        if c["verdict"] in reproduce.SHOWN_FOR:
+            tr.write_line(f"{'':>16}reproduce: {reproduce.command(c, {'seed': state.settings.seed, 'settings': dict(state.settings.__dict__)})}")
     path = config.stash.get(report_path_key, None)
     if path is not None:
         tr.write_line(f"claim report: {path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..results import ERRORED, SUPPORTED
+from ..results import ERRORED
 
 
 @dataclass(frozen=True)
@@ -18,25 +18,25 @@ class Change:
     def regressed(self) -> bool:
         """The new run moved away from what was expected of it.
 
-        Against a pre-registration (the new run's ``expected``): any change to a verdict other than
-        the pre-registered one, ``errored`` included. Without one: supported before and anything
-        else after, or ``errored`` after. A claim that is gone from the new run always regressed."""
-        if self.before is None:
-            return self.after is not None and self.after["verdict"] == ERRORED
+        The pre-registration is the new run's ``expected``, else the old run's. Against it: any
+        verdict other than the pre-registered one, ``errored`` included, and a negative control
+        turning ``supported``. Without one, the old run is the baseline: any change of verdict. A
+        claim that is gone from the new run always regressed."""
         if self.after is None:
             return True
-        expected = self.after.get("expected")
+        expected = self.after.get("expected") or (self.before or {}).get("expected")
         if expected is not None:
             return self.after["verdict"] != expected
-        return self.after["verdict"] == ERRORED or (
-            self.before["verdict"] == SUPPORTED and self.after["verdict"] != SUPPORTED)
+        if self.before is None:
+            return self.after["verdict"] == ERRORED
+        return self.after["verdict"] != self.before["verdict"]
 
     def describe(self) -> str:
         claim_id, target = self.key
         before = self.before["verdict"] if self.before else "absent"
         after = self.after["verdict"] if self.after else "absent"
         text = f"{claim_id} [{target}]: {before} -> {after}"
-        expected = self.after.get("expected") if self.after else None
+        expected = (self.after.get("expected") or (self.before or {}).get("expected")) if self.after else None
         if expected is not None and expected != after:
             text += f" (pre-registered {expected})"
         if self.before and self.after and self.before.get("statistic") != self.after.get("statistic"):

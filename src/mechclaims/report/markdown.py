@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import reproduce
+
 _MARKUP = re.compile(r"([\\`*_\[\]()!|~@])")
 _AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|file|javascript|data|www)([:.])")
 
@@ -71,4 +73,6 @@ def render(record: dict[str, Any]) -> str:
         for c in rows:
             if c.get("message"):
                 lines.append(f"\n- {_text(c.get('target'))}: {_text(c['message'])}")
+            if c.get("verdict") in reproduce.SHOWN_FOR:
+                lines.append(f"\n  reproduce: {_text(reproduce.command(c, run))}")
     return "\n".join(lines) + "\n"
