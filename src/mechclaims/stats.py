@@ -338,7 +338,7 @@ def random_sets(n_layers: int, n_heads: int, k: int, n_sets: int, *, seed: int =
     return [tuple(sorted(pool[i] for i in rng.choice(len(pool), size=k, replace=False))) for _ in range(n_sets)]
 
 
-def beats_random(observed: float, random_values: np.ndarray, *, level: float = 0.95) -> Effect:
+def beats_random(observed: float, controls: np.ndarray, *, level: float = 0.95) -> Effect:
     """How ``observed`` ranks among the same statistic on random controls (random head sets).
 
     The statistic is the share of controls strictly below ``observed``; its interval is the
@@ -347,7 +347,7 @@ def beats_random(observed: float, random_values: np.ndarray, *, level: float = 0
     (one-sided, exact under exchangeability; never below ``1 / (n + 1)``, so give at least
     ``2 / alpha`` controls). ``at_least(beats_random(...), 0.95, ...)`` reads "beats more than
     95% of random sets"; ``significant`` reads the permutation p-value."""
-    draws = np.asarray(random_values, dtype=float).ravel()
+    draws = np.asarray(controls, dtype=float).ravel()
     if draws.size < 1:
         raise ValueError("beats_random needs at least one random control")
     if not (math.isfinite(observed) and np.isfinite(draws).all()):
