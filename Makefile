@@ -29,12 +29,21 @@ claims: $(STAMP)
 	$(BIN)/pytest claims/ --mechclaims-target $(TARGET) --mechclaims-cache $(CACHE) -p no:cacheprovider $(PYTEST_ARGS); \
 	status=$$?; echo "claim report: $$(readlink -f reports/latest)/claims.json"; exit $$status
 
-test: $(STAMP)
-	$(BIN)/pytest tests/ --durations=10 $(PYTEST_ARGS)
+# The suite runs on JOBS pytest-xdist workers (JOBS=0: one process), a test file per worker so a
+# file's fixtures are built once. Every process, the claim runs that tests start included, takes
+# the cores divided by the workers in torch threads (OMP_NUM_THREADS): more threads than cores
+# make torch's spinning threads wait on each other, several times slower.
+JOBS    ?= 2
+CORES   := $(shell nproc 2>/dev/null || echo 1)
+THREADS ?= $(shell n=$$(( $(CORES) / ($(JOBS) > 0 ? $(JOBS) : 1) )); echo $$(( n > 0 ? n : 1 )))
+XDIST   := $(if $(filter-out 0,$(JOBS)),-n $(JOBS) --dist loadfile)
 
-# The quick tier: everything but the tests marked slow (the full calibration table).
+test: $(STAMP)
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/pytest tests/ $(XDIST) --durations=10 -rs $(PYTEST_ARGS)
+
+# The quick tier: everything but the tests marked slow (end-to-end runs, the full calibration table).
 test-quick: $(STAMP)
-	$(BIN)/pytest tests/ -m "not slow" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/pytest tests/ -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 env: $(STAMP)
 

@@ -284,8 +284,12 @@ def _parallel_notes(config: pytest.Config) -> list[str]:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """What -n does, at the start of a run that names its targets (any claim run's end-of-run
+    header says it too; a run of other tests under -n says nothing)."""
     state = config.stash.get(session_key, None)
-    return [f"mechclaims: {line}" for line in (state.parallel if state is not None else [])]
+    if state is None or not config.getoption("mechclaims_target"):
+        return []
+    return [f"mechclaims: {line}" for line in state.parallel]
 
 
 def _limit_to_claim_targets(config: pytest.Config, items: list[pytest.Item]) -> None:
