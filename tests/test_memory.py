@@ -24,7 +24,7 @@ def test_release_returns_freed_heap_pages():
     start = _rss_kib()
     blocks = [bytearray(64 * 1024) for _ in range(4000)]  # 250 MiB of small heap blocks, each written
     grown = _rss_kib() - start
-    if grown < 200 * MIB:
+    if grown < 64 * MIB:  # pages freed by earlier tests in this process are reused, not grown
         pytest.skip(f"the allocation made only {grown // MIB} MiB resident: the allocator did not put it on the heap")
     del blocks[:-1]  # all but the last are free, behind a live block at the heap's top
     before = _rss_kib()
