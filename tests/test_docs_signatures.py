@@ -37,7 +37,7 @@ def _problems(name: str, text: str) -> list[str]:
     names = {p.name for p in params}
     varkw = any(p.kind is p.VAR_KEYWORD for p in params)
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    out, index = [], 0
+    out, index, last = [], 0, -1
     for arg in _arguments(text):
         if arg in ("...", "") or arg.startswith("**"):
             continue
@@ -49,6 +49,11 @@ def _problems(name: str, text: str) -> list[str]:
         if keyword:
             if keyword.group(1) not in names and not varkw:
                 out.append(f"{name}: documented keyword {keyword.group(1)!r}, signature {list(names)}")
+            elif keyword.group(1) in positional:  # a field a positional call can reach: in its place
+                place = positional.index(keyword.group(1))
+                if place < last:
+                    out.append(f"{name}: documented {keyword.group(1)!r} out of the signature's order {positional}")
+                last = place
             continue
         if not re.fullmatch(r"[A-Za-z_]\w*", arg):
             index += 1  # an example value in that place, not a parameter name
@@ -76,3 +81,5 @@ def test_the_check_catches_a_misnamed_or_misordered_parameter():
     assert _problems("at_least", "effect, threshold, what, inclusive=False") == []
     assert _problems("at_least", "threshold, effect, what") != []
     assert _problems("bootstrap_mean", "values, seed=0, strict=True") != []  # not a keyword it takes
+    assert _problems("AblateMLP", 'layers, means=None, keep_bos=True, mode="mean"') == []
+    assert _problems("AblateMLP", 'layers, means=None, mode="mean", keep_bos=True') != []  # positional order
