@@ -161,7 +161,7 @@ def test_unknown_target_is_one_line_without_traceback(pytester):
     pytester.makepyfile(test_x="def test_x(): pass")
     result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "gpt-9")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: unknown target 'gpt-9'; valid targets: llama-3-8b, smollm2-135m, organism, organism-control; add your own model as a [[]tool.mechclaims.targets.gpt-9[]] table*"])
+    result.stderr.fnmatch_lines(["ERROR: unknown target 'gpt-9' (*); valid targets: llama-3-8b, smollm2-135m, organism, organism-control; add your own model as a [[]tool.mechclaims.targets.gpt-9[]] table*"])
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
 
 

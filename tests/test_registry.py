@@ -169,3 +169,25 @@ def test_boot_options_reach_boot_transformers_and_a_device_map_boots(tmp_path, m
     assert seen and seen[0]["device_map"] == {"": "cpu"} and seen[0]["max_memory"] == {"cpu": "2GiB", 0: "1GiB"}
     assert seen[0]["device"] is None and logits.shape[-1] == 1009
     assert "mapped" not in TARGETS  # unloaded with its project
+
+
+def test_load_target_outside_pytest_finds_the_working_directorys_project(tmp_path, monkeypatch):
+    """A discovery script or a notebook in a user's project loads its configured target by name:
+    load_target reads the nearest pyproject.toml, as a pytest run does (no internal call needed)."""
+    from mechclaims import load_target
+
+    project = _project(tmp_path, f'[tool.mechclaims.targets.mine]\npath = "{ORGANISM}"\n')
+    (project / "notebooks").mkdir()
+    monkeypatch.chdir(project / "notebooks")  # below the project's root, as a script often is
+    try:
+        loaded = load_target("mine", cache_dir=tmp_path / "cache")
+        assert loaded.info.name == "mine" and registry.source_of("mine") == str((project / "pyproject.toml").resolve())
+    finally:
+        registry.unload_config(project / "pyproject.toml")
+    with pytest.raises(TargetError, match=r"unknown target 'yours' \(.*pyproject.toml has no "
+                                           r"\[tool.mechclaims.targets.yours\] table\)"):
+        load_target("yours")
+    monkeypatch.chdir(tmp_path.parent)  # negative control: no project above, and the error says so
+    registry.unload_config(project / "pyproject.toml")
+    with pytest.raises(TargetError, match=r"unknown target 'mine' \(no pyproject.toml at or above"):
+        load_target("mine")

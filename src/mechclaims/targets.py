@@ -418,15 +418,24 @@ def worker_device(device: str, worker: str | None, n_gpus: int) -> str:
 
 
 def get_spec(name: str) -> TargetSpec:
-    from .registry import load_entry_points
+    """The registered target ``name``. Outside a pytest run (a discovery script, ``load_target``
+    in a notebook) a name not registered yet is looked up in the ``[tool.mechclaims.targets.*]``
+    tables of the nearest ``pyproject.toml`` at or above the working directory."""
+    from .registry import find_pyproject, load_config, load_entry_points
 
     load_entry_points()
+    if name not in TARGETS:
+        pyproject = find_pyproject(Path.cwd())
+        load_config(pyproject)
+        where = (f"{pyproject} has no [tool.mechclaims.targets.{name}] table" if pyproject is not None
+                 else f"no pyproject.toml at or above {Path.cwd()}")
     try:
         return TARGETS[name]
     except KeyError:
         raise TargetError(
-            f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}; add your own model as a "
-            f"[tool.mechclaims.targets.{name}] table with path = \"DIR\" in pyproject.toml (docs/targets.md)"
+            f"unknown target {name!r} ({where}); valid targets: {', '.join(TARGETS)}; add your own model as a "
+            f"[tool.mechclaims.targets.{name}] table with path = \"DIR\" in your project's pyproject.toml "
+            "(docs/targets.md)"
         ) from None
 
 
