@@ -76,25 +76,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _list_targets(claims_dir: Path) -> int:
-    """One block per target; exit 0 (a target whose weights are missing is listed, not an error)."""
+    """One block per target. Exit 1 when a target the project configures ([tool.mechclaims.targets.*]
+    of the nearest pyproject.toml) has no weights; a built-in or a package's target without its
+    weights (llama-3-8b on a laptop) is listed, not an error."""
     from . import registry
     from .expectations import path_for
     from .targets import TARGETS, resolve
 
-    registry.load_config(registry.find_pyproject(Path.cwd()))
+    pyproject = registry.find_pyproject(Path.cwd())
+    configured = set(registry.load_config(pyproject))
+    missing = []
     for name, spec in TARGETS.items():
-        try:
+        print(f"{name}{' (gpu)' if spec.gpu else ''}: {spec.summary}")
+        print(f"  registered by: {registry.source_of(name)}")
+        print(f"  device, dtype: {spec.device}, {spec.dtype}" + (f"; boot options {dict(spec.boot_options)}"
+                                                                 if spec.boot_options else ""), flush=True)
+        try:  # a GGUF target is converted on its first listing, which can take a minute
             resolved = resolve(name, device="cpu")
             weights = f"present: {resolved.path}"
         except MechclaimsError as exc:
             weights = f"missing: {exc}"
-        expectations = path_for(claims_dir, name)
-        print(f"{name}{' (gpu)' if spec.gpu else ''}: {spec.summary}")
-        print(f"  registered by: {registry.source_of(name)}")
-        print(f"  device, dtype: {spec.device}, {spec.dtype}" + (f"; boot options {dict(spec.boot_options)}"
-                                                                 if spec.boot_options else ""))
+            if name in configured:
+                missing.append(name)
+        expectations = path_for(claims_dir, name).resolve()
         print(f"  weights: {weights}")
         print(f"  expectations: {expectations}" + ("" if expectations.is_file() else " (none yet: run discover)"))
+    if missing:
+        print(f"{len(missing)} target(s) configured in {pyproject} have no weights: {', '.join(missing)}; "
+              "fix their path (or hf_id) there", file=sys.stderr)
+        return 1
     return 0
 
 
