@@ -41,6 +41,9 @@ def test_the_report_records_the_expectations_file_bytes_and_each_claims_wall_tim
     assert pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism", "-p", "no:cacheprovider").ret == 0
     run = _report(pytester)["run"]
     assert run["expectations"]["organism"] == {"path": str(toml), "sha256": hashlib.sha256(toml.read_bytes()).hexdigest()}
+    shown = f"sha256 {hashlib.sha256(toml.read_bytes()).hexdigest()[:16]}"  # in the views people read too
+    latest = pytester.path / "reports" / "latest"
+    assert shown in (latest / "index.html").read_text() and shown in (latest / "claims.md").read_text()
     assert "git_dirty" in run and run["git_dirty"] is None  # not a git checkout here
     seconds = [c["figures"]["wall_seconds"] for c in _report(pytester)["claims"]]
     assert seconds and all(isinstance(s, float) and s >= 0 for s in seconds)

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
 from .plots import PLOT_KINDS, Plot, PlotError, plots_for
+from .reading import preregistration
 
 VERDICT_CLASSES = {SUPPORTED: "supported", REFUTED: "refuted", ERRORED: "errored", NOT_APPLICABLE: "na",
                    INCONCLUSIVE: "inconclusive"}
@@ -212,6 +213,7 @@ def _run_section(run: dict[str, Any], claims: list[dict[str, Any]]) -> str:
 
     targets = run.get("targets") if isinstance(run.get("targets"), dict) else {}
     forwards = run.get("forwards") if isinstance(run.get("forwards"), dict) else {}
+    registered = run.get("expectations") if isinstance(run.get("expectations"), dict) else {}
     target_rows = []
     for name, t in targets.items():
         t = t if isinstance(t, dict) else {}
@@ -223,13 +225,15 @@ def _run_section(run: dict[str, Any], claims: list[dict[str, Any]]) -> str:
             f"<td>{escape(_num(t.get('dtype')))}</td><td>{escape(_num(t.get('device')))}</td>"
             f"<td class=num>{escape(shape)}</td><td class=num>{escape(_num(t.get('load_seconds')))}</td>"
             f"<td class=num>{escape(_boot(t))}</td>"
-            f"<td class=num>{escape(_num(fw.get('calls')))} / {escape(_num(fw.get('tokens')))}</td></tr>"
+            f"<td class=num>{escape(_num(fw.get('calls')))} / {escape(_num(fw.get('tokens')))}</td>"
+            f"<td>{escape(preregistration(registered.get(name)))}</td></tr>"
         )
     target_table = ""
     if target_rows:
         target_table = (
             "<h3>Models</h3><table><thead><tr><th>target</th><th>source</th><th>weights (hash or revision)</th>"
             "<th>dtype</th><th>device</th><th>layers × heads</th><th>load s</th><th>boot s</th><th>forwards / tokens</th>"
+            "<th>pre-registration (sha256)</th>"
             f"</tr></thead><tbody>{''.join(target_rows)}</tbody></table>"
         )
     errors = run.get("target_errors") if isinstance(run.get("target_errors"), dict) else {}

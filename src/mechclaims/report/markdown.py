@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from . import reproduce
+from .reading import preregistration
 
 _MARKUP = re.compile(r"([\\`*_\[\]()!|~@])")
 _AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|file|javascript|data|www)([:.])")
@@ -49,6 +50,8 @@ def render(record: dict[str, Any]) -> str:
                      f"{_text(t.get('dtype'))} on {_text(t.get('device'))}")
         if t.get("stand_in"):
             lines.append(f"  - **STAND-IN**, not the model it names: {_text(t['stand_in'])}")
+        registered = run.get("expectations") if isinstance(run.get("expectations"), dict) else {}
+        lines.append(f"  - pre-registration: {_text(preregistration(registered.get(name)))}")
     by_claim: dict[str, list[dict[str, Any]]] = {}
     for claim in record["claims"]:
         by_claim.setdefault(claim["id"], []).append(claim)

@@ -76,3 +76,16 @@ def _check_claim(file: Path, i: int, claim: Any) -> None:
         raise ConfigError(f"{where}.figures must be an object, got {type(claim['figures']).__name__}")
     if not isinstance(claim.get("rules", []), list):
         raise ConfigError(f"{where}.rules must be a list, got {type(claim['rules']).__name__}")
+
+
+def preregistration(entry: Any) -> str:
+    """A target's ``run.expectations`` entry as the views show it: the file and the start of its
+    SHA-256, ``exploratory`` for a run against none, ``-`` where the record has none."""
+    if not isinstance(entry, dict):
+        return "-"
+    if entry.get("exploratory"):
+        return "none (exploratory run)"
+    digest = str(entry.get("sha256") or "")
+    text = f"{entry.get('path')} (sha256 {digest[:16]})" if digest else str(entry.get("path") or "-")
+    also = entry.get("also") if isinstance(entry.get("also"), list) else []
+    return text + "".join(f"; also {preregistration(more)}" for more in also)
