@@ -78,6 +78,12 @@ def test_outcomes_become_verdicts_and_the_report_is_written(pytester, as_organis
     assert {"torch", "transformers", "transformer-lens"} <= set(run["versions"])
     result.stdout.fnmatch_lines(["*mechclaims 0.1.0 | organism (STAND-IN) sha256:* float32 cpu | torch *transformer-lens * | seed 7*"])
     result.stdout.fnmatch_lines(["claim report: *claims.json"])
+    # pytest's "skipped" is a claim verdict with its reason; failures print the command that reruns them
+    result.stdout.fnmatch_lines(["*not-applicable  T.not-applicable [[]organism[]]*", "*why: the target cannot do the task*"])
+    result.stdout.fnmatch_lines(["pytest counts these claims as skipped: 1 not-applicable (each with its reason above)"])
+    result.stdout.fnmatch_lines(["*refuted  T.refuted [[]organism[]]*",
+                                 "*reproduce: pytest 'test_claims.py::test_refuted[[]organism[]]' --mechclaims-target organism "
+                                 "--mechclaims-seed 7 --mechclaims-profile ci -k T.refuted"])
     result.stdout.fnmatch_lines(["[[]mechclaims[]] loading organism ..."])
 
 

@@ -7,6 +7,7 @@ here; it wires :mod:`mechclaims.session`, :mod:`mechclaims.targets` and
 from __future__ import annotations
 
 import math
+from collections import Counter
 import signal
 import sys
 import threading
@@ -771,6 +772,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         tr.write_line(f"{c['verdict']:>14}  {c['id']} [{c['target']}]{expected}  {figure}")
         if c["verdict"] in reproduce.SHOWN_FOR:
             tr.write_line(f"{'':>16}reproduce: {reproduce.command(c, {'seed': state.settings.seed, 'settings': dict(state.settings.__dict__)})}")
+        elif c["verdict"] in (INCONCLUSIVE, NOT_APPLICABLE) and c.get("message"):
+            tr.write_line(f"{'':>16}why: {_first_line(c['message'])[:200]}")
+    skipped = Counter(c["verdict"] for c in state.claims if c["verdict"] in (INCONCLUSIVE, NOT_APPLICABLE))
+    if skipped:
+        tr.write_line("pytest counts these claims as skipped: " + ", ".join(
+            f"{n} {verdict}" for verdict, n in sorted(skipped.items())) + " (each with its reason above)")
     path = config.stash.get(report_path_key, None)
     if path is not None:
         tr.write_line(f"claim report: {path}")
