@@ -162,6 +162,52 @@ def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch
     assert params.probe == "post" and params.probe_variants == ("post", "newline", "neutral-line")
 
 
+def test_a_target_that_fails_the_precondition_is_preregistered_so_that_it_confirms(tiny, tmp_path):
+    """A model that cannot do the task: discovery registers Claim 1 not applicable, with the probe
+    and size the confirmation needs to check the precondition again (it errored with "[c1] probe
+    is missing")."""
+    found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lambda m: None)
+    assert {found["verdicts"][cid] for cid in found["verdicts"] if cid.startswith("C1.")} == {"not-applicable"}
+    path = tmp_path / "organism.toml"
+    write(path, "organism", found, "python -m mechclaims_icl.discover --target organism")
+    exp = load(path, "organism")
+    assert claim1.probes_from(exp)[0] == "post" and claim1.confirmation_pairs(exp, 4) == 10
+
+
+@pytest.mark.slow
+def test_a_discovery_file_of_a_model_that_cannot_do_the_task_confirms_with_exit_0(tiny_llama, pytester, monkeypatch):
+    """The documented workflow on a model that fails C0 (a random tiny Llama as the organism):
+    discover, then confirm: every claim not applicable, as pre-registered, and the run passes."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from mechclaims.expectations import path_for
+    from mechclaims_icl.discover import discover_sequences
+
+    from mechclaims import load_target
+    from mechclaims.expectations import registered_model
+
+    claims = Path(__file__).resolve().parents[1] / "claims"
+    shutil.copytree(claims, pytester.path / "claims", ignore=shutil.ignore_patterns("*.toml", "__pycache__"))
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+    loaded = load_target("organism")
+    found = discover(loaded.model, n_pairs=20, seed=0, threshold=0.5, margin=0.1, log=lambda m: None)
+    more = discover_sequences(loaded.model, CANONICAL, n_prompts=20, seed=0, log=lambda m: None)
+    found = {**found, **{k: more[k] for k in ("task", "c2", "c3")}, "verdicts": {**found["verdicts"], **more["verdicts"]},
+             "figures": {**found["figures"], **more["figures"]}, "registered": registered_model(loaded)}
+    out = path_for(pytester.path / "claims", "organism")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write(out, "organism", found, "python -m mechclaims_icl.discover --target organism")
+    result = pytester.runpytest_subprocess("claims/", "--mechclaims-target", "organism", "--mechclaims-n-prompts",
+                                           "20", "-p", "no:cacheprovider")  # its own process: claims/ has a test_claim1
+    claims_run = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())["claims"]
+    verdicts = {c["id"]: c["verdict"] for c in claims_run}
+    assert result.ret == 0, verdicts
+    assert set(verdicts.values()) <= {"not-applicable", "refuted"} and all(c["as_expected"] for c in claims_run)
+    assert {v for k, v in verdicts.items() if not k.startswith("C0")} == {"not-applicable"}
+
+
 def test_one_a_forward_per_condition_gives_the_same_measurements(tiny, tiny_llama, monkeypatch):
     from mechclaims_icl.answers import greedy_is
     from mechclaims_icl.experiments import measure

@@ -96,10 +96,10 @@ def discover(
         figures["C1 on 2x+3"] = f"not run: Claim 1 runs on {task.name}; clean accuracy on 2x+3 {accuracy}"
         pairs, ok, accuracy = claim1.task_pairs(model, task, n_pairs, explore, probe)
     log(f"C1 on {task.name}: clean accuracy {accuracy}")
-    if not ok:
+    if not ok:  # the confirmation still needs B's format and the size, to check the precondition again
         return {
             "verdicts": {**c0_verdict, **{cid: NOT_APPLICABLE for cid in C1_IDS}},
-            "c1": {},
+            "c1": {"probe": probe, "min_pairs": n_pairs},
             "figures": {**figures, "C1": f"not applicable: task {task.name}, clean accuracy {accuracy}"},
         }
     clean = measure(model, pairs, (), read_layer=read_layer)
