@@ -174,6 +174,19 @@ def test_a_target_that_fails_the_precondition_is_preregistered_so_that_it_confir
     assert claim1.probes_from(exp)[0] == "post" and claim1.confirmation_pairs(exp, 4) == 10
 
 
+def test_discovery_warns_of_an_onset_at_layer_0(tiny, monkeypatch):
+    """A model whose prompt B answers by itself (the onset is layer 0) was pre-registered silently."""
+    import mechclaims_icl.discover as discovery
+
+    monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)
+    for onset, warned in ((0, True), (1, False)):  # layer 1: a real onset (negative control)
+        monkeypatch.setattr(discovery, "onset_layer", lambda flags, threshold, onset=onset: onset)
+        lines: list[str] = []
+        found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lines.append)
+        said = [line for line in lines if line.startswith("WARNING: the onset is layer 0")]
+        assert bool(said) is warned and ("C1 onset" in found["figures"]) is warned
+
+
 @pytest.mark.slow
 def test_a_discovery_file_of_a_model_that_cannot_do_the_task_confirms_with_exit_0(tiny_llama, pytester, monkeypatch):
     """The documented workflow on a model that fails C0 (a random tiny Llama as the organism):

@@ -105,6 +105,12 @@ def discover(
     clean = measure(model, pairs, (), read_layer=read_layer)
     onset0 = onset_layer(clean.task_flags(), threshold)
     log(f"clean onset layer {onset0} (of {n_layers}), B as {probe}")
+    if onset0 == 0:  # no layer before the onset to ablate: the study below has nothing to find
+        warning = (f"WARNING: the onset is layer 0: B answers the task by itself, before any layer could move "
+                   f"A's answer into it (on {task.name}, B as {probe}); the stages registered from it are degenerate. "
+                   "Try another task (--task) or format of B (--probe)")
+        log(warning)
+        figures["C1 onset"] = warning
     stage1 = [layer for layer in (onset0 - 2, onset0 - 1) if 0 <= layer < n_layers] or [0]
     conditions, stages, backups, ablated = [clean], [stage1], [], list(stage1)
     for step in range(3):
