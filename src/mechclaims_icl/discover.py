@@ -86,6 +86,7 @@ def discover(
     explore = split_seed(seed, "exploration")
     no_context = make_prompts(CANONICAL, n_prompts=n_pairs, n_examples=0, seed=explore)
     canonical = make_patch_pairs(CANONICAL, n_pairs=n_pairs, n_examples=12, seed=explore, probe=probe)
+    log(f"C0.in-context: {n_pairs} prompts of {CANONICAL.name} with and without examples...")
     correct = greedy_is(model, canonical.a_texts, [p.a.answer for p in canonical.pairs])
     c0 = claim0.in_context(correct, greedy_is(model, no_context.texts, no_context.answers), CANONICAL.name)
     log(f"C0.in-context: {c0.message}")
@@ -319,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         previous = load_expectations(out, args.target) if out.exists() else None
         task = args.task or (task_of(previous) if previous else CANONICAL)
         n_sequences = args.n_sequences or (previous.get("c2", "max_prompts", int, default=MAX_PROMPTS_DEFAULT) if previous else MAX_PROMPTS_DEFAULT)
+        log(f"loading {args.target} (a GGUF or a large model can take minutes on first use)...")
         loaded = load_target(args.target, device=args.device)
+        log(f"loaded {args.target}: {loaded.info.n_layers} layers, {loaded.info.n_heads} heads, on {loaded.info.device}")
         model = loaded.model
         found = discover(
             model, n_pairs=args.n_pairs, seed=args.seed, threshold=args.threshold, margin=args.margin, task=task,
