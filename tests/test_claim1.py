@@ -148,10 +148,14 @@ def test_the_full_experiment_runs_on_a_model(tiny):
 
 def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # claim1 binds C0's threshold at import  # a random model: force the full procedure
-    found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lambda m: None)
+    lines: list[str] = []
+    found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lines.append)
     path = tmp_path / "organism.toml"
     write(path, "organism", found, "python -m mechclaims_icl.discover --target organism")
     exp = load(path, "organism")
+    # the log says what the file pre-registers (an undecided finding is inconclusive there and here)
+    logged = {line.split(": ")[0]: line.split(": ")[1] for line in lines if line.startswith("C1.")}
+    assert logged and all(logged[cid] == exp.verdicts[cid] for cid in logged), (logged, exp.verdicts)
     params = claim1.params_from(exp, n_layers=2)
     assert params.read_layer == 1 and len(params.stages) == 3
     assert claim1.confirmation_pairs(exp, 4) == 10 and claim1.confirmation_pairs(exp, 100) == 100

@@ -132,7 +132,7 @@ def discover(
     )
     findings = claim1.findings(study, params, seed=seed, probe_sweeps=probe_sweeps(model, study, PROBES))
     for cid, f in findings.items():
-        log(f"{cid}: {'supported' if f.supported else 'refuted'}: {f.message}")
+        log(f"{cid}: {verdict_of(f)}: {f.message}")
     return {
         "verdicts": {**c0_verdict, **{cid: verdict_of(f) for cid, f in findings.items()}},
         "c1": {
@@ -253,7 +253,7 @@ def discover_sequences(
         "C3.mlp": claim3.mlp_needed(reading.correct[:, example], ablated, c3p, control=control, control_layers=controls),
     }
     for cid, f in findings.items():
-        log(f"{cid}: {'supported' if f.supported else 'refuted'}: {f.message}")
+        log(f"{cid}: {verdict_of(f)}: {f.message}")
     return {
         **params,
         "verdicts": {cid: verdict_of(f) for cid, f in findings.items()},
