@@ -53,7 +53,10 @@ def test_prune_removes_the_least_recently_used_down_to_a_size_and_never_follows_
     outside.mkdir()
     (outside / ("0" * 64 + ".safetensors")).write_bytes(b"x" * 10)
     (cache / "ab").mkdir(exist_ok=True)
-    os.symlink(outside, cache / "cd")  # a planted link: not listed, not followed, not removed
+    # a planted link named like a shard directory the entries did not take (their names come from
+    # digests that change with the code): not listed, not followed, not removed
+    free = next(name for name in (f"{i:02x}" for i in range(256)) if not (cache / name).exists())
+    os.symlink(outside, cache / free)
     paths = sorted(e.path for e in cachedir.entries(cache))
     _age(paths, 0)  # paths[0] least recently used ... paths[3] most
     size = paths[0].stat().st_size
