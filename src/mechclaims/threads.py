@@ -38,11 +38,6 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def describe(self) -> str:
-        if self.source == SHARED:
-            return f"{self.threads} torch thread(s) per worker ({self.cores} cores / {self.busy} busy worker(s))"
-        return f"{self.threads} torch thread(s) per process ({self.source})"
-
 
 def available_cores() -> int:
     """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
