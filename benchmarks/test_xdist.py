@@ -25,6 +25,7 @@ ROUNDS = 3
 TARGETS = {"one target": ["organism"], "two targets": ["organism", "organism-control"]}
 MODES = {"serial": [], "-n 2": ["-n", "2"]}
 _digests: dict[str, set[str]] = {}
+_verdicts: dict[str, dict] = {}
 
 
 def _figures_digest(claims: list[dict]) -> str:
@@ -61,6 +62,14 @@ def test_xdist_against_serial(benchmark, tmp_path: Path, targets: str, mode: str
         "load_counts": run_info["load_counts"],
         "figures_sha256": digest[:16],
     })
+    # -n runs each worker with fewer torch threads, and torch promises no bitwise equality across
+    # thread counts: verdicts and n must match exactly, statistics to float rounding; whether the
+    # figures were also identical bit for bit is recorded (the digest), not required
     _digests.setdefault(targets, set()).add(digest)
-    assert len(_digests[targets]) == 1, f"{targets}: -n 2 found other figures than the serial run"
+    benchmark.extra_info["figures_identical_so_far"] = len(_digests[targets]) == 1
+    found = {(c["id"], c["target"]): (c["verdict"], c["n"], c["statistic"]) for c in record["claims"]}
+    first = _verdicts.setdefault(targets, found)
+    assert {k: v[:2] for k, v in found.items()} == {k: v[:2] for k, v in first.items()}, f"{targets}: verdicts moved"
+    for key, (_, _, statistic) in found.items():
+        assert statistic == pytest.approx(first[key][2], rel=1e-6, abs=1e-9), key
     assert all(count == 1 for count in run_info["load_counts"].values()), run_info["load_counts"]
