@@ -17,8 +17,17 @@ from mechclaims.hooks import attn_pattern, resid_pre
 
 def test_the_public_api_is_what_init_exports():
     assert sorted(mc.__all__) == sorted(set(mc.__all__))
+    import importlib
+    import types
+
     for name in mc.__all__:
         assert hasattr(mc, name), name
+    for module in sorted(set(mc._WHERE.values()) | {"settings"}):  # every submodule imported, as a run does
+        importlib.import_module(f"mechclaims.{module}")
+    shadowed = [name for name in mc.__all__ if isinstance(getattr(mc, name), types.ModuleType)]
+    assert not shadowed, f"submodules shadow exported names: {shadowed}"
+    with pytest.raises(AttributeError, match="no attribute 'nope'; the public API is mechclaims.__all__"):
+        mc.nope
 
 
 # ------------------------------------------------------------------ prompts

@@ -58,9 +58,17 @@ def test_loading_is_offline_unless_the_environment_says_otherwise():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    probe = "import mechclaims.targets, os; print(os.environ['HF_HUB_OFFLINE'])"
+    # importing mechclaims sets nothing; booting a model sets it before transformers is imported
+    probe = ("import os, sys, pathlib, mechclaims.targets as t\n"
+             "before = os.environ.get('HF_HUB_OFFLINE')\n"
+             "try:\n    t.boot(pathlib.Path('/nonexistent'), device='cpu', dtype=None)\nexcept Exception:\n    pass\n"
+             "import huggingface_hub.constants as c\n"
+             "print(before, os.environ.get('HF_HUB_OFFLINE'), c.HF_HUB_OFFLINE)")
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "1"
+    assert out.stdout.split() == ["None", "1", "True"]
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "HF_HUB_OFFLINE": "0"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["0", "0", "False"]  # the environment's own choice is kept
 
 
 SOURCES = [p for d in ("src", "claims", "benchmarks") for p in (CLAIMS_DIR.parent / d).rglob("*.py")]

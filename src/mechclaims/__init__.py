@@ -2,42 +2,37 @@
 
 The public API is what this module exports (documented in docs/writing-claims.md);
 every other module is internal and may change. A claim pack imports from here only.
+
+Names resolve on first use (PEP 562), so ``import mechclaims`` (which pytest does for
+every run, through the plugin) imports neither torch nor scipy until a claim needs them.
 """
 
-from .batching import encode
-from .checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
-from .errors import ConfigError, MechclaimsError, TargetError
-from .expectations import Expectations, Key, register_section
-from .fits import role_weights, top_heads, uniform_pattern
-from .hooks import attn_pattern, head_z, mlp_out, resid_pre
-from .interventions import AblateHeads, AblateMLP, SetResidual, forward, head_means
-from .prompts import PromptSet
-from .readers import attention_mass, greedy_tokens, residual_at, string_probability
-from .recorder import ClaimRecorder
-from .results import (
-    ERRORED,
-    NOT_APPLICABLE,
-    REFUTED,
-    SUPPORTED,
-    ClaimResult,
-    Effect,
-    Finding,
-    Interval,
-    Rule,
-)
-from .settings import Settings, settings
-from .stats import (
-    beats_random,
-    bootstrap_mean,
-    equivalence,
-    holm,
-    onset,
-    paired_increase,
-    proportion,
-    proportion_of,
-    random_sets,
-)
-from .targets import TARGETS, LoadedTarget, load_target
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> the internal module that defines it
+_WHERE: dict[str, str] = {}
+for _module, _names in {
+    "batching": "encode",
+    "checks": "all_of at_least at_most equivalent holds holds_across significant",
+    "errors": "ConfigError MechclaimsError TargetError",
+    "expectations": "Expectations Key register_section",
+    "fits": "role_weights top_heads uniform_pattern",
+    "hooks": "attn_pattern head_z mlp_out resid_pre",
+    "interventions": "AblateHeads AblateMLP SetResidual forward head_means",
+    "prompts": "PromptSet",
+    "readers": "attention_mass greedy_tokens residual_at string_probability",
+    "recorder": "ClaimRecorder",
+    "results": "ERRORED NOT_APPLICABLE REFUTED SUPPORTED ClaimResult Effect Finding Interval Rule",
+    "stats": "beats_random bootstrap_mean equivalence holm onset paired_increase proportion proportion_of "
+             "random_sets",
+    "targets": "TARGETS LoadedTarget load_target",
+}.items():
+    for _name in _names.split():
+        _WHERE[_name] = _module
+del _module, _names, _name
 
 __all__ = [
     # results
@@ -61,3 +56,38 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+# ``settings`` is a function and a submodule's name: bound now (the module is light), so that the
+# submodule's import (which sets ``mechclaims.settings`` to the module) cannot shadow the function.
+from .settings import Settings, settings  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mechclaims' has no attribute {name!r}; the public API is mechclaims.__all__ "
+                             "(docs/writing-claims.md)")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
+    from .batching import encode
+    from .checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
+    from .errors import ConfigError, MechclaimsError, TargetError
+    from .expectations import Expectations, Key, register_section
+    from .fits import role_weights, top_heads, uniform_pattern
+    from .hooks import attn_pattern, head_z, mlp_out, resid_pre
+    from .interventions import AblateHeads, AblateMLP, SetResidual, forward, head_means
+    from .prompts import PromptSet
+    from .readers import attention_mass, greedy_tokens, residual_at, string_probability
+    from .recorder import ClaimRecorder
+    from .results import ERRORED, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult, Effect, Finding, Interval, Rule
+    from .stats import (beats_random, bootstrap_mean, equivalence, holm, onset, paired_increase, proportion,
+                        proportion_of, random_sets)
+    from .targets import TARGETS, LoadedTarget, load_target

@@ -33,6 +33,10 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 CONFIG_KEY = "cache-max-size"
+# --mechclaims-cache: off, memory (each forward pass once per run), disk (reused across runs), or
+# disk-readonly (reads the disk cache, writes nothing)
+STORE_MODES = ("off", "memory", "disk", "disk-readonly")
+DISK_MODES = ("disk", "disk-readonly")
 
 
 @dataclass(frozen=True)

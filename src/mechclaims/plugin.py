@@ -26,8 +26,10 @@ from .report.claims_json import new_run_id
 from .results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult
 from .session import ClaimSession
 from .settings import PROFILES, settings
-from .store import STORE_MODES
+from .cachedir import STORE_MODES
 from .targets import DEVICE_MAPS, DEVICES, DTYPES, TARGETS, attached_hooks, default_cache_dir, get_spec, resolve
+
+threads.watch_torch_import()  # before any conftest can import torch and set its threads
 
 # The exit status of a run whose claim report could not be written (pytest's own codes are 0-5).
 REPORT_NOT_WRITTEN = 6
@@ -253,8 +255,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Set this process's torch threads (mechclaims.threads) once its tests are known."""
     config = session.config
     state = config.stash.get(session_key, None)
-    if state is None:
-        return
+    if state is None or not any(_is_claim_test(item) for item in session.items):
+        return  # a run of other tests: torch stays unimported and untouched
     workerinput = getattr(config, "workerinput", None)
     workers = int(workerinput["workercount"]) if workerinput else 1
     busy = workers
@@ -569,6 +571,10 @@ def _mechclaims_no_hooks_left(request: pytest.FixtureRequest) -> Iterator[None]:
             "(or use model.hooks(...) as a context manager)",
             pytrace=False,
         )
+
+
+def _is_claim_test(item: pytest.Item) -> bool:
+    return item.get_closest_marker("claim") is not None or _target_name(item) is not None
 
 
 def _target_name(item: pytest.Item) -> str | None:

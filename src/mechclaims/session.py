@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import codeprint
 from .results import SCHEMA_VERSION, ClaimResult
 from .settings import PROFILES, Settings
-from .store import DISK_MODES, ActivationStore, StoreStats, attach
+from .cachedir import DISK_MODES
 from .errors import TargetError
 from .targets import LoadedTarget, get_spec, load_target, worker_device
+
+if TYPE_CHECKING:
+    from .store import ActivationStore
 
 VERSIONED_PACKAGES = ("mechclaims", "torch", "transformers", "transformer-lens", "numpy", "scipy")
 # Counters summed over processes (pytest-xdist workers), not provenance.
@@ -162,6 +165,8 @@ class ClaimSession:
 
     def _store_for(self, loaded: LoadedTarget) -> ActivationStore:
         """The activation store of one loaded target, attached to its model."""
+        from .store import ActivationStore, attach  # torch: imported once a target loads
+
         info = loaded.info
         # the resolver's code too: a package's own resolver may convert or patch the weights it finds
         setup = codeprint.fingerprint(get_spec(info.name).resolve)
@@ -210,7 +215,7 @@ class ClaimSession:
                     "peak_gpu_bytes": _peak_gpu_bytes(t.devices),
                     "load_count": self.load_counts[name],
                     "forwards": t.forwards.to_json(),
-                    "store": self.stores[name].stats.to_json() if name in self.stores else StoreStats().to_json(),
+                    "store": self.stores[name].stats.to_json() if name in self.stores else _no_store(),
                     # the distinct work this process needed, so that work needed by two xdist
                     # workers counts once in tokens_needed
                     "needed": dict(self.stores[name].needed) if name in self.stores else {},
@@ -265,7 +270,7 @@ class ClaimSession:
             info = {k: v for k, v in rec.items() if k not in _COUNTED}
             entry = merged.setdefault(
                 name, {**info, "load_count": 0, "boots": 0, "forwards": {"calls": 0, "tokens": 0},
-                       "store": StoreStats().to_json()}
+                       "store": _no_store()}
             )
             entry["load_count"] += rec["load_count"]
             if rec["load_count"]:  # the processes that loaded the target
@@ -352,3 +357,10 @@ class ClaimSession:
 def _head(message: str, width: int = 100) -> str:
     """The start of a long message, for the line each claim of a failed target carries."""
     return message if len(message) <= width else message[: width - 3].rstrip() + "..."
+
+
+def _no_store() -> dict[str, int]:
+    """The store figures of a target that never loaded in this process."""
+    from .store import StoreStats
+
+    return StoreStats().to_json()

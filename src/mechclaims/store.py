@@ -44,11 +44,10 @@ import numpy as np
 import torch
 
 from . import codeprint
+from .cachedir import DISK_MODES, STORE_MODES
 from .errors import ConfigError
 from .files import describe_os_error, remove_stale_temporaries, write_atomic
 
-STORE_MODES = ("off", "memory", "disk", "disk-readonly")
-DISK_MODES = ("disk", "disk-readonly")
 LOGITS = ("all", "last", "argmax", "none")
 # A request for logits of kind `key` can be served by an entry holding any of `value`.
 _SERVES = {"all": ("all",), "last": ("all", "last"), "argmax": ("all", "argmax"), "none": LOGITS}

@@ -15,8 +15,8 @@ safetensors) and is then loaded the same way:
 
 Any target's directory can be overridden with ``MECHCLAIMS_<NAME>_DIR`` (name
 upper-cased, dashes as underscores), e.g. ``MECHCLAIMS_ORGANISM_DIR``.
-Loading never touches the network: ``HF_HUB_OFFLINE`` is set unless the
-environment already says otherwise, and ``trust_remote_code`` is never enabled.
+Loading never touches the network: ``HF_HUB_OFFLINE`` is set (:mod:`mechclaims.hub`) unless
+the environment already says otherwise, and ``trust_remote_code`` is never enabled.
 The model a loaded target holds is a :class:`DeferredBridge`: the weights are
 booted on first real use and can be released (and booted again) later.
 """
@@ -37,12 +37,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import TargetError
+from .hub import offline
 from .weights import (
     check_checkpoint, check_hf_snapshot, check_safetensors, companion_digest, fingerprint, safetensors_files, sha256_file,
 )
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +296,7 @@ def _cache_entry_ok(out: Path) -> bool:
 def _dequantise_gguf(gguf: Path, out: Path) -> None:
     """Dequantise a GGUF checkpoint through transformers into a safetensors HF dir, atomically."""
     import torch
+    offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"mechclaims: dequantising {gguf.name} once into {out} ...", file=sys.stderr, flush=True)
@@ -576,6 +575,7 @@ def load_tokenizer(path: Path) -> Any:
     loaded by that class directly: what ``AutoTokenizer`` returns, without
     resolving the model's config class first (about 1 s of imports).
     """
+    offline()
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     config = path / "tokenizer_config.json"
@@ -752,6 +752,7 @@ def boot(path: Path, *, device: str, dtype: Any, tokenizer: Any = None, options:
     (with ``tokenizer``, that tokenizer is the bridge's; else it loads the directory's).
     ``options`` (``device_map``, ``n_devices``, ``max_memory``) go to accelerate through it; with a
     ``device_map`` the map, not ``device``, places the layers."""
+    offline()
     from transformer_lens.model_bridge import TransformerBridge
 
     _check_hf_dir(path)

@@ -10,15 +10,53 @@ A serial run keeps torch's default. :func:`plan` is the pure rule; :func:`apply`
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
+# torch's intra-op threads as torch started, before any user code could change them: a conftest
+# that calls torch.set_num_threads leaves a different value, and that choice wins. Read right
+# after torch is first imported (by whoever imports it), so the plugin itself never imports torch.
+_at_import: int | None = None
 
-# torch's intra-op threads when mechclaims' plugin was imported, before any conftest ran: a
-# conftest that calls torch.set_num_threads leaves a different value, and that choice wins.
-AT_IMPORT = torch.get_num_threads()
+
+class _WatchTorchImport(importlib.abc.MetaPathFinder):
+    """Reads torch's threads the moment torch's own import finishes, then leaves sys.meta_path."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            global _at_import
+            run(module)
+            _at_import = module.get_num_threads()
+
+        loader.exec_module = exec_module  # this spec's loader only
+        return spec
+
+
+def watch_torch_import() -> None:
+    """Record torch's starting threads: now if torch is already imported, else when it is."""
+    global _at_import
+    if "torch" in sys.modules:
+        if _at_import is None:
+            _at_import = sys.modules["torch"].get_num_threads()
+    elif not any(isinstance(f, _WatchTorchImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WatchTorchImport())
 
 # Where a process's thread count came from (Plan.source).
 ASKED, OMP, PRESET, DEFAULT, SHARED = (
@@ -69,9 +107,11 @@ def plan(*, cores: int, workers: int, busy: int, current: int, asked: int | None
 
 def apply(*, workers: int, busy: int, asked: int | None) -> Plan:
     """Decide this process's threads from its environment, and set them."""
+    import torch
+
     current = torch.get_num_threads()
     chosen = plan(cores=available_cores(), workers=workers, busy=busy, current=current, asked=asked,
-                  omp=os.environ.get("OMP_NUM_THREADS"), preset=current != AT_IMPORT)
+                  omp=os.environ.get("OMP_NUM_THREADS"), preset=_at_import is not None and current != _at_import)
     if chosen.threads != current:
         torch.set_num_threads(chosen.threads)
     return chosen

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import TargetError
+from .hub import offline
 from .files import write_text_atomic
 
 _CHUNK = 1 << 22
@@ -157,6 +158,7 @@ def _loaded_name(model: Any, name: str) -> str:
     saves ``lm_head`` as ``embed_out``), by the renamings it declares for the architecture."""
     import re
 
+    offline()
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightRenaming
 
@@ -173,6 +175,7 @@ def check_checkpoint(model_dir: Path) -> None:
     transformers would initialise at random), an unexpected one, or one of the wrong shape. The
     architecture is built on the meta device (no memory, no weights, no remote code)."""
     import torch
+    offline()
     from transformers import AutoConfig, AutoModelForCausalLM
 
     found = {name: tuple(info["shape"]) for path in safetensors_files(model_dir)

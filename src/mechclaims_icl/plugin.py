@@ -1,5 +1,9 @@
 """The post's pack in pytest: ``--mechclaims-task A,B`` runs Claims 1-3 on y = A x + B.
 
+Not a ``pytest11`` plugin: installing the pack changes no other project's pytest. The pack's
+claims directory opts in from its ``conftest.py`` (``from mechclaims_icl.plugin import *``), or
+a run passes ``-p mechclaims_icl.plugin``; the option then exists where the pack's claims run.
+
 Each task has its own pre-registration: the target's ``expectations/<target>.toml`` when its
 ``[task]`` is that task, else ``expectations/<target>@<task>.toml`` (``organism@4x+17.toml``),
 which ``python -m mechclaims_icl.discover --target T --task A,B`` writes.
@@ -51,8 +55,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def is_pack_dir(claims_dir: Path) -> bool:
+    """Whether ``claims_dir`` holds the pack's claims: one of its pre-registrations has a ``[task]``."""
+    for path in sorted((claims_dir / "expectations").glob("*.toml")):
+        try:
+            if isinstance(tomllib.loads(path.read_text(encoding="utf-8")).get("task"), dict):
+                return True
+        except (OSError, ValueError):
+            continue  # the loader says what is wrong with it, if the run reads it
+    return False
+
+
 def pytest_mechclaims_expectations_path(config: pytest.Config, claims_dir: Path, target: str) -> Path | None:
     task = config.getoption("mechclaims_task", None)
-    if task is None or not (claims_dir / "test_claim1.py").is_file():  # only the post's claim directory
+    if task is None or not is_pack_dir(claims_dir):  # another pack's claims: its default file
         return None
     return task_path(claims_dir, target, task)
+
+
+__all__ = ["pytest_addoption", "pytest_mechclaims_expectations_path"]
