@@ -7,6 +7,7 @@ Packs import the core, never the other way. The walk reads every import statemen
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,39 @@ def test_relative_imports_resolve_inside_the_core(tmp_path, source, expected):
     sub.mkdir(parents=True)
     (sub / "x.py").write_text(source + "\n")
     assert [m for _, m in imports_of(sub / "x.py", tmp_path / "src" / "mechclaims")] == [expected]
+
+
+# What only the post's pack may name: its models, its claim ids and its outcome classes.
+POST_WORDS = re.compile(r"llama-3|Meta-Llama|smollm|organism|\bC[0-3]\.[a-z]|\bapprox\b|^copy$", re.IGNORECASE)
+
+
+def post_names(core: Path = CORE, repo: Path = ROOT) -> list[str]:
+    """Every string constant of the core's code (docstrings and comments aside) that names the post."""
+    found = []
+    for path in sorted(core.rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and POST_WORDS.search(node.value)):
+                found.append((str(path.relative_to(repo)), node.lineno, node.value[:80]))
+    return [f"{file}:{line}: {text!r}" for file, line, text in sorted(found)]
+
+
+def test_the_core_names_none_of_the_posts_models_claims_or_classes():
+    offenders = post_names()
+    assert not offenders, "the core names the post (move it to the pack):\n" + "\n".join(offenders)
+
+
+def test_the_name_walk_finds_a_planted_name(tmp_path):
+    """Negative control: a model name, a claim id and an outcome class in code are found; the same
+    words in a docstring or a comment are not."""
+    core = tmp_path / "src" / "mechclaims"
+    core.mkdir(parents=True)
+    (core / "x.py").write_text('"""Runs on llama-3-8b."""\n# C1.onset\nA = "organism"\nB = {"approx": 1}\n'
+                               'C = "see C2.log-additive"\n')
+    assert [line.split(": ", 1)[0] for line in post_names(core, tmp_path)] == [
+        "src/mechclaims/x.py:3", "src/mechclaims/x.py:4", "src/mechclaims/x.py:5"]

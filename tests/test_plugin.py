@@ -215,7 +215,7 @@ def test_explicit_gpu_run_fails_loudly_without_weights(pytester, monkeypatch, tm
     pytester.makepyfile(test_gpu=GPU_CLAIM)
     result = pytester.runpytest("--mechclaims-exploratory", "-m", "gpu", "--mechclaims-device", "cpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: -m gpu cannot run: llama-3-8b weights not found*MECHCLAIMS_LLAMA_3_8B_DIR*"])
+    result.stderr.fnmatch_lines(["ERROR: -m gpu cannot run: llama-3-8b: meta-llama/Meta-Llama-3-8B (revision main) is not in the HF cache*MECHCLAIMS_LLAMA_3_8B_DIR*"])
 
 
 def test_gpu_claims_run_on_a_stand_in_through_the_same_loader(pytester, tiny_llama, monkeypatch):

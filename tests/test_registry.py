@@ -79,8 +79,10 @@ def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
 
 @pytest.mark.parametrize("table, message", [
     ('path = "m"\ndtyp = "float32"\n', r"\[tool.mechclaims.targets.bad\] dtyp: not a known key; did you mean 'dtype'\?"),
-    ('dtype = "float32"\n', "needs exactly one of path .* or hf_id"),
-    ('path = "m"\nhf_id = "org/m"\n', "needs exactly one of path .* or hf_id"),
+    ('dtype = "float32"\n', "needs exactly one of path .*, hf_id .* or gguf .*; it has none"),
+    ('path = "m"\nhf_id = "org/m"\n', "needs exactly one of path .* or gguf .*; it has path and hf_id"),
+    ('path = "m"\ngguf = "m.gguf"\n', "it has path and gguf"),
+    ('gguf = "nowhere.gguf"\n', r"bad: GGUF file .*nowhere.gguf does not exist; fix gguf = \.\.\. in \[tool.mechclaims.targets.bad\] of "),
     ('path = "m"\ndevice = "tpu"\n', r"device = 'tpu'; valid devices: cpu, cuda"),
     ('path = "m"\ndtype = "float8"\n', r"dtype = 'float8'; valid dtypes: "),
     ('path = "m"\ngpu = "yes"\n', r"gpu = 'yes'; expected true or false"),
@@ -118,9 +120,9 @@ def test_a_bad_table_or_a_missing_path_stops_a_claim_run_in_one_line(tmp_path):
     assert len(errors) == 1 and "devise: not a known key; did you mean 'device'?" in errors[0], bad.stderr
 
 
-def test_a_configured_name_cannot_shadow_a_built_in(tmp_path):
+def test_a_configured_name_cannot_shadow_a_packages_target(tmp_path):
     project = _project(tmp_path, '[tool.mechclaims.targets.organism]\npath = "m"\n')
-    with pytest.raises(TargetError, match=r"target 'organism' from .* is already registered by mechclaims \(built-in\)"):
+    with pytest.raises(TargetError, match=r"target 'organism' from .* is already registered by package mechclaims \(entry point icl = mechclaims_icl.targets:TARGETS\); give it another name"):
         registry.load_config(project / "pyproject.toml")
     assert TARGETS["organism"].location is None
 
@@ -132,12 +134,19 @@ def test_an_unknown_target_says_how_to_add_one():
         get_spec("mymodel")
 
 
-def test_the_built_ins_come_through_the_entry_point():
+def test_the_posts_models_come_from_its_pack_through_the_entry_point():
+    """The core ships no model: the four targets of the post are the pack's, registered like any
+    package's, and a fresh process has none until the entry points load."""
     from importlib import metadata
 
-    (ep,) = [ep for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name == "builtin"]
+    (ep,) = [ep for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name == "icl"]
+    assert ep.value == "mechclaims_icl.targets:TARGETS"
     assert [spec.name for spec in ep.load()] == ["llama-3-8b", "smollm2-135m", "organism", "organism-control"]
-    assert registry.source_of("organism") == "mechclaims (built-in)"
+    registry.load_entry_points()
+    assert registry.source_of("organism") == "package mechclaims (entry point icl = mechclaims_icl.targets:TARGETS)"
+    code = ("import mechclaims.targets as t, mechclaims as m; assert t.TARGETS == {}; "
+            "assert 'organism' in m.TARGETS and 'mechclaims_icl' in __import__('sys').modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_boot_options_reach_boot_transformers_and_a_device_map_boots(tmp_path, monkeypatch):

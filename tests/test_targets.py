@@ -13,7 +13,8 @@ from mechclaims import TARGETS, TargetError, load_target
 from mechclaims_icl.answers import encode, greedy_is
 from mechclaims_icl.tasks import AffineTask, make_prompts
 from mechclaims.hooks import resid_pre
-from mechclaims.targets import _smollm2_gguf, attached_hooks, default_cache_dir, read_shape
+from mechclaims.targets import attached_hooks, default_cache_dir, read_shape
+from mechclaims_icl.targets import smollm2_gguf as _smollm2_gguf
 
 
 def test_llama3_loader_on_a_tiny_checkpoint_matches_hf(tiny_llama, monkeypatch, tmp_path):
@@ -156,7 +157,7 @@ def test_truncated_gguf(monkeypatch, tmp_path):
     with pytest.raises(TargetError, match="cannot read GGUF file .* truncated or corrupt") as err:
         load_target("smollm2-135m", cache_dir=tmp_path / "cache")
     assert "\n" not in str(err.value)
-    assert not list((tmp_path / "cache").glob("smollm2-135m/*/model.safetensors"))
+    assert not list((tmp_path / "cache").glob("gguf/*/model.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +175,11 @@ def test_smollm2_loads_offline_and_copies_in_context(smollm2):
 @pytest.mark.slow
 def test_corrupt_smollm2_cache_entry_is_rebuilt(smollm2, tmp_path, monkeypatch, caplog):
     # Copy the shared cache entry into a private cache, corrupt it, and load again.
-    entries = list((default_cache_dir() / "smollm2-135m").glob("*/model.safetensors"))
-    assert entries, f"no dequantised SmolLM2 cache under {default_cache_dir()}"
+    shared = default_cache_dir() / "gguf" / smollm2.info.sha256_or_revision.removeprefix("sha256:")[:16]
+    assert (shared / "model.safetensors").is_file(), f"no dequantised SmolLM2 cache at {shared}"
     cache = tmp_path / "cache"
-    entry = cache / "smollm2-135m" / entries[0].parent.name
-    shutil.copytree(entries[0].parent, entry)
+    entry = cache / "gguf" / shared.name
+    shutil.copytree(shared, entry)
     weights = entry / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-10:] = b"\xff" * 10

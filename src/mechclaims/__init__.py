@@ -68,6 +68,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'mechclaims' has no attribute {name!r}; the public API is mechclaims.__all__ "
                              "(docs/writing-claims.md)")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
+    if name == "TARGETS":  # the registry, with every installed package's targets in it
+        importlib.import_module(".registry", __name__).load_entry_points()
     globals()[name] = value  # resolved once
     return value
 

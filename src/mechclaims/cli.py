@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("run_b", type=Path, help="the new run")
     tgt = sub.add_parser("targets", help="registered targets: source, weights, expectations file")
     tgt.add_argument("--claims-dir", type=Path, default=Path("claims"),
-                     help="where the pack's expectations/ are (default claims)")
+                     help="where the pack's expectations/ are (default claims; a project's [tool.mechclaims] "
+                     "expectations directory comes first)")
     cache = sub.add_parser("cache", help="the disk activation cache: info, prune, clear")
     cache_sub = cache.add_subparsers(dest="action", required=True)
     for action, text in (("info", "where the cache is, its size and entries, oldest and newest per target"),
@@ -80,11 +81,12 @@ def _list_targets(claims_dir: Path) -> int:
     of the nearest pyproject.toml) has no weights; a built-in or a package's target without its
     weights (llama-3-8b on a laptop) is listed, not an error."""
     from . import registry
-    from .expectations import path_for
+    from .expectations import path_for, project_dir
     from .targets import TARGETS, resolve
 
     pyproject = registry.find_pyproject(Path.cwd())
     configured = set(registry.load_config(pyproject))
+    own = project_dir(pyproject)
     missing = []
     for name, spec in TARGETS.items():
         print(f"{name}{' (gpu)' if spec.gpu else ''}: {spec.summary}")
@@ -98,7 +100,7 @@ def _list_targets(claims_dir: Path) -> int:
             weights = f"missing: {exc}"
             if name in configured:
                 missing.append(name)
-        expectations = path_for(claims_dir, name).resolve()
+        expectations = path_for(claims_dir, name, own=own).resolve()
         print(f"  weights: {weights}")
         print(f"  expectations: {expectations}" + ("" if expectations.is_file() else " (none yet: run discover)"))
     if missing:

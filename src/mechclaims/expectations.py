@@ -252,16 +252,44 @@ def load(path: Path, target: str) -> Expectations:
                         sha256=hashlib.sha256(raw).hexdigest())
 
 
-def path_for(claims_dir: Path, target: str, variant: str | None = None) -> Path:
+def path_for(claims_dir: Path, target: str, variant: str | None = None, *, own: Path | None = None) -> Path:
     """``claims_dir/expectations/TARGET.toml`` (``TARGET@VARIANT.toml`` for a variant's own file); the
-    one place such a path is built. A name that could lead outside that directory is refused."""
+    one place such a path is built. A name that could lead outside that directory is refused.
+
+    ``own`` is the project's own directory of pre-registrations (``[tool.mechclaims] expectations``,
+    :func:`project_dir`), for claims that come from an installed pack: ``own/TARGET.toml`` when it
+    exists, or when the pack has no file for the target either (where discovery writes one)."""
     from .registry import check_name
 
     check_name(target)
     name = target if variant is None else f"{target}@{variant}"
     if "/" in name or "\\" in name or name.startswith("."):
         raise ConfigError(f"expectations variant {variant!r} of {target!r} cannot be a file name; use no '/' or '\\'")
-    return Path(claims_dir) / "expectations" / f"{name}.toml"
+    packed = Path(claims_dir) / "expectations" / f"{name}.toml"
+    if own is not None and ((Path(own) / f"{name}.toml").exists() or not packed.exists()):
+        return Path(own) / f"{name}.toml"
+    return packed
+
+
+PROJECT_KEY = "expectations"
+
+
+def project_dir(pyproject: Path | None) -> Path | None:
+    """``[tool.mechclaims] expectations`` of ``pyproject``: the project's own directory of
+    pre-registrations (relative to the file), or None when unset."""
+    if pyproject is None:
+        return None
+    try:
+        data = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{pyproject}: cannot read it ({exc}); fix the file") from None
+    value = data.get("tool", {}).get("mechclaims", {}).get(PROJECT_KEY)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{pyproject}: [tool.mechclaims] {PROJECT_KEY} = {value!r}; expected a directory, e.g. "
+                          f'{PROJECT_KEY} = "expectations"')
+    return (Path(pyproject).parent / value).resolve()
 
 
 def _toml_value(value: Any) -> str:

@@ -66,6 +66,7 @@ expected_key = pytest.StashKey[str]()
 sigterm_key = pytest.StashKey[object]()
 forwards_key = pytest.StashKey[tuple]()
 expectations_key = pytest.StashKey[dict]()
+own_dir_key = pytest.StashKey[object]()  # the project's [tool.mechclaims] expectations directory, or None
 registered_key = pytest.StashKey[dict]()  # (claims dir, target) -> why the model is not the registered one, or None
 
 
@@ -76,8 +77,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mechclaims", "mechanistic claims")
     group.addoption(
         "--mechclaims-target", action="append", default=[], metavar="NAME",
-        help=f"run claims on this target (repeatable; default: every CPU target). Built in: {', '.join(TARGETS)}; "
-        "more from packages and [tool.mechclaims.targets.NAME] in pyproject.toml (mechclaims targets lists them)",
+        help="run claims on this target (repeatable; default: every CPU target). Targets come from installed "
+        "packages and [tool.mechclaims.targets.NAME] in pyproject.toml; mechclaims targets lists them",
     )
     group.addoption("--mechclaims-seed", type=_seed, default=0, help="seed of every prompt set (default 0)")
     group.addoption(
@@ -135,18 +136,22 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def _expectations_path(config: pytest.Config, claims_dir: Path, target: str) -> Path:
-    chosen = config.hook.pytest_mechclaims_expectations_path(config=config, claims_dir=claims_dir, target=target)
-    return chosen if chosen is not None else _expectations.path_for(claims_dir, target)
+    own = config.stash.get(own_dir_key, None)
+    chosen = config.hook.pytest_mechclaims_expectations_path(config=config, claims_dir=claims_dir, target=target,
+                                                            expectations_dir=own)
+    return chosen if chosen is not None else _expectations.path_for(claims_dir, target, own=own)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU and llama-3-8b weights; deselected unless asked for")
+    config.addinivalue_line("markers", "gpu: runs on a CUDA target (one configured with gpu = true); deselected unless asked for "
+                            "with -m gpu or --mechclaims-target")
     config.addinivalue_line("markers", "claim(id, source=None, targets=None): a claim test; its outcome becomes a "
                             "verdict in the report; targets=[...] runs it on those targets only")
     try:  # targets the project configures ([tool.mechclaims.targets.NAME] in its pyproject.toml)
         config.stash[pyproject_key] = registry.find_pyproject(config.rootpath)
         registry.load_config(config.stash[pyproject_key])
         cache_cap = cachedir.configured_cap(config.stash[pyproject_key])
+        config.stash[own_dir_key] = _expectations.project_dir(config.stash[pyproject_key])
         for name in config.getoption("mechclaims_target"):
             if (problem := get_spec(name).problem) is not None:  # asked for by name: stop at once, in one line
                 raise TargetError(problem)
@@ -221,7 +226,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker("claim")
         if marker is not None and not marker.kwargs.get("id"):
             raise pytest.UsageError(
-                f"{item.nodeid}: @pytest.mark.claim needs id=..., e.g. @pytest.mark.claim(id='C1.onset')"
+                f"{item.nodeid}: @pytest.mark.claim needs id=..., e.g. @pytest.mark.claim(id='heads.attend')"
             )
         if marker is not None:
             item.extra_keyword_matches.add(marker.kwargs["id"])  # `-k C1`, `-k redundancy` select by claim id
@@ -306,7 +311,7 @@ def _limit_to_claim_targets(config: pytest.Config, items: list[pytest.Item]) -> 
             continue
         if isinstance(only, str) or not all(isinstance(t, str) for t in only):
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.claim targets={only!r}; expected a list of "
-                                    "target names, e.g. targets=['organism']")
+                                    "target names, e.g. targets=['my-model']")
         if _target_name(item) not in only:
             dropped.append(item)
     if dropped:

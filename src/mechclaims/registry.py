@@ -1,16 +1,17 @@
 """Where targets come from: packages (entry points) and the user's ``pyproject.toml``.
 
 A target is a :class:`mechclaims.targets.TargetSpec` in :data:`mechclaims.targets.TARGETS`.
-Three sources fill that registry, in this order:
+Two sources fill that registry, in this order:
 
 - the entry-point group ``mechclaims.targets``: each entry point names a ``TargetSpec`` or an
-  iterable of them. mechclaims ships its four built-in targets this way
-  (``mechclaims.targets:BUILTIN``), and any installed package can ship more;
+  iterable of them. The core ships none; the post's pack ships its four models this way
+  (``mechclaims_icl.targets:TARGETS``), and any installed package can ship more;
 - ``[tool.mechclaims.targets.NAME]`` tables in a project's ``pyproject.toml``::
 
       [tool.mechclaims.targets.my-model]
       path = "models/my-model"        # a local HF directory (relative to pyproject.toml), or
       # hf_id = "org/model"  revision = "main"   (a snapshot in the HF cache; loading stays offline)
+      # gguf = "models/my-model.Q4_K_M.gguf"     (dequantised once into the cache, docs/targets.md)
       device = "cpu"                  # cpu, cuda, cuda:N (default cpu)
       dtype = "float32"               # float32, bfloat16, float16 (default float32)
       gpu = false                     # true gives the target pytest's `gpu` marker
@@ -33,15 +34,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import TargetError, did_you_mean
-from .targets import BUILTIN, DEVICE_MAPS, DTYPES, TARGETS, TargetSpec, is_device, resolve_configured
+from .targets import DEVICE_MAPS, DTYPES, TARGETS, TargetSpec, is_device, resolve_configured
 
 ENTRY_POINT_GROUP = "mechclaims.targets"
-CONFIG_KEYS = ("path", "hf_id", "revision", "summary", "device", "dtype", "gpu", "device_map", "n_devices", "max_memory")
+CONFIG_KEYS = ("path", "hf_id", "gguf", "revision", "summary", "device", "dtype", "gpu", "device_map", "n_devices", "max_memory")
 
-BUILTIN_SOURCE = "mechclaims (built-in)"
-# target name -> where it was registered (for messages and `mechclaims targets`); the built-ins are
-# in TARGETS from import on, and their entry point registers them again under the same source
-_sources: dict[str, str] = {spec.name: BUILTIN_SOURCE for spec in BUILTIN}
+# target name -> where it was registered (for messages and `mechclaims targets`)
+_sources: dict[str, str] = {}
 _loaded_entry_points = False
 
 
@@ -89,7 +88,7 @@ def load_entry_points() -> None:
             raise TargetError(f"entry point {ep.name} = {ep.value!r} in group {ENTRY_POINT_GROUP} cannot be loaded: "
                               f"{type(exc).__name__}: {exc}; fix or uninstall the package that declares it") from None
         specs: Iterable[Any] = [value] if isinstance(value, TargetSpec) else value
-        label = BUILTIN_SOURCE if ep.value == "mechclaims.targets:BUILTIN" else f"entry point {ep.name} ({ep.value})"
+        label = f"package {ep.dist.name if ep.dist else '?'} (entry point {ep.name} = {ep.value})"
         for spec in specs:
             if not isinstance(spec, TargetSpec):
                 raise TargetError(f"entry point {ep.name} = {ep.value!r} gave {spec!r}; it must name a TargetSpec "
@@ -173,10 +172,11 @@ def _spec_from_table(pyproject: Path, name: str, table: Any) -> TargetSpec:
             raise TargetError(f"{where} {key} = {value!r}; expected a string")
         return value
 
-    path, hf_id = text("path"), text("hf_id")
-    if (path is None) == (hf_id is None):
-        raise TargetError(f"{where} needs exactly one of path (a local HF directory) or hf_id (+ revision, "
-                          "a snapshot in the HF cache)")
+    path, hf_id, gguf = text("path"), text("hf_id"), text("gguf")
+    if sum(v is not None for v in (path, hf_id, gguf)) != 1:
+        given = [k for k, v in (("path", path), ("hf_id", hf_id), ("gguf", gguf)) if v is not None]
+        raise TargetError(f"{where} needs exactly one of path (a local HF directory), hf_id (+ revision, a "
+                          f"snapshot in the HF cache) or gguf (a GGUF file); it has {' and '.join(given) or 'none'}")
     device, dtype = text("device", "cpu"), text("dtype", "float32")
     if not is_device(device):
         raise TargetError(f"{where} device = {device!r}; valid devices: cpu, cuda, cuda:N (N a GPU index, e.g. cuda:0)")
@@ -218,9 +218,11 @@ def _spec_from_table(pyproject: Path, name: str, table: Any) -> TargetSpec:
     # Not resolved here: a loop or a missing directory is the target's own error when it is selected
     # (targets.resolve_configured), never one of the file that lists it.
     location = Path(os.path.abspath(pyproject.parent / path)) if path is not None else None
+    gguf_file = Path(os.path.abspath(pyproject.parent / os.path.expanduser(gguf))) if gguf is not None else None
     revision = text("revision")
     if revision is not None and hf_id is None:
-        raise TargetError(f"{where} revision needs hf_id; a path is used as it is")
-    summary = text("summary") or (f"local HF directory {location}" if location else f"{hf_id} from the HF cache")
+        raise TargetError(f"{where} revision needs hf_id; a path or gguf file is used as it is")
+    summary = text("summary") or (f"local HF directory {location}" if location else
+                                  f"GGUF file {gguf_file}, dequantised" if gguf_file else f"{hf_id} from the HF cache")
     return TargetSpec(name, summary, device, dtype, gpu, resolve_configured, location=location, hf_id=hf_id,
-                      revision=revision, boot_options=boot)
+                      revision=revision, boot_options=boot, gguf=gguf_file, origin=str(pyproject))

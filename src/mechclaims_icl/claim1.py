@@ -47,16 +47,20 @@ def precondition(correct: np.ndarray) -> tuple[bool, Effect]:
     return accuracy.ci.low > MIN_ACCURACY, accuracy
 
 
+# The report's colour of each outcome class in the patching curves.
+CLASS_COLOURS = {"none": "#6e7781", "approx": "#d97706", "exact": "#16a34a", "copy": "#2563eb"}
+
+
 def rates_by_layer(condition: Condition | Sweep) -> dict[str, dict[str, list[float]]]:
     """Per outcome class, the patched-answer rate at each layer with its Wilson interval."""
     sweep = condition if isinstance(condition, Sweep) else condition.sweep
-    return {name: _curve(effects) for name, effects in sweep.rates().items()}
+    return {name: _curve(effects, CLASS_COLOURS.get(name)) for name, effects in sweep.rates().items()}
 
 
-def _curve(effects: list[Effect]) -> dict[str, Any]:
+def _curve(effects: list[Effect], colour: str | None = None) -> dict[str, Any]:
     """One rate per layer with its interval: the ``rates`` figure's entry for one class."""
     return {"rate": [e.statistic for e in effects], "ci_low": [e.ci.low for e in effects],
-            "ci_high": [e.ci.high for e in effects], "n": effects[0].n}
+            "ci_high": [e.ci.high for e in effects], "n": effects[0].n, **({"colour": colour} if colour else {})}
 
 
 def task_onset(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
@@ -101,7 +105,8 @@ def onset_robust(sweeps: dict[str, Sweep], p: C1Params, seed: int = 0) -> Findin
 
 def _task_and_copy(sweep: Sweep) -> dict[str, dict[str, Any]]:
     """The task rate (≈a*p or exact) and the copy rate by layer, with Wilson intervals."""
-    return {"task (≈a*p or exact)": _curve(sweep.rate("approx", "exact")), "copy": _curve(sweep.rate("copy"))}
+    return {"task (≈a*p or exact)": _curve(sweep.rate("approx", "exact"), CLASS_COLOURS["exact"]),
+            "copy": _curve(sweep.rate("copy"), CLASS_COLOURS["copy"])}
 
 
 def answer_unchanged(study: AblationStudy, stage: int, p: C1Params) -> Effect:

@@ -282,9 +282,12 @@ def write(path: Path, target: str, found: dict, command: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from mechclaims import registry
+    from mechclaims.expectations import project_dir
 
-    try:  # the targets this project configures, besides those packages ship
-        registry.load_config(registry.find_pyproject(Path.cwd()))
+    try:  # the targets this project configures, besides those packages ship, and its expectations directory
+        pyproject = registry.find_pyproject(Path.cwd())
+        registry.load_config(pyproject)
+        own = project_dir(pyproject)
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -294,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="base seed; the exploration split derives from it")
     parser.add_argument("--threshold", type=_fraction, default=0.5, help="onset rate threshold (default 0.5)")
     parser.add_argument("--margin", type=_fraction, default=0.1, help="equivalence margin on accuracy (default 0.1)")
-    parser.add_argument("--out", type=Path, default=None, help="file to write (default claims/expectations/<target>.toml)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="file to write (default: <dir>/<target>.toml in the project's [tool.mechclaims] "
+                        "expectations directory, else claims/expectations/<target>.toml)")
     parser.add_argument("--task", type=parse_task, default=None,
                         help="Claim 1-3 task as A,B for y = A*x + B (default: the existing file's [task], else 2,3)")
     parser.add_argument("--n-sequences", type=_positive, default=None,
@@ -308,8 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                         "and pre-register its verdict (with [c1] probe and probe_variants)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing expectations file")
     args = parser.parse_args(argv)
-    default = path_for(Path("claims"), args.target)
-    out = args.out or (task_path(default.parent.parent, args.target, args.task) if args.task else default)
+    default = path_for(Path("claims"), args.target, own=own)
+    out = args.out or (task_path(Path("claims"), args.target, args.task, own) if args.task else default)
     if args.probe_variants_only:
         return _probe_variants_only(args, out, argv)
     if out.exists() and not args.force and _owned(out, args.target):

@@ -33,9 +33,10 @@ def parse_task(text: str) -> AffineTask:
     return AffineTask(a, b)
 
 
-def task_path(claims_dir: Path, target: str, task: AffineTask) -> Path:
-    """Where ``task``'s own pre-registration of ``target`` lives (see the module docstring)."""
-    default = path_for(claims_dir, target)
+def task_path(claims_dir: Path, target: str, task: AffineTask, own: Path | None = None) -> Path:
+    """Where ``task``'s own pre-registration of ``target`` lives (see the module docstring); ``own``
+    is the project's own directory of pre-registrations, if it has one."""
+    default = path_for(claims_dir, target, own=own)
     if not default.is_file():  # the target's first pre-registration is its main file, whatever the task
         return default
     try:
@@ -44,7 +45,7 @@ def task_path(claims_dir: Path, target: str, task: AffineTask) -> Path:
         return default  # let the loader say what is wrong with it
     if isinstance(table, dict) and AffineTask(table.get("a", CANONICAL.a), table.get("b", CANONICAL.b)) == task:
         return default
-    return path_for(claims_dir, target, task.name)
+    return path_for(claims_dir, target, task.name, own=own)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,11 +67,12 @@ def is_pack_dir(claims_dir: Path) -> bool:
     return False
 
 
-def pytest_mechclaims_expectations_path(config: pytest.Config, claims_dir: Path, target: str) -> Path | None:
+def pytest_mechclaims_expectations_path(config: pytest.Config, claims_dir: Path, target: str,
+                                        expectations_dir: Path | None) -> Path | None:
     task = config.getoption("mechclaims_task", None)
     if task is None or not is_pack_dir(claims_dir):  # another pack's claims: its default file
         return None
-    return task_path(claims_dir, target, task)
+    return task_path(claims_dir, target, task, expectations_dir)
 
 
 __all__ = ["pytest_addoption", "pytest_mechclaims_expectations_path"]

@@ -6,10 +6,11 @@ plot (the page lists scalars and effects in a table and ignores the rest).
 
 ``rates`` -- patching curves by layer with confidence bands::
 
-    {class_name: {"rate": [per layer], "ci_low": [...], "ci_high": [...], "n": int}}
+    {class_name: {"rate": [per layer], "ci_low": [...], "ci_high": [...], "n": int, "colour": str}}
 
-  one line per outcome class (``none``, ``approx``, ``exact``, ``copy``; other
-  names are drawn too), x = layer, y = rate in [0, 1].
+  one line per class (a pack's outcome classes), x = layer, y = rate in [0, 1];
+  ``colour`` (any matplotlib colour, e.g. ``"#16a34a"``) is optional: without it the
+  classes take the palette's colours in order.
 
 ``rates_by_variant`` -- the same curves under each pre-registered variant (e.g. a prompt
 format), drawn side by side on one shared y axis::
@@ -65,7 +66,6 @@ PNG_URI = "data:image/png;base64,"
 PLOT_KINDS = ("rates", "rates_by_variant", "heatmaps", "curves", "bars")
 
 # One colour per patching outcome class, the same on every page.
-CLASS_COLOURS = {"none": "#6e7781", "approx": "#d97706", "exact": "#16a34a", "copy": "#2563eb"}
 _CYCLE = ("#9333ea", "#db2777", "#0891b2", "#65a30d", "#b45309")
 
 
@@ -189,7 +189,7 @@ def _draw_rates(ax, rates: Any, what: str) -> set[int]:
         spec = _mapping(spec, f"{what}[{name!r}]")
         y = _numbers(spec.get("rate"), f"{what}[{name!r}].rate")
         x = np.arange(len(y))
-        colour = CLASS_COLOURS.get(name, _CYCLE[i % len(_CYCLE)])
+        colour = spec.get("colour") if isinstance(spec.get("colour"), str) else _CYCLE[i % len(_CYCLE)]
         if "ci_low" in spec and "ci_high" in spec:
             low = _numbers(spec["ci_low"], f"{what}[{name!r}].ci_low", len(y))
             high = _numbers(spec["ci_high"], f"{what}[{name!r}].ci_high", len(y))
@@ -197,7 +197,7 @@ def _draw_rates(ax, rates: Any, what: str) -> set[int]:
         ax.plot(x, y, marker="o", markersize=3.5, linewidth=1.8, color=colour, label=str(name))
         if isinstance(spec.get("n"), int):
             n_values.add(spec["n"])
-    ax.set_xlabel("layer patched")
+    ax.set_xlabel("layer")
     ax.set_ylim(-0.02, 1.02)
     _integer_ticks(ax)
     _style(ax)
