@@ -118,3 +118,25 @@ def test_a_directory_or_dangling_link_is_not_an_absent_file(tmp_path):
     (tmp_path / "other.toml").symlink_to(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="not a readable file"):
         load(tmp_path / "other.toml", "organism")
+
+
+def test_a_projects_own_directory_comes_before_an_installed_packs(tmp_path):
+    """[tool.mechclaims] expectations = DIR: a target's file there wins; a target only the pack
+    pre-registers keeps the pack's; a target neither has is written (and looked for) in DIR."""
+    from mechclaims.expectations import path_for, project_dir
+
+    pack, own = tmp_path / "pack", tmp_path / "project" / "expectations"
+    (pack / "expectations").mkdir(parents=True)
+    own.mkdir(parents=True)
+    (pack / "expectations" / "a.toml").write_text("")
+    (pack / "expectations" / "b.toml").write_text("")
+    (own / "b.toml").write_text("")
+    assert path_for(pack, "a", own=own) == pack / "expectations" / "a.toml"
+    assert path_for(pack, "b", own=own) == own / "b.toml"
+    assert path_for(pack, "c", own=own) == own / "c.toml"
+    assert path_for(pack, "c") == pack / "expectations" / "c.toml"  # without a project directory
+    (tmp_path / "project" / "pyproject.toml").write_text('[tool.mechclaims]\nexpectations = "expectations"\n')
+    assert project_dir(tmp_path / "project" / "pyproject.toml") == own
+    (tmp_path / "project" / "pyproject.toml").write_text('[tool.mechclaims]\nexpectations = 3\n')
+    with pytest.raises(ConfigError, match=r"\[tool.mechclaims\] expectations = 3; expected a directory"):
+        project_dir(tmp_path / "project" / "pyproject.toml")

@@ -100,15 +100,9 @@ def human_size(size: int) -> str:
 
 def configured_cap(pyproject: Path | None) -> int | None:
     """``[tool.mechclaims] cache-max-size`` of ``pyproject`` in bytes (None when unset)."""
-    if pyproject is None:
-        return None
-    import tomllib
+    from .registry import tool_table
 
-    try:
-        data = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{pyproject}: cannot read it ({exc}); fix the file") from None
-    value = data.get("tool", {}).get("mechclaims", {}).get(CONFIG_KEY)
+    value = tool_table(pyproject).get(CONFIG_KEY)
     return None if value is None else parse_size(value, f"{pyproject}: [tool.mechclaims] {CONFIG_KEY}")
 
 

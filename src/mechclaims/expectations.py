@@ -277,13 +277,9 @@ PROJECT_KEY = "expectations"
 def project_dir(pyproject: Path | None) -> Path | None:
     """``[tool.mechclaims] expectations`` of ``pyproject``: the project's own directory of
     pre-registrations (relative to the file), or None when unset."""
-    if pyproject is None:
-        return None
-    try:
-        data = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{pyproject}: cannot read it ({exc}); fix the file") from None
-    value = data.get("tool", {}).get("mechclaims", {}).get(PROJECT_KEY)
+    from .registry import tool_table
+
+    value = tool_table(pyproject).get(PROJECT_KEY)
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():

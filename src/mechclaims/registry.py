@@ -104,17 +104,27 @@ def find_pyproject(start: Path) -> Path | None:
     return None
 
 
+def tool_table(pyproject: Path | None) -> dict[str, Any]:
+    """The ``[tool.mechclaims]`` table of ``pyproject`` (empty when there is no file or no table)."""
+    if pyproject is None:
+        return {}
+    try:
+        data = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TargetError(f"{pyproject}: cannot read it ({exc}); fix the file") from None
+    table = data.get("tool", {}).get("mechclaims", {})
+    if not isinstance(table, dict):
+        raise TargetError(f"{pyproject}: tool.mechclaims must be a table [tool.mechclaims]")
+    return table
+
+
 def load_config(pyproject: Path | None) -> list[str]:
     """Register the ``[tool.mechclaims.targets.*]`` tables of ``pyproject``; their names."""
     load_entry_points()
     if pyproject is None:
         return []
     pyproject = pyproject.resolve()
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise TargetError(f"{pyproject}: cannot read it ({exc}); fix the file") from None
-    tables = data.get("tool", {}).get("mechclaims", {}).get("targets", {})
+    tables = tool_table(pyproject).get("targets", {})
     if not isinstance(tables, dict):
         raise TargetError(f"{pyproject}: [tool.mechclaims] targets must be tables [tool.mechclaims.targets.NAME]")
     specs = [_spec_or_broken(pyproject, name, table) for name, table in tables.items()]
