@@ -62,3 +62,27 @@ def llama3_tokenizer():
     from mechclaims.targets import default_cache_dir
 
     return build(default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> Path:
+    """A venv holding mechclaims' wheel (not editable), built from this checkout; its dependencies
+    are this environment's, so nothing is downloaded."""
+    import os
+    import subprocess
+    import sysconfig
+    import venv
+
+    env_dir = tmp_path_factory.mktemp("venv")
+    venv.EnvBuilder(with_pip=False).create(env_dir)  # pip and setuptools: this environment's
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # the dependencies, appended after the venv's own site-packages: this environment's editable
+    # mechclaims is a .pth there, which a path added this way does not run
+    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    checkout = Path(__file__).resolve().parents[1]
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(checkout)],
+                   check=True, capture_output=True, text=True, timeout=600,
+                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    return env_dir

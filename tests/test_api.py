@@ -253,3 +253,19 @@ def test_a_claim_over_variants_holds_only_where_every_variant_supports_it():
     assert not open_.supported and not open_.decided and "undecided under b" in open_.message
     with pytest.raises(ValueError, match="at least one variant"):
         mc.holds_across({}, "x")
+
+
+def test_preregister_records_the_model_and_writes_where_the_project_says(tmp_path, monkeypatch, tiny_llama):
+    monkeypatch.setenv("MECHCLAIMS_ORGANISM_DIR", str(tiny_llama))
+    target = mc.load_target("organism")
+    project, pack = tmp_path / "project", tmp_path / "pack"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    path = mc.preregister(pack, target, source="test discovery", verdicts={}, sections={})
+    assert path == pack / "expectations" / "organism.toml"  # no project directory: beside the claims
+    written = load(path, "organism")
+    assert written.sections["registered"]["weights"] == target.info.sha256_or_revision
+    assert written.sections["registered"]["n_layers"] == target.info.n_layers
+    (project / "pyproject.toml").write_text('[tool.mechclaims]\nexpectations = "mine"\n')
+    path.unlink()
+    assert mc.preregister(pack, target, source="s", verdicts={}, sections={}) == project / "mine" / "organism.toml"

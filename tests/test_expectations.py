@@ -140,3 +140,17 @@ def test_a_projects_own_directory_comes_before_an_installed_packs(tmp_path):
     (tmp_path / "project" / "pyproject.toml").write_text('[tool.mechclaims]\nexpectations = 3\n')
     with pytest.raises(ConfigError, match=r"\[tool.mechclaims\] expectations = 3; expected a directory"):
         project_dir(tmp_path / "project" / "pyproject.toml")
+
+
+def test_discovery_never_writes_into_the_installed_pack(tmp_path):
+    """From a project that holds no copy of the post's claims and names no expectations directory,
+    discovery stops before loading anything, saying what to add."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pyproject.toml").write_text("")
+    out = subprocess.run([sys.executable, "-m", "mechclaims_icl.discover", "--target", "organism"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "pre-registrations are not written there" in out.stderr
+    assert '[tool.mechclaims] expectations = "expectations"' in out.stderr and "--out FILE" in out.stderr

@@ -77,7 +77,7 @@ def test_a_preregistration_that_names_no_model_is_refused(pytester, as_organism,
     result = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: *organism.toml: names no model ([[]registered[]] is missing or empty)*"
-                                 "python -m mechclaims_icl.discover --target organism*--mechclaims-exploratory*"])
+                                 "mechclaims.preregister(claims_dir, target, ...)*--mechclaims-exploratory*"])
     # the exploratory mode still runs it, marked as such
     assert pytester.runpytest("--mechclaims-target", "organism", "--mechclaims-exploratory",
                               "-p", "no:cacheprovider").ret == pytest.ExitCode.OK

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import sysconfig
-import venv
 from pathlib import Path
 
 import pytest
@@ -16,23 +14,6 @@ import pytest
 pytestmark = pytest.mark.slow  # builds a wheel and a virtual environment
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A venv holding mechclaims' wheel; its dependencies are this environment's (no network)."""
-    env_dir = tmp_path_factory.mktemp("venv")
-    venv.EnvBuilder(with_pip=False).create(env_dir)  # pip and setuptools: this environment's
-    python = env_dir / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    # the dependencies, appended after the venv's own site-packages: this environment's editable
-    # mechclaims is a .pth there, which a path added this way does not run
-    (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(REPO)],
-                   check=True, capture_output=True, text=True, timeout=600,
-                   env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
-    return env_dir
 
 
 def test_the_wheel_installs_the_pack_targets_and_the_organisms(installed, tmp_path):

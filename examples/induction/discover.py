@@ -21,8 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from induction import induction_attention, repeat_accuracy, repeated  # noqa: E402
 
-from mechclaims import load_target, paired_increase, random_sets, top_heads  # noqa: E402
-from mechclaims.expectations import merge_write, path_for, registered_model  # noqa: E402
+from mechclaims import load_target, paired_increase, preregister, random_sets, top_heads  # noqa: E402
 
 N_RANDOM = 19
 
@@ -49,8 +48,8 @@ def main(argv=None) -> int:
     half = lambda effect: max(0.01, round(effect.ci.low / 2, 2))  # noqa: E731
     figures = ", ".join(f"L{la}H{h} {per_head[la, h]:.3f}" for la, h in heads)
     command = "python examples/induction/discover.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    path = merge_write(
-        path_for(Path(__file__).parent, args.target), args.target,
+    path = preregister(
+        Path(__file__).parent, target,
         source=f"exploration split (seed {args.seed}, {args.n} prompts): {command}",
         verdicts={"I.attention": "supported", "I.attention-without-repeats": "refuted", "I.ablation": "supported"},
         sections={"induction": {"heads": [list(h) for h in heads], "min_excess": half(excess),
@@ -58,7 +57,6 @@ def main(argv=None) -> int:
         comment=f"attention query -> key: {figures}; top heads above uniform ({uniform:.3f}) {excess}\n"
                 f"repeat accuracy {clean.mean():.3f}; ablating the heads costs {drop.mean():.3f}, "
                 f"{N_RANDOM} random sets {random_drops.mean():.3f}; beyond random {beyond}",
-        registered=registered_model(target),
     )
     print(f"wrote {path}: heads {figures}; excess {excess}; beyond random {beyond}")
     return 0

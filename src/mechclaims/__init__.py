@@ -18,7 +18,7 @@ for _module, _names in {
     "batching": "encode",
     "checks": "all_of at_least at_most equivalent holds holds_across significant",
     "errors": "ConfigError MechclaimsError TargetError",
-    "expectations": "Expectations Key register_section",
+    "expectations": "Expectations Key preregister register_section",
     "fits": "role_weights top_heads uniform_pattern",
     "hooks": "attn_pattern head_z mlp_out resid_pre",
     "interventions": "AblateHeads AblateMLP SetResidual forward head_means",
@@ -42,7 +42,7 @@ __all__ = [
     # targets and settings
     "LoadedTarget", "TARGETS", "load_target", "Settings", "settings",
     # pre-registration
-    "Expectations", "Key", "register_section",
+    "Expectations", "Key", "register_section", "preregister",
     # prompts, hooks, interventions
     "PromptSet", "encode", "resid_pre", "head_z", "attn_pattern", "mlp_out",
     "forward", "AblateHeads", "AblateMLP", "SetResidual", "head_means",
@@ -82,7 +82,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .batching import encode
     from .checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
     from .errors import ConfigError, MechclaimsError, TargetError
-    from .expectations import Expectations, Key, register_section
+    from .expectations import Expectations, Key, preregister, register_section
     from .fits import role_weights, top_heads, uniform_pattern
     from .hooks import attn_pattern, head_z, mlp_out, resid_pre
     from .interventions import AblateHeads, AblateMLP, SetResidual, forward, head_means

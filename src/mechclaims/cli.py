@@ -81,12 +81,12 @@ def _list_targets(claims_dir: Path) -> int:
     of the nearest pyproject.toml) has no weights; a built-in or a package's target without its
     weights (llama-3-8b on a laptop) is listed, not an error."""
     from . import registry
-    from .expectations import path_for, project_dir
+    from .expectations import own_dir, path_for
     from .targets import TARGETS, resolve
 
     pyproject = registry.find_pyproject(Path.cwd())
     configured = set(registry.load_config(pyproject))
-    own = project_dir(pyproject)
+    own = own_dir(claims_dir, pyproject)  # an installed pack's claims, or no local claims directory
     missing = []
     for name, spec in TARGETS.items():
         print(f"{name}{' (gpu)' if spec.gpu else ''}: {spec.summary}")

@@ -274,6 +274,18 @@ def path_for(claims_dir: Path, target: str, variant: str | None = None, *, own: 
 PROJECT_KEY = "expectations"
 
 
+def own_dir(claims_dir: Path, pyproject: Path | None) -> Path | None:
+    """The project's own directory of pre-registrations for the claims in ``claims_dir``: its
+    ``[tool.mechclaims] expectations`` when the claims are not the project's own (an installed
+    pack's, outside the project's directory, whose files the project cannot write); else None,
+    and a pack of the project keeps its files beside its claims."""
+    own = project_dir(pyproject)
+    if own is None or not Path(claims_dir).exists():
+        return own
+    inside = Path(claims_dir).resolve().is_relative_to(Path(pyproject).resolve().parent)
+    return None if inside else own
+
+
 def project_dir(pyproject: Path | None) -> Path | None:
     """``[tool.mechclaims] expectations`` of ``pyproject``: the project's own directory of
     pre-registrations (relative to the file), or None when unset."""
@@ -370,3 +382,21 @@ def merge_write(
     write_text_atomic(path, text)
     load(path, target)
     return path
+
+
+def preregister(claims_dir: Path, target: Any, *, source: str, verdicts: Mapping[str, str],
+                sections: Mapping[str, Mapping[str, Any]], comment: str = "") -> Path:
+    """Write what a discovery script found on the exploration split as ``target``'s pre-registration
+    for the claims in ``claims_dir``, and return the file's path.
+
+    ``target`` is the :class:`~mechclaims.LoadedTarget` it was found on (``[registered]`` records its
+    weights' fingerprint and sizes). The file is ``claims_dir/expectations/<target>.toml``; for an
+    installed pack's claims, the project's own directory when its ``pyproject.toml`` (at or above
+    the working directory) names one (``[tool.mechclaims] expectations``, :func:`own_dir`). Only the
+    given sections and verdicts are replaced (:func:`merge_write`): what other packs wrote stays.
+    """
+    from .registry import find_pyproject
+
+    own = own_dir(claims_dir, find_pyproject(Path.cwd()))
+    return merge_write(path_for(claims_dir, target.name, own=own), target.name, source=source, verdicts=verdicts,
+                       sections=sections, comment=comment, registered=registered_model(target))

@@ -66,7 +66,6 @@ expected_key = pytest.StashKey[str]()
 sigterm_key = pytest.StashKey[object]()
 forwards_key = pytest.StashKey[tuple]()
 expectations_key = pytest.StashKey[dict]()
-own_dir_key = pytest.StashKey[object]()  # the project's [tool.mechclaims] expectations directory, or None
 registered_key = pytest.StashKey[dict]()  # (claims dir, target) -> why the model is not the registered one, or None
 
 
@@ -136,7 +135,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def _expectations_path(config: pytest.Config, claims_dir: Path, target: str) -> Path:
-    own = config.stash.get(own_dir_key, None)
+    own = _expectations.own_dir(claims_dir, config.stash.get(pyproject_key, None))
     chosen = config.hook.pytest_mechclaims_expectations_path(config=config, claims_dir=claims_dir, target=target,
                                                             expectations_dir=own)
     return chosen if chosen is not None else _expectations.path_for(claims_dir, target, own=own)
@@ -151,7 +150,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[pyproject_key] = registry.find_pyproject(config.rootpath)
         registry.load_config(config.stash[pyproject_key])
         cache_cap = cachedir.configured_cap(config.stash[pyproject_key])
-        config.stash[own_dir_key] = _expectations.project_dir(config.stash[pyproject_key])
+        _expectations.project_dir(config.stash[pyproject_key])  # a bad value stops the run here, in one line
         for name in config.getoption("mechclaims_target"):
             if (problem := get_spec(name).problem) is not None:  # asked for by name: stop at once, in one line
                 raise TargetError(problem)
@@ -389,9 +388,9 @@ def _expectations_for(config: pytest.Config, claims_dir: Path, target: str) -> _
                 and not config.getoption("mechclaims_exploratory")):
             raise pytest.UsageError(
                 f"{cache[key].path}: names no model ([registered] is missing or empty), so nothing ties its "
-                f"verdicts to {target}'s weights; write it with the pack's discovery (the post's: python -m "
-                f"mechclaims_icl.discover --target {target}; your own: mechclaims.expectations.merge_write(..., "
-                "registered=registered_model(target))), or pass --mechclaims-exploratory to run without one")
+                f"verdicts to {target}'s weights; write it with the pack's discovery script (one that calls "
+                "mechclaims.preregister(claims_dir, target, ...), which records the model), or pass "
+                "--mechclaims-exploratory to run without one")
         if cache[key].path is not None:  # the report names the exact file each verdict was judged against
             config.stash[session_key].note_expectations(target, {
                 "path": str(cache[key].path), "sha256": cache[key].sha256})

@@ -38,6 +38,7 @@ confirmation split.  This pack's sections of an existing file are never replaced
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -280,14 +281,21 @@ def write(path: Path, target: str, found: dict, command: str) -> Path:
     )
 
 
+# The pack's claim tests: claims/ of a checkout, mechclaims_icl/claims of an installed wheel. Discovery
+# writes beside ./claims when the working directory holds them (a checkout, or a project's copy), else
+# into the project's own directory ([tool.mechclaims] expectations).
+CLAIMS_DIR = Path(importlib.import_module("mechclaims_icl.claims").__file__).parent
+
+
 def main(argv: list[str] | None = None) -> int:
     from mechclaims import registry
-    from mechclaims.expectations import project_dir
+    from mechclaims.expectations import own_dir
 
     try:  # the targets this project configures, besides those packages ship, and its expectations directory
         pyproject = registry.find_pyproject(Path.cwd())
         registry.load_config(pyproject)
-        own = project_dir(pyproject)
+        claims_dir = Path("claims") if (Path("claims") / "test_claim1.py").is_file() else CLAIMS_DIR
+        own = own_dir(claims_dir, pyproject)
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -313,8 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                         "and pre-register its verdict (with [c1] probe and probe_variants)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing expectations file")
     args = parser.parse_args(argv)
-    default = path_for(Path("claims"), args.target, own=own)
-    out = args.out or (task_path(Path("claims"), args.target, args.task, own) if args.task else default)
+    if args.out is None and own is None and claims_dir == CLAIMS_DIR:
+        parser.error(f"the pack's claims are installed ({CLAIMS_DIR}), and pre-registrations are not written there: "
+                     f"name your project's directory for them in {pyproject or 'your pyproject.toml'} "
+                     '([tool.mechclaims] expectations = "expectations"), or pass --out FILE')
+    default = path_for(claims_dir, args.target, own=own)
+    out = args.out or (task_path(claims_dir, args.target, args.task, own) if args.task else default)
     if args.probe_variants_only:
         return _probe_variants_only(args, out, argv)
     if out.exists() and not args.force and _owned(out, args.target):
