@@ -269,3 +269,25 @@ def test_preregister_records_the_model_and_writes_where_the_project_says(tmp_pat
     (project / "pyproject.toml").write_text('[tool.mechclaims]\nexpectations = "mine"\n')
     path.unlink()
     assert mc.preregister(pack, target, source="s", verdicts={}, sections={}) == project / "mine" / "organism.toml"
+
+
+def test_the_terminal_names_a_negative_control(pytester, as_organism):
+    (pytester.path / "expectations").mkdir()
+    (pytester.path / "expectations" / "organism.toml").write_text(
+        '[registered]\nn_layers = 2\n[verdicts]\n"T.control" = "refuted"\n')
+    pytester.makepyfile(test_x='''
+import pytest
+from mechclaims import at_least, proportion
+
+@pytest.mark.claim(id="T.control")
+def test_control(target, claim):
+    claim.judge(at_least(proportion(2, 100), 0.5, "accuracy"))
+
+@pytest.mark.claim(id="T.plain")
+def test_plain(target, claim):
+    claim.judge(at_least(proportion(99, 100), 0.5, "accuracy"))
+''')
+    result = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*refuted  T.control [[]organism[]] (negative control: expected refuted)*",
+                                 "*supported  T.plain [[]organism[]] (expected supported)*"])

@@ -315,3 +315,30 @@ def test_a_refused_preregistration_is_reported_once_for_the_target(tmp_path):
     run = tmp_path / "reports" / "latest"
     assert (run / "claims.md").read_text().count("re-run discovery") == 1
     assert (run / "index.html").read_text().count("re-run discovery") == 1
+
+
+def test_claims_md_reads_as_written_with_no_html_entities():
+    """Text with <, > and & is backslash-escaped, not turned into entities: the raw file reads
+    ``\\<bos\\>`` and ``\\>=``, and a viewer shows ``<bos>`` and ``>=`` (and makes no tag of them)."""
+    from markdown_it import MarkdownIt
+
+    from mechclaims.report import markdown
+
+    text = markdown.render(_record("prompt <bos>(15, : lower bound >= 0.8 & more"))
+    assert "&lt;" not in text and "&gt;" not in text and "&amp;" not in text
+    assert r"prompt \<bos\>\(15, : lower bound \>= 0.8 \& more" in text
+    html = MarkdownIt("commonmark").enable("table").render(text)
+    assert "prompt &lt;bos&gt;(15, : lower bound &gt;= 0.8 &amp; more" in html and "<bos>" not in html
+
+
+def test_a_negative_control_is_labelled_in_every_view():
+    from mechclaims.report import html, markdown
+
+    record = _record("m")  # pre-registered refuted
+    supported = {**record["claims"][0], "id": "T.y", "expected": "supported", "verdict": "supported"}
+    record = {**record, "claims": [*record["claims"], supported]}
+    md = markdown.render(record)
+    assert r"| refuted \(negative control\) |" in md and "| supported |" in md
+    assert md.count("negative control") == 1
+    page = html.render(record)
+    assert page.count("refuted (negative control)") == 2  # the summary row and the claim's card

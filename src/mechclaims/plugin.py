@@ -22,6 +22,7 @@ from . import cachedir, registry, scheduling, threads
 from .errors import TargetError, MechclaimsError
 from .recorder import ClaimRecorder
 from .report import reproduce, write_run
+from .report.reading import NEGATIVE_CONTROL
 from .report.claims_json import new_run_id
 from .results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult
 from .session import ClaimSession
@@ -777,6 +778,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         if c["ci"]:
             figure += f" [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] n={c['n']}"
         expected = "" if c["expected"] is None else f" (expected {c['expected']})"
+        if c["expected"] == REFUTED:
+            expected = f" ({NEGATIVE_CONTROL}: expected {REFUTED})"
         if c["as_expected"] is False:
             expected = f" (UNEXPECTED: pre-registered {c['expected']})"
         tr.write_line(f"{c['verdict']:>14}  {c['id']} [{c['target']}]{expected}  {figure}")

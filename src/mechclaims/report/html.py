@@ -30,7 +30,7 @@ from typing import Any
 
 from ..results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
 from .plots import PLOT_KINDS, Plot, PlotError, plots_for
-from .reading import preregistration
+from .reading import expected_label, preregistration
 
 VERDICT_CLASSES = {SUPPORTED: "supported", REFUTED: "refuted", ERRORED: "errored", NOT_APPLICABLE: "na",
                    INCONCLUSIVE: "inconclusive"}
@@ -263,7 +263,7 @@ def _summary(claims: list[dict[str, Any]], anchors: list[str]) -> str:
             f'<td><a href="#{anchor}">{escape(str(claim.get("id")))}</a></td>'
             f"<td>{escape(_num(claim.get('target')))}</td>"
             f"<td>{verdict_badge(claim.get('verdict'))}</td>"
-            f"<td>{escape(_num(claim.get('expected')))}</td>"
+            f"<td>{escape(expected_label(claim))}</td>"
             f"<td>{expectation_badge(claim)}</td>"
             f"<td class=num>{escape(_num(claim.get('statistic')))}</td>"
             f"<td class=num>{escape(_ci(claim))}</td>"
@@ -330,7 +330,7 @@ def _claim_article(claim: dict[str, Any], anchor: str, plot_cache: Path | None =
         ("n", _num(claim.get("n"))),
         ("threshold", _num(claim.get("threshold"))),
         ("p-value", _num(claim.get("pvalue"))),
-        ("expected", _num(claim.get("expected"))),
+        ("expected", expected_label(claim)),
     ]
     if isinstance(claim.get("duration_s"), (int, float)):
         stats.append(("seconds", _num(claim.get("duration_s"))))

@@ -1,8 +1,9 @@
 """``claims.md``: one table per claim (target, verdict, expected, statistic, CI, threshold, n).
 
 Every text that comes from a run (ids, target names, messages, sources) is untrusted: markdown
-viewers render inline HTML, images and links, so ``&``, ``<`` and ``>`` become entities, the
-characters of images, links and emphasis are backslash-escaped, URLs and addresses are broken
+viewers render inline HTML, images and links, so ``&``, ``<`` and ``>`` and the characters of
+images, links and emphasis are backslash-escaped (CommonMark's escapes: a viewer shows ``<bos>``
+and ``>=``, and the raw file reads ``\<bos\>``, never an entity such as ``&lt;``), URLs and addresses are broken
 so that no viewer links them, and a table cell's ``|`` and line breaks are escaped."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import re
 from typing import Any
 
 from . import reproduce
-from .reading import preregistration
+from .reading import expected_label, preregistration
 
-_MARKUP = re.compile(r"([\\`*_\[\]()!|~@])")
+_MARKUP = re.compile(r"([\\`*_\[\]()!|~@&<>])")
 _AUTOLINK = re.compile(r"(?i)\b(https?|ftp|mailto|file|javascript|data|www)([:.])")
 
 
@@ -27,8 +28,7 @@ def _num(value: Any) -> str:
 
 def _text(value: Any) -> str:
     """Run text as inert markdown: no HTML, no image, link or emphasis, no table breaks, one line."""
-    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    text = _AUTOLINK.sub(lambda m: m.group(1) + "\\" + m.group(2), _MARKUP.sub(r"\\\1", text))
+    text = _AUTOLINK.sub(lambda m: m.group(1) + "\\" + m.group(2), _MARKUP.sub(r"\\\1", str(value)))
     return " ".join(text.split())
 
 
@@ -70,7 +70,7 @@ def render(record: dict[str, Any]) -> str:
             if c.get("as_expected") not in (None, True):
                 verdict = f"**{verdict}** (unexpected)"
             lines.append(
-                f"| {_text(c.get('target'))} | {verdict} | {_text(c.get('expected') or '-')} | {_num(c.get('statistic'))} | "
+                f"| {_text(c.get('target'))} | {verdict} | {_text(expected_label(c))} | {_num(c.get('statistic'))} | "
                 f"{ci_text} | {_num(c.get('threshold'))} | {_num(c.get('n'))} | {_num(c.get('pvalue'))} |"
             )
         for c in rows:

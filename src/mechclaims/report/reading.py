@@ -7,7 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..results import SCHEMA_VERSION, VERDICTS
+from ..results import REFUTED, SCHEMA_VERSION, VERDICTS
+
+NEGATIVE_CONTROL = "negative control"
+
+
+def expected_label(claim: dict[str, Any]) -> str:
+    """A claim's pre-registered verdict as the report shows it: ``refuted (negative control)`` for a
+    claim registered to be refuted (its run shows that the claim code can fail), ``-`` for none."""
+    expected = claim.get("expected")
+    if expected is None:
+        return "-"
+    return f"{expected} ({NEGATIVE_CONTROL})" if expected == REFUTED else str(expected)
 
 
 def resolve_run(path: Path) -> Path:
