@@ -214,23 +214,21 @@ def test_an_interval_across_the_threshold_is_inconclusive_not_refuted():
     assert mc.all_of(refuted, open_).decided and not mc.all_of(mc.at_least(below, 0.01, "c"), open_).decided
 
 
-def test_an_undecided_claim_is_inconclusive_and_fails_a_run_that_expected_a_verdict(pytester, as_organism):
+def _claims_run(pytester, verdicts: str, successes: dict[str, int]):
+    """A run of claims ``accuracy = k/10 (or k/100) is at least 0.5``, one per id, against ``verdicts``."""
     (pytester.path / "expectations").mkdir()
-    (pytester.path / "expectations" / "organism.toml").write_text(
-        '[registered]\nn_layers = 2\n[verdicts]\n"T.wide" = "supported"\n"T.known" = "inconclusive"\n')
-    pytester.makepyfile(test_x='''
-import pytest
-from mechclaims import at_least, proportion
+    (pytester.path / "expectations" / "organism.toml").write_text(f"[registered]\nn_layers = 2\n[verdicts]\n{verdicts}")
+    tests = "".join(f'''
+@pytest.mark.claim(id="{cid}")
+def test_{i}(target, claim):
+    claim.judge(at_least(proportion({k}, {10 if k <= 10 else 100}), 0.5, "accuracy"))
+''' for i, (cid, k) in enumerate(successes.items()))
+    pytester.makepyfile(test_x="import pytest\nfrom mechclaims import at_least, proportion\n" + tests)
+    return pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider")
 
-@pytest.mark.claim(id="T.wide")
-def test_wide(target, claim):
-    claim.judge(at_least(proportion(6, 10), 0.5, "accuracy"))
 
-@pytest.mark.claim(id="T.known")
-def test_known(target, claim):
-    claim.judge(at_least(proportion(6, 10), 0.5, "accuracy"))
-''')
-    result = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider")
+def test_an_undecided_claim_is_inconclusive_and_fails_a_run_that_expected_a_verdict(pytester, as_organism):
+    result = _claims_run(pytester, '"T.wide" = "supported"\n"T.known" = "inconclusive"\n', {"T.wide": 6, "T.known": 6})
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*inconclusive  T.wide [[]organism[]] (UNEXPECTED: pre-registered supported)*",
                                  "*inconclusive  T.known [[]organism[]] (expected inconclusive)*"])
@@ -272,22 +270,7 @@ def test_preregister_records_the_model_and_writes_where_the_project_says(tmp_pat
 
 
 def test_the_terminal_names_a_negative_control(pytester, as_organism):
-    (pytester.path / "expectations").mkdir()
-    (pytester.path / "expectations" / "organism.toml").write_text(
-        '[registered]\nn_layers = 2\n[verdicts]\n"T.control" = "refuted"\n')
-    pytester.makepyfile(test_x='''
-import pytest
-from mechclaims import at_least, proportion
-
-@pytest.mark.claim(id="T.control")
-def test_control(target, claim):
-    claim.judge(at_least(proportion(2, 100), 0.5, "accuracy"))
-
-@pytest.mark.claim(id="T.plain")
-def test_plain(target, claim):
-    claim.judge(at_least(proportion(99, 100), 0.5, "accuracy"))
-''')
-    result = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider")
+    result = _claims_run(pytester, '"T.control" = "refuted"\n', {"T.control": 20, "T.plain": 99})
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*refuted  T.control [[]organism[]] (negative control: expected refuted)*",
                                  "*supported  T.plain [[]organism[]] (expected supported)*"])
