@@ -274,3 +274,39 @@ def test_the_terminal_names_a_negative_control(pytester, as_organism):
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["*refuted  T.control [[]organism[]] (negative control: expected refuted)*",
                                  "*supported  T.plain [[]organism[]] (expected supported)*"])
+
+
+def test_an_undecided_preregistration_records_any_confirmation_and_fails_only_an_error(pytester, as_organism):
+    """Issue: a claim discovery could not decide on 40 pairs, confirmed on 100, came back refuted and
+    failed the run. Pre-registered undecided, nothing was predicted: the refutation (and a support)
+    is recorded, not judged; an errored claim still fails the run."""
+    result = _claims_run(pytester, '"T.down" = "undecided"\n"T.up" = "undecided"\n', {"T.down": 20, "T.up": 99})
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*refuted  T.down [[]organism[]] (undecided at discovery: recorded, not judged)*",
+                                 "*supported  T.up [[]organism[]] (undecided at discovery: recorded, not judged)*"])
+    import json
+    claims = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())["claims"]
+    assert [(c["verdict"], c["expected"], c["as_expected"]) for c in claims] == [
+        ("refuted", "undecided", None), ("supported", "undecided", None)]
+    pytester.makepyfile(test_x='''
+import pytest
+
+from mechclaims import at_least, proportion
+
+@pytest.mark.claim(id="T.down")
+def test_broken(target, claim):
+    raise RuntimeError("the claim code broke")
+
+@pytest.mark.claim(id="T.up")
+def test_up(target, claim):
+    claim.judge(at_least(proportion(99, 100), 0.5, "accuracy"))
+''')
+    broken = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider")
+    assert broken.ret == pytest.ExitCode.TESTS_FAILED  # control: undecided never excuses an error
+
+
+def test_an_unexpected_refutation_is_one_line_of_evidence(pytester, as_organism):
+    result = _claims_run(pytester, "", {"T.low": 20})
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["claim T.low [[]organism[]] refuted: *accuracy: 0.2 [[]0.127, 0.292[]]*"])
+    assert "def test_0" not in result.stdout.str()  # no traceback of the test's source

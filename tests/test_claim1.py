@@ -299,7 +299,7 @@ def test_an_onset_placed_on_too_few_pairs_is_inconclusive_not_a_negative_control
         scores=HeadScores(dla=np.zeros((8, LAYERS, HEADS)), dot=np.zeros((8, LAYERS, HEADS)), read_layer=7)),))
     finding = claim1.task_onset(few, PARAMS)
     assert not finding.supported and not finding.decided and "too few pairs" in finding.message
-    assert verdict_of(finding) == "inconclusive"
+    assert verdict_of(finding) == "undecided"
     wrong = claim1.task_onset(REDUNDANT, claim1.C1Params(**{**PARAMS.__dict__, "onset": 5}))
     assert not wrong.supported and wrong.decided and verdict_of(wrong) == "refuted"
 
@@ -316,7 +316,7 @@ def test_an_onset_interval_across_the_windows_edge_is_inconclusive_and_one_outsi
     at = lambda onset: claim1._onset(sweep, claim1.C1Params(**{**PARAMS.__dict__, "onset": onset}), seed=0)  # noqa: E731
     assert (at(4).effect.ci.low, at(4).effect.ci.high) == (3, 4)
     assert verdict_of(at(4)) == "supported"  # window [3, 5]
-    assert verdict_of(at(2)) == "inconclusive" and "straddles the window's edge" in at(2).message  # [1, 3]
+    assert verdict_of(at(2)) == "undecided" and "straddles the window's edge" in at(2).message  # [1, 3]
     assert verdict_of(at(6)) == "refuted"  # window [5, 7]
     assert verdict_of(at(0)) == "refuted"  # window [-1, 1]
 
@@ -410,7 +410,7 @@ def test_probe_variants_are_added_to_a_pre_registration_without_redoing_discover
                 sections={"c1": {"onset": 1, "stage1": [0], "read_layer": 1, "probe": "newline"}})
     found = discover_probes(tiny, load(path, "organism"), seed=0, probe=None, n_pairs=6, log=lambda m: None)
     assert set(found["verdicts"]) == {"C1.onset-robust"}
-    assert found["verdicts"]["C1.onset-robust"] in ("supported", "refuted", "inconclusive")
+    assert found["verdicts"]["C1.onset-robust"] in ("supported", "refuted", "undecided")
     assert found["c1"] == {"onset": 1, "stage1": [0], "read_layer": 1, "probe": "newline",
                            "probe_variants": ["post", "newline", "neutral-line"], "min_pairs": 6}
     assert "[post]" in found["figures"]["C1.onset-robust"] and "6 exploration pairs" in found["figures"]["C1.onset-robust"]

@@ -137,3 +137,14 @@ def test_compare_fails_on_an_incomplete_run(tmp_path, capsys):
     assert f"INCOMPLETE run B: {b / 'claims.json'} stopped before every claim had a verdict" in out
     assert out.splitlines()[-1] == "0 changed, 0 regressed, 1 incomplete"
     assert main(["compare", str(a), str(_run(tmp_path, "c", {"C1.onset": ("supported", 3.0)}))]) == 0
+
+
+def test_compare_holds_an_undecided_claim_to_the_old_run(tmp_path, capsys):
+    """Undecided at discovery predicts nothing: the old run is the baseline, as without one."""
+    undecided = {"C1.onset-robust": "undecided"}
+    a = _run(tmp_path, "a", {"C1.onset-robust": ("refuted", 5.0)}, expected=undecided)
+    same = _run(tmp_path, "same", {"C1.onset-robust": ("refuted", 4.0)}, expected=undecided)
+    moved = _run(tmp_path, "moved", {"C1.onset-robust": ("supported", 3.0)}, expected=undecided)
+    assert main(["compare", str(a), str(same)]) == 0  # refuted twice: not a move away from "undecided"
+    assert main(["compare", str(a), str(moved)]) == 1
+    assert "REGRESSION C1.onset-robust [organism]: refuted -> supported (pre-registered undecided)" in capsys.readouterr().out

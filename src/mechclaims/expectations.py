@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, did_you_mean
-from .results import INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
+from .results import INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED
 
-EXPECTABLE = (SUPPORTED, REFUTED, INCONCLUSIVE, NOT_APPLICABLE)
+EXPECTABLE = (SUPPORTED, REFUTED, INCONCLUSIVE, NOT_APPLICABLE, UNDECIDED)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ NOT_APPLICABLE = "not-applicable"
 ERRORED = "errored"
 INCONCLUSIVE = "inconclusive"  # the interval straddles the rule: too little evidence for a verdict either way
 VERDICTS = (SUPPORTED, REFUTED, INCONCLUSIVE, NOT_APPLICABLE, ERRORED)
+# An expectation, not a verdict: the exploration could not decide, so nothing was predicted. The
+# confirmation's verdict is recorded and not judged (only an errored claim fails the run).
+UNDECIDED = "undecided"
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,9 @@ class ClaimResult:
             "figures": _jsonable(dict(self.figures)),
             "rules": [rule.to_json() for rule in self.rules],
             "expected": self.expected,
-            "as_expected": None if self.expected is None else self.verdict == self.expected,
+            "as_expected": (None if self.expected is None
+                            else (False if self.verdict == ERRORED else None) if self.expected == UNDECIDED
+                            else self.verdict == self.expected),
         }
 
 

@@ -54,7 +54,7 @@ from mechclaims.expectations import load as load_expectations
 from mechclaims.expectations import merge_write, path_for, registered_model
 from .expectations import task as task_of
 from mechclaims.fits import fit_range, separation, top_heads
-from mechclaims.results import INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
+from mechclaims.results import NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED
 from mechclaims.stats import onset_layer
 from mechclaims.targets import TARGETS, load_target
 from .plugin import parse_task, task_path
@@ -264,8 +264,10 @@ def discover_sequences(
 
 def verdict_of(finding) -> str:
     """What discovery pre-registers: the exploration's verdict; an undecided finding (too little
-    evidence either way) is pre-registered inconclusive, never as a negative control."""
-    return SUPPORTED if finding.supported else REFUTED if finding.decided else INCONCLUSIVE
+    evidence either way) is pre-registered ``undecided``: nothing is predicted, so no confirmation,
+    however large, can contradict it (its verdict is recorded, not judged), and it is never taken
+    for a negative control."""
+    return SUPPORTED if finding.supported else REFUTED if finding.decided else UNDECIDED
 
 
 def write(path: Path, target: str, found: dict, command: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..results import ERRORED
+from ..results import ERRORED, UNDECIDED
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class Change:
         if self.after is None:
             return True
         expected = self.after.get("expected") or (self.before or {}).get("expected")
-        if expected is not None:
+        if expected is not None and expected != UNDECIDED:  # undecided predicts nothing: as without one
             return self.after["verdict"] != expected
         if self.before is None:
             return self.after["verdict"] == ERRORED

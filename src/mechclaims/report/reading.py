@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..results import REFUTED, SCHEMA_VERSION, VERDICTS
+from ..results import REFUTED, SCHEMA_VERSION, UNDECIDED, VERDICTS
 
 NEGATIVE_CONTROL = "negative control"
 
@@ -18,6 +18,8 @@ def expected_label(claim: dict[str, Any]) -> str:
     expected = claim.get("expected")
     if expected is None:
         return "-"
+    if expected == UNDECIDED:
+        return f"{UNDECIDED} at discovery (not judged)"
     return f"{expected} ({NEGATIVE_CONTROL})" if expected == REFUTED else str(expected)
 
 
@@ -77,8 +79,9 @@ def _check_claim(file: Path, i: int, claim: Any) -> None:
         raise ConfigError(f"{where}.target must be a string or null, got {claim['target']!r}")
     if claim["verdict"] not in VERDICTS:
         raise ConfigError(f"{where}.verdict {claim['verdict']!r} is not one of {', '.join(VERDICTS)}")
-    if claim.get("expected") is not None and claim["expected"] not in VERDICTS:
-        raise ConfigError(f"{where}.expected {claim['expected']!r} is not one of {', '.join(VERDICTS)} or null")
+    if claim.get("expected") is not None and claim["expected"] not in (*VERDICTS, UNDECIDED):
+        raise ConfigError(f"{where}.expected {claim['expected']!r} is not one of {', '.join(VERDICTS)}, "
+                          f"{UNDECIDED} or null")
     for key in ("statistic", "threshold", "pvalue"):
         value = claim.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
