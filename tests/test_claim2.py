@@ -11,7 +11,7 @@ import pytest
 from mechclaims_icl.expectations import task as task_of
 from mechclaims_icl import claim2
 from mechclaims_icl.claim2 import C2Params, Reading
-from mechclaims.fits import fit_range, growth, logit, sigmoid
+from mechclaims_icl.fits import fit_range, growth, logit, sigmoid
 
 K = 16
 LN2 = math.log(2)

@@ -12,7 +12,8 @@ from mechclaims_icl import claim3
 from mechclaims_icl.claim2 import Reading, read_sequences, role_links
 from mechclaims.interventions import AblateMLP
 from mechclaims_icl.claim3 import C3Params
-from mechclaims.fits import role_attention, role_mass, role_weights, top_heads, uniform_pattern
+from mechclaims import role_mass, role_weights, top_heads, uniform_pattern
+from mechclaims_icl.fits import role_attention
 from mechclaims_icl.roles import Roles
 
 LAYERS, HEADS, K = 4, 16, 10  # 64 heads: one named head can beat random draws at one-sided p < 0.025

@@ -19,7 +19,7 @@ for _module, _names in {
     "checks": "all_of at_least at_most equivalent holds holds_across significant",
     "errors": "ConfigError MechclaimsError TargetError",
     "expectations": "Expectations Key preregister register_section",
-    "fits": "role_weights top_heads uniform_pattern",
+    "attention": "role_mass role_weights top_heads uniform_pattern",
     "hooks": "attn_pattern head_z mlp_out resid_pre",
     "interventions": "AblateHeads AblateMLP SetResidual forward head_means",
     "prompts": "PromptSet",
@@ -50,7 +50,7 @@ __all__ = [
     "greedy_tokens", "string_probability", "attention_mass", "residual_at",
     # statistics
     "proportion", "proportion_of", "equivalence", "paired_increase", "holm", "bootstrap_mean", "onset",
-    "random_sets", "beats_random", "role_weights", "uniform_pattern", "top_heads",
+    "random_sets", "beats_random", "role_weights", "role_mass", "uniform_pattern", "top_heads",
     # checks and recording
     "at_least", "at_most", "equivalent", "significant", "holds", "all_of", "holds_across", "ClaimRecorder",
 ]
@@ -83,7 +83,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
     from .errors import ConfigError, MechclaimsError, TargetError
     from .expectations import Expectations, Key, preregister, register_section
-    from .fits import role_weights, top_heads, uniform_pattern
+    from .attention import role_mass, role_weights, top_heads, uniform_pattern
     from .hooks import attn_pattern, head_z, mlp_out, resid_pre
     from .interventions import AblateHeads, AblateMLP, SetResidual, forward, head_means
     from .prompts import PromptSet

@@ -100,7 +100,7 @@ def attention_mass(
     ``weights`` is ``[pos, pos]`` (the same links in every row) or ``[batch, pos, pos]``:
     ``sum(pattern * weights)`` over query and key is the reading, so weights of ``1/n`` at
     ``n`` (query, key) pairs give the mean attention a query puts on its key (build them
-    with :func:`mechclaims.fits.role_weights`). The pattern is reduced inside the hook and
+    with :func:`mechclaims.role_weights`). The pattern is reduced inside the hook and
     the pass stops after the last layer read. Layers not in ``layers`` read as NaN.
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads

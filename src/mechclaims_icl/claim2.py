@@ -12,7 +12,7 @@ forward can also collect attention masses between token roles for Claim 3
 Findings (pure numpy on a :class:`Reading`):
 
 * ``C2.log-additive``: over the range before saturation (the rule of
-  :func:`mechclaims.fits.fit_range`, applied to the EXPLORATION split), the mean
+  :func:`mechclaims_icl.fits.fit_range`, applied to the EXPLORATION split), the mean
   logit P(correct) grows linearly in n: slope > 0 (bootstrap CI over sequences),
   R^2 >= ``min_r2``, and the linear form beats linear-in-log(n + 1) on held-out
   sequences (paired CI of the error difference below 0).  The Bayesian reading
@@ -42,10 +42,8 @@ from mechclaims import memory
 from mechclaims.batching import device_of, group_by_length, rows_per_pass
 from .answers import numbers_are_single_tokens
 from .claim0 import MIN_ACCURACY
-from mechclaims.fits import (
-    MIN_R2, SATURATION, fit_range, growth, logit, mean_ci, mean_difference, role_mass, role_weights,
-    slope_c, uniform_pattern,
-)
+from mechclaims import role_mass, role_weights, uniform_pattern
+from .fits import MIN_R2, SATURATION, fit_range, growth, logit, mean_ci, mean_difference, slope_c
 from mechclaims.interventions import resid_pre
 from mechclaims.checks import all_of, at_least, at_most, equivalent, holds
 from mechclaims.results import Effect, Finding, Interval
@@ -335,7 +333,7 @@ def _curve(x, mean, low, high, fit=None, *, ylabel: str) -> dict:
 
 
 def _linear_growth(g: Any, min_r2: float) -> list[Finding]:
-    """The rules of linear growth (:meth:`mechclaims.fits.Growth.linear`): a slope above 0 and linear
+    """The rules of linear growth (:meth:`mechclaims_icl.fits.Growth.linear`): a slope above 0 and linear
     beating log(n+1) on held-out sequences (both intervals), and R^2 at least ``min_r2`` (a point figure)."""
     return [at_least(g.slope, 0.0, "slope"),
             at_most(g.heldout, 0.0, "held-out error, linear minus log"),

@@ -18,7 +18,7 @@ before y_j attends to earlier y_i (i < j) and adds the transformation feature.
 
 Attention masses come from :func:`mechclaims_icl.claim2.read_sequences` (hook
 ``blocks.{L}.attn.hook_pattern``, ``[batch, head, query, key]``), reduced to
-per-head role masses inside the hook by :mod:`mechclaims.fits`.
+per-head role masses inside the hook by :func:`mechclaims.role_mass`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import torch
 
 from .claim2 import Reading, _reading_arrays, _reading_from, read_sequences
 from mechclaims.errors import ConfigError
-from mechclaims.fits import RoleAttention, role_attention, top_heads
+from mechclaims import top_heads
+from mechclaims_icl.fits import RoleAttention, role_attention
 from mechclaims.hooks import head_z, mlp_out, resid_pre
 from mechclaims.interventions import AblateMLP
 from mechclaims.checks import all_of, at_least, significant

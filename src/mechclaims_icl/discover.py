@@ -53,7 +53,9 @@ from .experiments import AblationStudy, Condition, measure, probe_sweeps
 from mechclaims.expectations import load as load_expectations
 from mechclaims.expectations import merge_write, path_for, registered_model
 from .expectations import task as task_of
-from mechclaims.fits import fit_range, separation, top_heads
+from mechclaims import top_heads
+
+from .fits import fit_range, separation
 from mechclaims.results import NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED
 from mechclaims.stats import onset_layer
 from mechclaims.targets import TARGETS, load_target

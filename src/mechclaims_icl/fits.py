@@ -1,8 +1,7 @@
-"""Numeric cores of Claims 2 and 3: growth fits and attention-role statistics.
+"""Numeric cores of the post's Claims 2 and 3: growth fits and attention-role statistics.
 
 Pure numpy/scipy; no torch, no I/O.  Every function returns the frozen
-:class:`~mechclaims.results.Effect` vocabulary (statistic, ci, n, pvalue) or
-plain arrays.
+:class:`~mechclaims.Effect` vocabulary (statistic, ci, n, pvalue) or plain arrays.
 
 Claim 2 (growth in the number of examples ``n``):
 
@@ -15,14 +14,10 @@ Claim 2 (growth in the number of examples ``n``):
   reports its R^2, and compares it with ``value = intercept + slope * log(n + 1)``
   by held-out squared error (K-fold over sequences, paired per sequence).
 
-Claim 3 (attention between token roles):
-
-* :func:`role_weights` turns (query, keys) links into a ``[query, key]`` weight
-  matrix; :func:`role_mass` reads a pattern's mean attention along those links,
-  :func:`uniform_pattern` is the causal-uniform baseline pattern.
-* :func:`role_attention` tests a set of heads against both baselines: uniform
-  attention over the causal window (paired per sequence) and randomly drawn
-  sets of heads of the same size.
+Claim 3 (attention between token roles): :func:`role_attention` tests a set of heads
+against both baselines: uniform attention over the causal window (paired per sequence)
+and randomly drawn sets of heads of the same size. The role weights and masses it reads
+are the core's (``mechclaims.role_weights``, ``role_mass``, ``uniform_pattern``).
 """
 
 from __future__ import annotations
@@ -33,8 +28,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as _st
 
-from .results import Effect, Interval
-from .stats import paired_increase
+from mechclaims import Effect, Interval, paired_increase
 
 SATURATION = 0.9  # mean P(correct) that ends the range "before saturation"
 MIN_POINTS = 4  # a line is never fitted to fewer points
@@ -214,43 +208,6 @@ def separation(task: np.ndarray, control: np.ndarray, *, seed: int = 0) -> float
 # --------------------------------------------------------------------------- attention roles
 
 
-Link = tuple[int, Sequence[int]]  # (query position, key positions)
-
-
-def role_weights(links: Sequence[Link], length: int) -> np.ndarray:
-    """``[length, length]`` weights: ``1/len(links)`` at each (query, key) of ``links``.
-
-    ``pattern`` summed against it is the mean, over links, of the attention mass a
-    query puts on its keys.  Keys must not lie after their query (causal).
-    """
-    if not links:
-        raise ValueError("no role links to weigh")
-    w = np.zeros((length, length))
-    for query, keys in links:
-        keys = list(keys)
-        if not keys or max(keys) > query:
-            raise ValueError(f"link ({query}, {keys}) needs keys at or before the query")
-        w[query, keys] += 1.0
-    return w / len(links)
-
-
-def role_mass(pattern: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Mean attention along the links of ``weights``: ``pattern`` ``[..., q, k]`` -> ``[...]``.
-
-    ``weights`` is ``[q, k]`` (one for all rows) or ``[batch, q, k]`` matching the
-    pattern's leading batch axis (``pattern`` ``[batch, head, q, k]``).
-    """
-    pattern = np.asarray(pattern, dtype=float)
-    if weights.ndim == 2:
-        return np.einsum("...qk,qk->...", pattern, weights)
-    return np.einsum("bhqk,bqk->bh", pattern, weights)
-
-
-def uniform_pattern(length: int) -> np.ndarray:
-    """Causal-uniform attention: each query spreads 1 evenly over itself and the keys before it."""
-    return np.tril(np.ones((length, length))) / np.arange(1, length + 1)[:, None]
-
-
 @dataclass(frozen=True)
 class RoleAttention:
     """Attention along a role link for a set of heads, against both baselines."""
@@ -303,10 +260,3 @@ def role_attention(
         heads=heads,
         per_head=per_head,
     )
-
-
-def top_heads(scores: np.ndarray, k: int) -> list[tuple[int, int]]:
-    """The ``k`` (layer, head) pairs with the largest ``scores`` ``[n_layers, n_heads]``, largest first."""
-    scores = np.asarray(scores, dtype=float)
-    order = np.argsort(-scores.ravel(), kind="stable")[:k]
-    return [(int(i // scores.shape[1]), int(i % scores.shape[1])) for i in order]
