@@ -15,7 +15,7 @@ from mechclaims_icl.claim1 import C1Params, confirmation_pairs, params_from
 from mechclaims_icl.claim2 import C2Params, Reading
 from mechclaims_icl.claim3 import C3Params
 from mechclaims_icl.experiments import AblationStudy, ablation_study, probe_sweeps
-from mechclaims.results import Effect
+from mechclaims import Effect
 from mechclaims_icl.expectations import N_EXAMPLES
 from mechclaims_icl.expectations import task as task_of
 from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts, probe_text, split_seed

@@ -110,3 +110,51 @@ def test_the_name_walk_finds_a_planted_name(tmp_path):
                                'C = "see C2.log-additive"\n')
     assert [line.split(": ", 1)[0] for line in post_names(core, tmp_path)] == [
         "src/mechclaims/x.py:3", "src/mechclaims/x.py:4", "src/mechclaims/x.py:5"]
+
+
+# What the post's pack still reads from the core's internal modules: names the public API does not
+# carry yet (a pass runner, store keys, batching, the onset statistics, the expectations section
+# keys). The list may only shrink: a new internal import fails here. The example pack reads none.
+PACK_INTERNALS = {
+    "mechclaims.batching": {"at_prompt_end", "device_of", "encode", "group_by_length", "rows_per_pass", "with_answers"},
+    "mechclaims.expectations": {"LAYER", "LAYERS", "RATE", "SHARE", "load", "merge_write", "own_dir", "path_for",
+                                "registered_model"},
+    "mechclaims.hooks": {"FINAL_NORM", "FINAL_SCALE", "attn_pattern"},
+    "mechclaims.interventions": {"AblateHeads", "Intervention", "SetResidual", "capture", "head_z", "resid_pre",
+                                 "run_with"},
+    "mechclaims.stats": {"equivalence", "holm", "onset", "onset_layer", "onset_shift", "paired_increase",
+                         "proportion_of"},
+    "mechclaims.store": {"derived", "tensor_digest"},
+}
+
+
+def internal_imports(paths) -> dict[str, set[str]]:
+    """module -> names, of every import of a ``mechclaims.*`` submodule in ``paths``."""
+    found: dict[str, set[str]] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(Path(path).read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("mechclaims."):
+                found.setdefault(node.module, set()).update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("mechclaims."):
+                        found.setdefault(alias.name, set()).add("*")
+    return found
+
+
+def test_the_example_pack_imports_only_the_public_package():
+    assert internal_imports(sorted((ROOT / "examples").rglob("*.py"))) == {}
+
+
+def test_the_posts_pack_adds_no_internal_import():
+    files = sorted([*(ROOT / "src" / "mechclaims_icl").rglob("*.py"), *(ROOT / "claims").rglob("*.py")])
+    new = {module: sorted(names - PACK_INTERNALS.get(module, set()))
+           for module, names in internal_imports(files).items() if names - PACK_INTERNALS.get(module, set())}
+    assert not new, f"the post's pack imports internals the public API should carry instead: {new}"
+
+
+def test_the_internal_import_walk_finds_a_planted_one(tmp_path):
+    """Negative control: an internal import, top level or lazy, is found; a public one is not."""
+    (tmp_path / "p.py").write_text("from mechclaims import proportion\ndef f():\n"
+                                   "    from mechclaims.store import derived\n    import mechclaims.targets\n")
+    assert internal_imports([tmp_path / "p.py"]) == {"mechclaims.store": {"derived"}, "mechclaims.targets": {"*"}}

@@ -330,7 +330,7 @@ def test_a_bad_expectations_file_is_a_one_line_usage_error(pytester, as_organism
     (pytester.path / "expectations" / "organism.toml").write_text('[verdicts]\n"T.control" = "maybe"\n')
     result = pytester.runpytest("--mechclaims-exploratory", "--mechclaims-target", "organism")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] 'T.control' = 'maybe'; valid expected verdicts: supported, refuted, inconclusive, not-applicable"])
+    result.stderr.fnmatch_lines(["ERROR: *organism.toml: [[]verdicts[]] 'T.control' = 'maybe'; valid expected verdicts: supported, refuted, inconclusive, not-applicable, undecided"])
 
 
 SLOW_CLAIMS = '''

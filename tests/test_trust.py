@@ -370,7 +370,7 @@ def test_x(target, claim):
     explored = pytester.runpytest("--mechclaims-target", "organism", "-p", "no:cacheprovider",
                                   "--mechclaims-exploratory", "--mechclaims-n-prompts", "7")
     assert explored.ret == pytest.ExitCode.OK
-    explored.stdout.fnmatch_lines(["*level 0.95, 7 prompts | organism EXPLORATORY*",
+    explored.stdout.fnmatch_lines(["*profile ci, 7 prompts | organism EXPLORATORY*",
                                    "*EXPLORATORY: organism has no pre-registration*",
                                    "*supported  T.x [[]organism[]]  0.9 *"])
     run = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())["run"]

@@ -25,10 +25,12 @@ for _module, _names in {
     "prompts": "PromptSet",
     "readers": "attention_mass greedy_tokens residual_at string_probability",
     "recorder": "ClaimRecorder",
-    "results": "ERRORED NOT_APPLICABLE REFUTED SUPPORTED ClaimResult Effect Finding Interval Rule",
+    "results": "ERRORED INCONCLUSIVE NOT_APPLICABLE REFUTED SUPPORTED UNDECIDED ClaimResult Effect Finding Interval "
+               "Rule",
     "stats": "beats_random bootstrap_mean equivalence holm onset paired_increase proportion proportion_of "
              "random_sets",
-    "targets": "TARGETS LoadedTarget load_target",
+    "targets": "TARGETS LoadedTarget ModelShape Resolved TargetSpec from_dir from_gguf from_hf_cache load_target "
+               "override",
 }.items():
     for _name in _names.split():
         _WHERE[_name] = _module
@@ -36,11 +38,14 @@ del _module, _names, _name
 
 __all__ = [
     # results
-    "ClaimResult", "Effect", "Finding", "Interval", "Rule", "ERRORED", "NOT_APPLICABLE", "REFUTED", "SUPPORTED",
+    "ClaimResult", "Effect", "Finding", "Interval", "Rule", "ERRORED", "INCONCLUSIVE", "NOT_APPLICABLE", "REFUTED",
+    "SUPPORTED", "UNDECIDED",
     # errors
     "ConfigError", "MechclaimsError", "TargetError",
     # targets and settings
     "LoadedTarget", "TARGETS", "load_target", "Settings", "settings",
+    # shipping targets from a package (entry point mechclaims.targets): a spec and its resolver's sources
+    "TargetSpec", "ModelShape", "Resolved", "from_dir", "from_hf_cache", "from_gguf", "override",
     # pre-registration
     "Expectations", "Key", "register_section", "preregister",
     # prompts, hooks, interventions
@@ -89,7 +94,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .prompts import PromptSet
     from .readers import attention_mass, greedy_tokens, residual_at, string_probability
     from .recorder import ClaimRecorder
-    from .results import ERRORED, NOT_APPLICABLE, REFUTED, SUPPORTED, ClaimResult, Effect, Finding, Interval, Rule
+    from .results import (ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED, ClaimResult, Effect,
+                          Finding, Interval, Rule)
     from .stats import (beats_random, bootstrap_mean, equivalence, holm, onset, paired_increase, proportion,
                         proportion_of, random_sets)
-    from .targets import TARGETS, LoadedTarget, load_target
+    from .targets import (TARGETS, LoadedTarget, ModelShape, Resolved, TargetSpec, from_dir, from_gguf, from_hf_cache,
+                          load_target, override)

@@ -297,7 +297,7 @@ class ClaimSession:
         return (
             f"mechclaims {v['mechclaims']} | {models} | torch {v['torch']}, "
             f"transformers {v['transformers']}, transformer-lens {v['transformer-lens']} | "
-            f"seed {self.settings.seed}, profile {self.settings.profile}, level {self.settings.level:g}"
+            f"seed {self.settings.seed}, profile {self.settings.profile}"
             + (f", {self.settings.n_prompts} prompts" if self.settings.n_prompts != PROFILES[self.settings.profile].n_prompts
                else "")
             + "".join(f" | {name} EXPLORATORY (no pre-registration)"

@@ -1,7 +1,9 @@
 """Immutable run settings with named profiles (``ci``, ``paper``).
 
-A profile fixes how much evidence a claim run gathers; the seed and the
-confidence level travel with it so that a report states exactly what produced it.
+A profile fixes how much evidence a claim run gathers; the seed travels with it so that a
+report states exactly what produced it. Confidence levels are not a run setting: each
+statistic states its own (``Effect.ci.level``; 0.95 unless a claim asks for another), and the
+report shows it with every interval.
 """
 
 from __future__ import annotations
@@ -18,13 +20,10 @@ class Settings:
     profile: str = "ci"
     n_prompts: int = 100
     seed: int = 0
-    level: float = 0.95
 
     def __post_init__(self) -> None:
         if self.n_prompts < 1:
             raise ConfigError(f"n_prompts must be >= 1, got {self.n_prompts}")
-        if not 0.5 < self.level < 1.0:
-            raise ConfigError(f"level must be in (0.5, 1), got {self.level}")
 
     def with_(self, **changes: object) -> "Settings":
         return replace(self, **changes)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from mechclaims import Finding, all_of, at_least, at_most
-from mechclaims.stats import proportion_of
+from mechclaims import proportion_of
 
 MIN_ACCURACY = 0.8  # lower 95% bound of accuracy with context
 MAX_ACCURACY_WITHOUT_CONTEXT = 0.2  # upper 95% bound of accuracy without examples

@@ -15,9 +15,9 @@ import numpy as np
 
 from .experiments import AblationStudy, Condition
 from .patching import Sweep
-from mechclaims.checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
+from mechclaims import all_of, at_least, at_most, equivalent, holds, holds_across, significant
 from .claim0 import MIN_ACCURACY
-from mechclaims.results import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding, Rule
+from mechclaims import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding, Rule
 from mechclaims.stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
 
 # One-sided, the level the lower bound of a 95% interval keeps: a rule on the bound and a test on the
@@ -290,7 +290,7 @@ def confirmation_pairs(exp: Any, requested: int) -> int:
 def probes_from(exp: Any) -> tuple[str, tuple[str, ...]]:
     """The pre-registered probe (``[c1] probe``, required) and the variants ``C1.onset-robust`` runs
     under (``[c1] probe_variants``, default every format of :data:`~mechclaims_icl.tasks.PROBES`)."""
-    from mechclaims.errors import ConfigError
+    from mechclaims import ConfigError
 
     from .tasks import PROBES
 

@@ -44,11 +44,11 @@ from .answers import numbers_are_single_tokens
 from .claim0 import MIN_ACCURACY
 from mechclaims import role_mass, role_weights, uniform_pattern
 from .fits import MIN_R2, SATURATION, fit_range, growth, logit, mean_ci, mean_difference, slope_c
-from mechclaims.interventions import resid_pre
-from mechclaims.checks import all_of, at_least, at_most, equivalent, holds
-from mechclaims.results import Effect, Finding, Interval
+from mechclaims import resid_pre
+from mechclaims import all_of, at_least, at_most, equivalent, holds
+from mechclaims import Effect, Finding, Interval
 from .roles import Roles, roles
-from mechclaims.stats import proportion_of
+from mechclaims import proportion_of
 from mechclaims.hooks import FINAL_NORM, attn_pattern
 from mechclaims.store import derived
 from .tasks import Prompt, PromptSet
@@ -446,7 +446,7 @@ def params_from(exp: Any, n_layers: int) -> C2Params:
     parity_from = exp.get("c2", "parity_from", int)
     for key, value in (("fit_first", fit_first), ("fit_last", fit_last), ("parity_from", parity_from)):
         if value is not None and not 0 <= value < n_examples:
-            from mechclaims.errors import ConfigError
+            from mechclaims import ConfigError
 
             raise ConfigError(f"{exp.path or exp.target}: [c2] {key} = {value} is outside 0..{n_examples - 1}")
     c_expected = exp.get("c2", "c_expected", float, default=None)

@@ -32,16 +32,16 @@ import numpy as np
 import torch
 
 from .claim2 import Reading, _reading_arrays, _reading_from, read_sequences
-from mechclaims.errors import ConfigError
+from mechclaims import ConfigError
 from mechclaims import top_heads
 from mechclaims_icl.fits import RoleAttention, role_attention
-from mechclaims.hooks import head_z, mlp_out, resid_pre
-from mechclaims.interventions import AblateMLP
-from mechclaims.checks import all_of, at_least, significant
-from mechclaims.results import Effect, Finding
+from mechclaims import head_z, mlp_out, resid_pre
+from mechclaims import AblateMLP
+from mechclaims import all_of, at_least, significant
+from mechclaims import Effect, Finding
 from .roles import Roles, roles
 from .scores import FINAL_SCALE, scores_from
-from mechclaims.stats import paired_increase, proportion_of
+from mechclaims import paired_increase, proportion_of
 from mechclaims.store import derived
 
 # One-sided, the level the lower bound of a 95% interval keeps (mechclaims.significant's default).

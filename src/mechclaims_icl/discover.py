@@ -48,7 +48,7 @@ import numpy as np
 
 from . import claim0, claim1, claim2, claim3
 from .answers import greedy_is
-from mechclaims.errors import MechclaimsError
+from mechclaims import MechclaimsError
 from .experiments import AblationStudy, Condition, measure, probe_sweeps
 from mechclaims.expectations import load as load_expectations
 from mechclaims.expectations import merge_write, path_for, registered_model
@@ -56,9 +56,9 @@ from .expectations import task as task_of
 from mechclaims import top_heads
 
 from .fits import fit_range, separation
-from mechclaims.results import NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED
+from mechclaims import NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED
 from mechclaims.stats import onset_layer
-from mechclaims.targets import TARGETS, load_target
+from mechclaims import TARGETS, load_target
 from .plugin import parse_task, task_path
 from .tasks import CANONICAL, PROBES, AffineTask, make_patch_pairs, make_prompts, split_seed
 
@@ -154,7 +154,7 @@ def discover_probes(model: Any, previous: Any, *, seed: int, probe: str | None, 
     """``C1.onset-robust`` added to an existing pre-registration: its Claim 1 values are kept, the
     clean exploration sweep is measured under every format of B and the verdict that implies is
     pre-registered, with ``[c1] probe`` (``probe``, else the file's) and ``probe_variants``."""
-    from mechclaims.errors import ConfigError
+    from mechclaims import ConfigError
 
     n_layers = model.cfg.n_layers
     c1 = dict(previous.sections.get("c1", {}))

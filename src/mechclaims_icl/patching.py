@@ -25,10 +25,10 @@ import torch
 from mechclaims.batching import device_of, encode, group_by_length, rows_per_pass
 from .answers import OUTCOMES, NumberReader, answer_steps, classify, decode_numbers
 from mechclaims import memory
-from mechclaims.errors import ConfigError
+from mechclaims import ConfigError
 from mechclaims.interventions import Intervention, SetResidual, capture, resid_pre
-from mechclaims.results import Effect
-from mechclaims.stats import proportion_of
+from mechclaims import Effect
+from mechclaims import proportion_of
 from mechclaims.store import derived, tensor_digest
 from .tasks import PatchSet
 

@@ -13,8 +13,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from mechclaims.batching import encode
-from mechclaims.errors import ConfigError
+from mechclaims import encode
+from mechclaims import ConfigError
 from .tasks import Prompt
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mechclaims.errors import TargetError
-from mechclaims.targets import ModelShape, Resolved, TargetSpec, from_dir, from_gguf, from_hf_cache, override
+from mechclaims import TargetError
+from mechclaims import ModelShape, Resolved, TargetSpec, from_dir, from_gguf, from_hf_cache, override
 
 LLAMA3_REPO = "meta-llama/Meta-Llama-3-8B"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

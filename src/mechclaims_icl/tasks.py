@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mechclaims.errors import ConfigError
+from mechclaims import ConfigError
 
 X_RANGE = (10, 99)
 SPLITS = ("exploration", "confirmation")

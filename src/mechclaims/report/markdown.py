@@ -3,8 +3,9 @@
 Every text that comes from a run (ids, target names, messages, sources) is untrusted: markdown
 viewers render inline HTML, images and links, so ``&``, ``<`` and ``>`` and the characters of
 images, links and emphasis are backslash-escaped (CommonMark's escapes: a viewer shows ``<bos>``
-and ``>=``, and the raw file reads ``\<bos\>``, never an entity such as ``&lt;``), URLs and addresses are broken
-so that no viewer links them, and a table cell's ``|`` and line breaks are escaped."""
+and ``>=``, and the raw file has a backslash before each, never an entity such as ``&lt;``),
+URLs and addresses are broken so that no viewer links them, and a table cell's ``|`` and line
+breaks are escaped."""
 
 from __future__ import annotations
 
