@@ -1,5 +1,6 @@
 """The ``mechclaims`` command: ``report RUN`` re-renders claims.md and index.html
 from a claims.json; ``compare RUN_A RUN_B`` lists changes and exits 1 on a regression;
+``merge SHARD... --out DIR`` joins the reports of a sharded run (--mechclaims-shard K/N) into one;
 ``targets`` lists every registered target, where it comes from and whether its weights are there;
 ``cache info|prune|clear`` shows the disk activation cache and keeps it in bounds."""
 
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     cmp_ = sub.add_parser("compare", help="changed verdicts and figures between two runs")
     cmp_.add_argument("run_a", type=Path, help="the reference run (e.g. the last accepted one)")
     cmp_.add_argument("run_b", type=Path, help="the new run")
+    mrg = sub.add_parser("merge", help="one report from the reports of every shard of a run (--mechclaims-shard K/N)")
+    mrg.add_argument("shards", type=Path, nargs="+", help="each shard's run directory (reports/<run-id>) or claims.json")
+    mrg.add_argument("--out", type=Path, required=True, help="the reports directory to write the merged run into")
     tgt = sub.add_parser("targets", help="registered targets: source, weights, expectations file")
     tgt.add_argument("--claims-dir", type=Path, default=Path("claims"),
                      help="where the pack's expectations/ are (default claims; a project's [tool.mechclaims] "
@@ -49,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cache(args)
         if args.command == "targets":
             return _list_targets(args.claims_dir)
+        if args.command == "merge":
+            return _merge(args.shards, args.out)
         if args.command == "report":
             record = read_run(args.run)
             run_dir = resolve_run(args.run).parent
@@ -74,6 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     regressions = sum(c.regressed for c in changes)
     print(f"{len(changes)} changed, {regressions} regressed" + (f", {len(cut_short)} incomplete" if cut_short else ""))
     return 1 if regressions or cut_short else 0
+
+
+def _merge(paths: list[Path], out: Path) -> int:
+    """Write the merged run under ``out`` and exit as the single run would have."""
+    from .report.claims_json import new_run_id, write_run
+    from .shards import exit_status, merge
+
+    record = merge([(str(resolve_run(path)), read_run(path)) for path in paths])
+    try:
+        written = write_run(out, new_run_id(), record)
+    except OSError as exc:
+        raise ConfigError(describe_os_error(exc, f"{out}", "pass another --out directory")) from None
+    unexpected = [c for c in record["claims"] if c.get("as_expected") is False]
+    for claim in unexpected:
+        print(f"UNEXPECTED {claim['id']} [{claim['target']}]: {claim['verdict']} (pre-registered {claim['expected']})")
+    print(f"merged {len(record['run']['shards'])} shards, {len(record['claims'])} claims, "
+          f"{len(unexpected)} unexpected: {written}")
+    return exit_status(record)
 
 
 def _list_targets(claims_dir: Path) -> int:

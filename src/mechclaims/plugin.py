@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from . import expectations as _expectations
-from . import cachedir, registry, scheduling, threads
+from . import cachedir, registry, scheduling, shards, threads
 from .errors import TargetError, MechclaimsError
 from .recorder import ClaimRecorder
 from .report import reproduce, write_run
@@ -123,10 +123,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "pytest-xdist the cores divided among the workers that have work; OMP_NUM_THREADS also wins)",
     )
     group.addoption(
+        "--mechclaims-shard", type=_shard, default=None, metavar="K/N",
+        help="run the K-th of N shards (1-based): a target's claims stay in one shard; merge the shards' "
+        "reports with mechclaims merge (docs/distributed.md)",
+    )
+    group.addoption(
         "--mechclaims-cache-dir", default=None, metavar="DIR",
         help="directory of the disk activation cache (default: $MECHCLAIMS_CACHE_DIR/activations, "
         "else ~/.cache/mechclaims/activations)",
     )
+
+
+def _shard(text: str) -> shards.Shard:
+    import argparse
+
+    try:
+        return shards.parse(text)
+    except MechclaimsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -172,6 +186,7 @@ def pytest_configure(config: pytest.Config) -> None:
         cache_max_size=cache_cap,
     )
     state.parallel = _parallel_notes(config)
+    state.shard = config.getoption("mechclaims_shard")
     config.stash[session_key] = state
     config.pluginmanager.register(_ResultCollector(state), f"mechclaims-collector-{id(config)}")
 
@@ -240,6 +255,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             config.hook.pytest_deselected(items=dropped)
             items[:] = keep
     _preflight_gpu(config, items)
+    _keep_shard(config, items)
+
+
+def _keep_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--mechclaims-shard K/N``: deselect every test outside shard K (mechclaims.shards)."""
+    shard = config.getoption("mechclaims_shard")
+    if shard is None:
+        return
+    group = {id(item): _target_name(item) or item.nodeid for item in items}
+    placed = shards.assign(group.values(), shard.count)
+    dropped = [item for item in items if placed[group[id(item)]] != shard.index]
+    config.stash[session_key].shard_empty = len(dropped) == len(items) > 0
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        gone = {id(item) for item in dropped}
+        items[:] = [item for item in items if id(item) not in gone]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -727,10 +758,12 @@ def _first_line(value: object) -> str:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     state = config.stash.get(session_key, None)
-    if state is None or not state.claims or hasattr(config, "workerinput"):
-        return  # pytest-xdist workers send their results to the controller, which writes
+    if state is None or (not state.claims and state.shard is None) or hasattr(config, "workerinput"):
+        return  # pytest-xdist workers send their results to the controller, which writes (a shard always does)
     from .session import utc_now
 
+    if state.shard_empty and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK  # a shard that drew no target has done its part
     if exitstatus != pytest.ExitCode.INTERRUPTED and not (session.shouldfail or session.shouldstop):
         state.finished = utc_now()  # a run stopped early (-x, --maxfail) stays incomplete
     # pytest's outcome can hide a verdict that differs from its pre-registration (an errored

@@ -119,6 +119,8 @@ class ClaimSession:
     # reported once for the target; its claims are errored and point here
     target_errors: dict[str, str] = field(default_factory=dict)
     parallel: list[str] = field(default_factory=list)  # what -n does for this run (said in the header)
+    shard: Any = None  # mechclaims.shards.Shard of a --mechclaims-shard run
+    shard_empty: bool = False  # the shard drew none of the run's tests (it still writes its report)
     threads: Any = None  # this process's mechclaims.threads.Plan, once its tests are collected
     # process ("main", "gw0", ...) -> its thread plan, as each process reported it
     thread_records: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -298,6 +300,7 @@ class ClaimSession:
             f"mechclaims {v['mechclaims']} | {models} | torch {v['torch']}, "
             f"transformers {v['transformers']}, transformer-lens {v['transformer-lens']} | "
             f"seed {self.settings.seed}, profile {self.settings.profile}"
+            + (f", shard {self.shard.index}/{self.shard.count}" if self.shard is not None else "")
             + (f", {self.settings.n_prompts} prompts" if self.settings.n_prompts != PROFILES[self.settings.profile].n_prompts
                else "")
             + "".join(f" | {name} EXPLORATORY (no pre-registration)"
@@ -328,6 +331,8 @@ class ClaimSession:
                 "threads": dict(sorted(self.thread_records.items())),
                 # what -n did for this run: the cost of a --dist that splits targets, or why it cannot help
                 "parallel": list(self.parallel),
+                # --mechclaims-shard K/N: which shard of a run this report is (mechclaims merge joins them)
+                "shard": self.shard.to_json() if self.shard is not None else None,
                 # targets run on another model than their pre-registration, allowed by the user
                 "expectation_overrides": dict(self.expectation_overrides),
                 # targets that could not run at all, each with its cause and fix, once
