@@ -249,11 +249,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             _apply_expectation(item, marker.kwargs["id"])
     explicit_gpu = any(TARGETS[n].gpu for n in config.getoption("mechclaims_target"))
     if not config.option.markexpr and not explicit_gpu:
-        keep = [i for i in items if i.get_closest_marker("gpu") is None]
-        dropped = [i for i in items if i.get_closest_marker("gpu") is not None]
-        if dropped:
-            config.hook.pytest_deselected(items=dropped)
-            items[:] = keep
+        _deselect(config, items, [i for i in items if i.get_closest_marker("gpu") is not None])
     _preflight_gpu(config, items)
     _keep_shard(config, items)
 
@@ -267,6 +263,11 @@ def _keep_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
     placed = shards.assign(group.values(), shard.count)
     dropped = [item for item in items if placed[group[id(item)]] != shard.index]
     config.stash[session_key].shard_empty = len(dropped) == len(items) > 0
+    _deselect(config, items, dropped)
+
+
+def _deselect(config: pytest.Config, items: list[pytest.Item], dropped: list[pytest.Item]) -> None:
+    """Take ``dropped`` out of ``items`` as pytest's own deselection does (reported as deselected)."""
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         gone = {id(item) for item in dropped}
@@ -345,10 +346,7 @@ def _limit_to_claim_targets(config: pytest.Config, items: list[pytest.Item]) -> 
                                     "target names, e.g. targets=['my-model']")
         if _target_name(item) not in only:
             dropped.append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        gone = {id(i) for i in dropped}
-        items[:] = [i for i in items if id(i) not in gone]
+    _deselect(config, items, dropped)
 
 
 def _claim_ids_by_dir(items: list[pytest.Item]) -> dict[Path, tuple[set[str], set[Path]]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .errors import ConfigError
-from .results import SCHEMA_VERSION
+from .results import ERRORED, SCHEMA_VERSION
 
 _SPEC = re.compile(r"([0-9]+)/([0-9]+)")
 
@@ -66,6 +66,7 @@ def merge(records: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     missing = [f"{k}/{count}" for k in range(1, count + 1) if (k, count) not in shards]
     if missing:
         raise ConfigError(f"shard(s) {', '.join(missing)} missing: merge needs all {count} shards of the run")
+    by_index = sorted(records, key=lambda where_record: where_record[1]["run"]["shard"]["index"])
     first_where, first = records[0]
     for field in ("git_commit", "seed", "settings"):
         for where, record in records[1:]:
@@ -99,8 +100,7 @@ def merge(records: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "expectations": expectations,
         "shard": None,
         "shards": [{**r["run"]["shard"], "report": where, "header": r["run"].get("header"),
-                    "complete": r["run"].get("complete")} for where, r in sorted(
-                        records, key=lambda wr: wr[1]["run"]["shard"]["index"])],
+                    "complete": r["run"].get("complete")} for where, r in by_index],
     })
     for section in ("targets", "load_counts", "boots", "forwards", "target_errors", "expectation_overrides"):
         merged: dict[str, Any] = {}
@@ -111,8 +111,7 @@ def merge(records: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         run[section] = merged
     run["threads"] = {f"shard {r['run']['shard']['index']}/{count} {process}": plan for _, r in records
                       for process, plan in (r["run"].get("threads") or {}).items()}
-    run["header"] = " || ".join(str(r["run"].get("header", "")) for _, r in sorted(
-        records, key=lambda wr: wr[1]["run"]["shard"]["index"]))
+    run["header"] = " || ".join(str(r["run"].get("header", "")) for _, r in by_index)
     return {"schema_version": SCHEMA_VERSION, "run": run, "claims": claims}
 
 
@@ -120,6 +119,6 @@ def exit_status(record: dict[str, Any]) -> int:
     """What a single run would exit with: 0 exactly when the run is complete and every verdict
     matches its pre-registration (an errored claim with no pre-registration fails too)."""
     claims = record["claims"]
-    bad = any(c.get("as_expected") is False or (c.get("as_expected") is None and c.get("verdict") == "errored")
+    bad = any(c.get("as_expected") is False or (c.get("as_expected") is None and c.get("verdict") == ERRORED)
               for c in claims)
     return 1 if bad or not record["run"].get("complete") else 0
