@@ -301,3 +301,20 @@ def test_a_reading_split_into_one_row_per_pass_is_the_same(tiny_model, monkeypat
     split = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
     assert [len(rows) for rows in forwards] == [1] * len(prompts.prompts)
     _assert_same_reading(split, whole)
+
+
+def test_the_growth_slope_is_the_mean_of_the_sequences_slopes():
+    """Least squares is linear in y: the mean curve's slope (numpy's polyfit) is the mean of the
+    per-sequence slopes (scipy's linregress), and its interval is the core's bootstrap of a mean."""
+    from scipy.stats import linregress
+
+    from mechclaims import bootstrap_mean
+
+    rng = np.random.default_rng(3)
+    n = np.arange(8)
+    values = 0.2 * n + rng.gamma(2.0, 1.0, size=(40, 8))
+    g = growth(n, values, seed=9)
+    per_seq = np.array([linregress(n, row).slope for row in values])
+    assert g.slope.statistic == pytest.approx(np.polyfit(n, values.mean(0), 1)[0], rel=1e-10)
+    same = bootstrap_mean(per_seq, seed=9, null=0.0)
+    assert (g.slope.ci.low, g.slope.ci.high, g.slope.pvalue) == pytest.approx((same.ci.low, same.ci.high, same.pvalue))

@@ -78,3 +78,119 @@ def test_vectorised_wilson_bound_matches_scipy():
     for k, n in [(0, 10), (3, 10), (10, 10), (57, 200)]:
         scipy_low = binomtest(k, n).proportion_ci(method="wilson").low
         assert wilson_low(np.array([k]), n)[0] == pytest.approx(scipy_low, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- against scipy and textbooks
+# One set of statistics: exact binomial for flags, Tango's score test for paired flags, the
+# bootstrap-t for other means, Phipson & Smyth's permutation p-value against random controls,
+# and inverted-CDF quantiles. Each is checked here against scipy or a textbook value.
+
+
+def test_bootstrap_mean_of_normal_data_agrees_with_the_t_interval_and_t_test():
+    """On normal data the bootstrap-t interval and p-value approach Student's t (scipy)."""
+    from scipy import stats as st
+
+    from mechclaims import bootstrap_mean
+
+    x = np.random.default_rng(1).normal(0.2, 1.0, 400)
+    effect = bootstrap_mean(x, null=0.0, n_boot=20000, seed=3)
+    low, high = st.t.interval(0.95, x.size - 1, x.mean(), st.sem(x))
+    assert effect.ci.low == pytest.approx(low, abs=0.02) and effect.ci.high == pytest.approx(high, abs=0.02)
+    assert effect.pvalue == pytest.approx(st.ttest_1samp(x, 0.0, alternative="greater").pvalue, abs=0.005)
+    less = bootstrap_mean(x, null=0.3, alternative="less", n_boot=20000, seed=3)
+    assert less.pvalue == pytest.approx(st.ttest_1samp(x, 0.3, alternative="less").pvalue, abs=0.01)
+
+
+def test_bootstrap_mean_p_value_inverts_its_interval():
+    """``p < (1 - level) / 2`` exactly when the bound is beyond the null, at every null."""
+    from mechclaims import bootstrap_mean
+
+    x = np.random.default_rng(4).lognormal(size=60)
+    ci = bootstrap_mean(x, seed=5).ci
+    for null in np.linspace(ci.low - 0.3, ci.high + 0.3, 61):
+        assert (bootstrap_mean(x, seed=5, null=null).pvalue < 0.025) == (ci.low > null), null
+        assert (bootstrap_mean(x, seed=5, null=null, alternative="less").pvalue < 0.025) == (ci.high < null), null
+
+
+def test_bootstrap_mean_of_flags_is_the_exact_binomial_test():
+    from scipy.stats import binomtest
+
+    from mechclaims import bootstrap_mean
+
+    flags = np.r_[np.ones(15), np.zeros(5)]
+    effect = bootstrap_mean(flags, null=0.5)
+    assert effect.pvalue == pytest.approx(binomtest(15, 20, 0.5, alternative="greater").pvalue, rel=1e-12)
+    assert (effect.ci.low, effect.ci.high) == pytest.approx(tuple(binomtest(15, 20).proportion_ci(method="exact")))
+    assert bootstrap_mean(flags, null=-0.1).pvalue == 0.0 and bootstrap_mean(flags, null=1.1).pvalue == 1.0
+
+
+def test_bootstrap_mean_refuses_a_bad_alternative_naming_the_choices():
+    from mechclaims import bootstrap_mean
+
+    with pytest.raises(ValueError, match="alternative='two-sided'; choose one of greater, less"):
+        bootstrap_mean(np.arange(5.0), null=0.0, alternative="two-sided")
+    assert bootstrap_mean(np.ones(5) * 2, null=0.0).pvalue == 1.0  # no spread: no evidence
+    assert bootstrap_mean(np.ones(5) * 2, null=0.0, deterministic=True).pvalue == 0.0
+
+
+def test_paired_increase_of_flags_is_mcnemars_test_at_zero():
+    """Tango's score statistic at a difference of 0 is McNemar's ``(b - c) / sqrt(b + c)``."""
+    from scipy.stats import norm
+
+    before = np.r_[np.zeros(12), np.ones(4), np.ones(30), np.zeros(34)].astype(bool)
+    after = np.r_[np.ones(12), np.zeros(4), np.ones(30), np.zeros(34)].astype(bool)
+    assert paired_increase(before, after).pvalue == pytest.approx(norm.sf((12 - 4) / np.sqrt(12 + 4)), rel=1e-9)
+    assert paired_increase(before, after).statistic == pytest.approx(8 / 80)
+
+
+def test_paired_increase_of_normal_differences_agrees_with_the_paired_t_test():
+    from scipy import stats as st
+
+    rng = np.random.default_rng(6)
+    before = rng.normal(size=300)
+    after = before + 0.1 + rng.normal(size=300)
+    effect = paired_increase(before, after, n_boot=20000, seed=2)
+    assert effect.pvalue == pytest.approx(st.ttest_rel(after, before, alternative="greater").pvalue, abs=0.01)
+    low, high = st.t.interval(0.95, 299, (after - before).mean(), st.sem(after - before))
+    assert effect.ci.low == pytest.approx(low, abs=0.02) and effect.ci.high == pytest.approx(high, abs=0.02)
+
+
+def test_beats_random_p_value_is_exact_under_exchangeability():
+    """Phipson & Smyth (2010): with the observed value exchangeable with 19 controls, p is uniform
+    on {1/20, ..., 1}, so P(p <= 1/20) = 1/20 exactly; 4000 draws keep within 4 standard errors."""
+    from mechclaims import beats_random
+
+    rng = np.random.default_rng(7)
+    draws = rng.normal(size=(4000, 20))
+    p = np.array([beats_random(row[0], row[1:]).pvalue for row in draws])
+    assert set(np.round(p * 20).astype(int)) <= set(range(1, 21))
+    rate = float((p <= 0.05 + 1e-12).mean())
+    assert abs(rate - 0.05) < 4 * np.sqrt(0.05 * 0.95 / 4000), rate
+
+
+def test_onset_interval_uses_the_inverted_cdf_quantile():
+    """The percentile bootstrap's bounds are order statistics (numpy's ``inverted_cdf``), which on
+    the integer layers keeps them layers."""
+    flags = _flags([0.1, 0.3, 0.5, 0.7, 0.9, 0.95])
+    effect = onset(flags, 0.6, seed=1)
+    assert float(effect.ci.low).is_integer() and float(effect.ci.high).is_integer()
+
+
+def test_every_quantile_in_the_package_uses_one_convention():
+    """numpy's ``inverted_cdf``: a quantile is a value of the sample (the percentile bootstrap's
+    order statistic). A call without it is found, and a planted one is (negative control)."""
+    import ast
+    from pathlib import Path
+
+    def loose(tree):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in {"quantile", "percentile",
+                                                                               "nanquantile", "nanpercentile"}:
+                method = {k.arg: k.value for k in node.keywords}.get("method")
+                if not (isinstance(method, ast.Constant) and method.value == "inverted_cdf"):
+                    yield node.lineno
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    found = {str(p.relative_to(src)): list(loose(ast.parse(p.read_text()))) for p in sorted(src.rglob("*.py"))}
+    assert {k: v for k, v in found.items() if v} == {}
+    assert list(loose(ast.parse("np.quantile(x, 0.5)\nnp.quantile(x, 0.5, method='inverted_cdf')"))) == [1]

@@ -255,6 +255,7 @@ def onset_shift(
 
 def bootstrap_mean(
     values: np.ndarray, *, level: float = 0.95, n_boot: int = 2000, seed: int = 0, deterministic: bool = False,
+    null: float | None = None, alternative: str = "greater",
 ) -> Effect:
     """Mean of ``values`` with an interval for the data it is given: the exact binomial interval
     when every value is 0 or 1 (a share, :func:`proportion`), else the studentized (bootstrap-t)
@@ -262,19 +263,43 @@ def bootstrap_mean(
     reproducible). The bootstrap-t keeps its error rate on skewed data where the percentile,
     BCa and t intervals do not (docs/statistics.md). Values that are all equal give an
     unbounded interval (no rule decides on them) unless ``deterministic`` declares that the
-    quantity has no sampling error."""
+    quantity has no sampling error.
+
+    With ``null``, the result carries the one-sided p-value that the interval's bound inverts:
+    of "mean <= null" for ``alternative="greater"``, of "mean >= null" for ``"less"`` (the exact
+    binomial test for flags, the bootstrap-t test otherwise). ``pvalue < (1 - level) / 2``
+    exactly when the lower (upper) bound is beyond ``null``."""
     values = np.asarray(values, dtype=float).ravel()
     n = values.size
     if n < 2:
         raise ValueError(f"bootstrap_mean needs at least 2 values, got {n}")
     if not np.isfinite(values).all():
         raise ValueError(f"bootstrap_mean got non-finite values: {values[~np.isfinite(values)][:3]}")
+    if alternative not in _ALTERNATIVES:
+        raise ValueError(f"bootstrap_mean: alternative={alternative!r}; choose one of {', '.join(_ALTERNATIVES)}")
+    if null is not None and not math.isfinite(null):
+        raise ValueError(f"bootstrap_mean: null={null!r} must be a finite number (or None for no p-value)")
     mean = float(values.mean())
+    greater = alternative == "greater"
     if is_binary(values):
-        return Effect(mean, proportion(int(values.sum()), n, level=level).ci, n)
+        k = int(values.sum())
+        p = None
+        if null is not None and 0 <= null <= 1:
+            p = float(_st.binomtest(k, n, null, alternative=alternative).pvalue)
+        elif null is not None:  # a share is never outside [0, 1]: the hypothesis is certain or impossible
+            p = 0.0 if (null < 0) == greater else 1.0
+        return Effect(mean, proportion(k, n, level=level).ci, n, p)
     if np.all(values == values[0]):
-        return Effect(mean, _no_variance(mean, level, deterministic), n)
-    return Effect(mean, _StudentT(values, n_boot, seed).interval(level), n)
+        p = None
+        if null is not None:  # no spread: no evidence, unless the quantity has no sampling error
+            p = float(not (mean > null if greater else mean < null)) if deterministic else 1.0
+        return Effect(mean, _no_variance(mean, level, deterministic), n, p)
+    boot = _StudentT(values, n_boot, seed)
+    p = None if null is None else (boot.p_greater(null) if greater else boot.p_less(null))
+    return Effect(mean, boot.interval(level), n, p)
+
+
+_ALTERNATIVES = ("greater", "less")
 
 
 class _StudentT:

@@ -38,19 +38,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mechclaims import memory
+from mechclaims import (Effect, Finding, all_of, at_least, at_most, bootstrap_mean, equivalent, holds, memory,
+                        proportion_of, resid_pre, role_mass, role_weights, uniform_pattern)
 from mechclaims.batching import device_of, group_by_length, rows_per_pass
-from .answers import numbers_are_single_tokens
-from .claim0 import MIN_ACCURACY
-from mechclaims import role_mass, role_weights, uniform_pattern
-from .fits import MIN_R2, SATURATION, fit_range, growth, logit, mean_ci, mean_difference, slope_c
-from mechclaims import resid_pre
-from mechclaims import all_of, at_least, at_most, equivalent, holds
-from mechclaims import Effect, Finding, Interval
-from .roles import Roles, roles
-from mechclaims import proportion_of
 from mechclaims.hooks import FINAL_NORM, attn_pattern
 from mechclaims.store import derived
+
+from .answers import numbers_are_single_tokens
+from .claim0 import MIN_ACCURACY
+from .fits import MIN_R2, SATURATION, fit_range, growth, logit, mean_curve, mean_difference, slope_c
+from .roles import Roles, roles
 from .tasks import Prompt, PromptSet
 
 N_EXAMPLES = 16  # examples per Claim 2 sequence (the companion post saturates by ~14)
@@ -352,8 +349,8 @@ def log_additive(reading: Reading, p: C2Params, span: tuple[int, int], *, seed: 
     if p.c_expected is not None:
         parts.append(equivalent(c, p.c_margin, "c = sigmoid(slope)", center=p.c_expected))
         c_text = f"; c must lie within {p.c_expected:.3g} ± {p.c_margin:g}"
-    mean, low, high = mean_ci(values)
-    pm, pl, ph = mean_ci(reading.p_correct)
+    mean, low, high = mean_curve(values, seed=seed)
+    pm, pl, ph = mean_curve(reading.p_correct, seed=seed)
     return replace(
         all_of(*parts),
         message=f"logit P(correct) over n = {first}..{last} (mean P reaches {p.saturation:g} at {last} or never): slope "
@@ -374,18 +371,18 @@ def log_additive(reading: Reading, p: C2Params, span: tuple[int, int], *, seed: 
     )
 
 
-def parity_by_n(reading: Reading, p: C2Params, *, level: float = 0.95) -> Finding:
-    """C2.parity-by-n: right parity from ``parity_from`` examples on, not before any example."""
+def parity_by_n(reading: Reading, p: C2Params, *, level: float = 0.95, seed: int = 0) -> Finding:
+    """C2.parity-by-n: right parity from ``parity_from`` examples on, not before any example.
+
+    The later share is the mean over sequences of each sequence's share (sequences are the
+    independent units; :func:`mechclaims.bootstrap_mean`: exact when every sequence is all right
+    or all wrong, bootstrap-t otherwise, and no bound when every sequence has the same share)."""
     k = reading.n_examples
     if not 0 <= p.parity_from < k:
         raise ValueError(f"parity_from {p.parity_from} outside 0..{k - 1}")
     by_n = [proportion_of(reading.parity_ok[:, n], level=level) for n in range(k)]
     per_seq = reading.parity_ok[:, p.parity_from :].mean(1)
-    m, lo, hi = mean_ci(per_seq[:, None], level=level)
-    later = Effect(float(m[0]), Interval(float(lo[0]), float(min(hi[0], 1.0)), level), per_seq.size)
-    if np.all(per_seq == per_seq[0]):  # no spread: fall back to the pooled Wilson interval
-        later = proportion_of(reading.parity_ok[:, p.parity_from :], level=level)
-        later = Effect(later.statistic, later.ci, per_seq.size)
+    later = bootstrap_mean(per_seq, level=level, seed=seed)
     curves = {
         "correct parity by examples seen": {
             "x": list(range(k)), "y": [e.statistic for e in by_n], "ci_low": [e.ci.low for e in by_n],
@@ -419,7 +416,7 @@ def feature_linear(
     proj = reading.resid[layer].astype(float) @ np.asarray(direction, dtype=float)
     n = np.arange(reading.n_examples)
     g = growth(n[first : last + 1], proj[:, first : last + 1], seed=seed)
-    mean, low, high = mean_ci(proj)
+    mean, low, high = mean_curve(proj, seed=seed)
     return replace(
         all_of(*_linear_growth(g, p.min_r2)),
         message=f"projection on the layer-{layer} task direction over n = {first}..{last}: slope {g.slope}, R^2 "

@@ -10,7 +10,8 @@ Claim 2 (growth in the number of examples ``n``):
   the first ``n`` whose mean P(correct) reaches ``saturation`` (0.9), the whole
   range when none does, and never fewer than :data:`MIN_POINTS` points.
 * :func:`growth` fits ``value = intercept + slope * n`` to the mean curve over
-  sequences (the slope's interval is a percentile bootstrap over sequences),
+  sequences (that slope is the mean of the sequences' own slopes, so its interval and p-value
+  are the core's bootstrap of a mean, :func:`mechclaims.bootstrap_mean`),
   reports its R^2, and compares it with ``value = intercept + slope * log(n + 1)``
   by held-out squared error (K-fold over sequences, paired per sequence).
 
@@ -26,9 +27,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from scipy import stats as _st
-
-from mechclaims import Effect, Interval, paired_increase
+from mechclaims import Effect, Interval, beats_random, bootstrap_mean, paired_increase
 
 SATURATION = 0.9  # mean P(correct) that ends the range "before saturation"
 MIN_POINTS = 4  # a line is never fitted to fewer points
@@ -80,11 +79,11 @@ def _slopes(x: np.ndarray, curves: np.ndarray) -> np.ndarray:
 class Growth:
     """A linear-in-n fit of per-sequence values and its comparison with linear-in-log(n+1)."""
 
-    slope: Effect  # bootstrap CI over sequences; pvalue: one-sided, slope <= 0
+    slope: Effect  # mean of the sequences' slopes (bootstrap-t); pvalue: one-sided, slope <= 0
     intercept: float
     r2: float  # linear fit of the mean curve
     r2_log: float  # linear-in-log(n + 1) fit of the mean curve
-    heldout: Effect  # mean per-sequence held-out squared error, linear minus log; pvalue: one-sided, < 0
+    heldout: Effect  # mean per-sequence held-out squared error, linear minus log (bootstrap-t); pvalue: of >= 0
     aic: float  # of the mean curve's linear fit (Gaussian errors, 3 parameters)
     aic_log: float
     n: np.ndarray = field(repr=False)  # the example counts fitted
@@ -120,14 +119,11 @@ def growth(
     slope_log, intercept_log, r2_log = line(lx, mean)
     fit, fit_log = intercept + slope * x, intercept_log + slope_log * lx
 
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n_seq, np.full(n_seq, 1.0 / n_seq), size=n_boot)
-    boot = _slopes(x, weights @ values / n_seq)
-    alpha = 1 - level
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    slope_p = float((1 + (boot <= 0).sum()) / (n_boot + 1))
+    # The slope of the mean curve is the mean of the sequences' own slopes (least squares is linear
+    # in y), so its interval and p-value are the core's one bootstrap of a mean (bootstrap-t).
+    slope_effect = bootstrap_mean(_slopes(x, values), level=level, n_boot=n_boot, seed=seed, null=0.0)
 
-    folds = np.array_split(rng.permutation(n_seq), n_folds)
+    folds = np.array_split(np.random.default_rng(seed).permutation(n_seq), n_folds)
     diff = np.empty(n_seq)
     for held in folds:
         train = np.setdiff1d(np.arange(n_seq), held)
@@ -137,29 +133,21 @@ def growth(
         err = ((values[held] - (i + s * x)) ** 2).mean(1)
         err_log = ((values[held] - (il + sl * lx)) ** 2).mean(1)
         diff[held] = err - err_log
-    d_mean = float(diff.mean())
-    se = float(diff.std(ddof=1) / np.sqrt(n_seq))
-    if se > 0:
-        half = float(_st.t.ppf(1 - alpha / 2, n_seq - 1) * se)
-        d_p = float(_st.t.cdf(d_mean / se, n_seq - 1))
-    else:
-        half, d_p = 0.0, 0.0 if d_mean < 0 else 1.0
     return Growth(
-        slope=Effect(slope, Interval(float(min(low, slope)), float(max(high, slope)), level), n_seq, slope_p),
-        intercept=intercept, r2=r2, r2_log=r2_log,
-        heldout=Effect(d_mean, Interval(d_mean - half, d_mean + half, level), n_seq, d_p),
+        slope=slope_effect, intercept=intercept, r2=r2, r2_log=r2_log,
+        heldout=bootstrap_mean(diff, level=level, n_boot=n_boot, seed=seed, null=0.0, alternative="less"),
         aic=_aic(mean - fit), aic_log=_aic(mean - fit_log),
         n=x, mean=mean, fit=fit, fit_log=fit_log,
     )
 
 
-def mean_ci(values: np.ndarray, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per column of ``values`` ``[n, k]``: mean and its t interval ``(mean, low, high)``."""
+def mean_curve(values: np.ndarray, *, level: float = 0.95, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Per column of ``values`` ``[n, k]``: ``(mean, low, high)``, each column's mean with the core's
+    interval of a mean (:func:`mechclaims.bootstrap_mean`). For figures: a column with no spread
+    is drawn with no band."""
     values = np.asarray(values, dtype=float)
-    n = values.shape[0]
-    mean = values.mean(0)
-    half = _st.t.ppf(1 - (1 - level) / 2, max(n - 1, 1)) * values.std(0, ddof=1) / np.sqrt(n) if n > 1 else 0 * mean
-    return mean, mean - half, mean + half
+    effects = [bootstrap_mean(column, level=level, seed=seed, deterministic=True) for column in values.T]
+    return tuple(np.array(a) for a in zip(*((e.statistic, e.ci.low, e.ci.high) for e in effects)))
 
 
 def slope_c(slope: Effect) -> Effect:
@@ -212,12 +200,12 @@ def separation(task: np.ndarray, control: np.ndarray, *, seed: int = 0) -> float
 class RoleAttention:
     """Attention along a role link for a set of heads, against both baselines."""
 
-    excess: Effect  # mean over sequences of (set mass - uniform mass); paired t interval, one-sided t-test p
-    mass: Effect  # the set's mean mass (t interval)
+    excess: Effect  # mean over sequences of (set mass - uniform mass): mechclaims.paired_increase
+    mass: Effect  # the set's mean mass (mechclaims.bootstrap_mean)
     uniform: float  # mean uniform-baseline mass
-    random_p: float  # share of random head sets of the same size with at least this mass
+    random_p: float  # permutation p-value against random head sets of the same size (mechclaims.beats_random)
     random_mean: float  # mean mass of a random head set
-    random_high: float  # its 95th percentile
+    random_high: float  # the random sets' spread: their 95th percentile (inverted-CDF quantile)
     heads: tuple[tuple[int, int], ...]
     per_head: np.ndarray = field(repr=False)  # [n_layers, n_heads] mean mass
 
@@ -241,22 +229,21 @@ def role_attention(
     n_seq, n_layers, n_heads = masses.shape
     rows = np.array([layer for layer, _ in heads]), np.array([h for _, h in heads])
     per_seq = masses[:, rows[0], rows[1]].mean(1)
-    excess = paired_increase(uniform, per_seq, level=level)
-    m, lo, hi = mean_ci(per_seq[:, None], level=level)
+    excess = paired_increase(uniform, per_seq, level=level, seed=seed)
     per_head = masses.mean(0)
     flat = per_head.ravel()
     k = len(heads)
     rng = np.random.default_rng(seed)
     draws = np.argsort(rng.random((n_random, flat.size)), axis=1)[:, :k]
     random_means = flat[draws].mean(1)
-    observed = float(per_seq.mean())
+    mass = bootstrap_mean(per_seq, level=level, seed=seed)
     return RoleAttention(
         excess=excess,
-        mass=Effect(float(m[0]), Interval(float(lo[0]), float(hi[0]), level), n_seq),
+        mass=mass,
         uniform=float(uniform.mean()),
-        random_p=float((1 + (random_means >= observed - 1e-12).sum()) / (n_random + 1)),
+        random_p=float(beats_random(mass.statistic, random_means, level=level).pvalue),
         random_mean=float(random_means.mean()),
-        random_high=float(np.quantile(random_means, 0.95)),
+        random_high=float(np.quantile(random_means, 0.95, method="inverted_cdf")),
         heads=heads,
         per_head=per_head,
     )
