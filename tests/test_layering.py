@@ -116,6 +116,7 @@ def test_the_name_walk_finds_a_planted_name(tmp_path):
 # carry yet (a pass runner, store keys, batching, the onset statistics, the expectations section
 # keys). The list may only shrink: a new internal import fails here. The example pack reads none.
 PACK_INTERNALS = {
+    "mechclaims": {"memory", "registry"},
     "mechclaims.batching": {"at_prompt_end", "device_of", "encode", "group_by_length", "rows_per_pass", "with_answers"},
     "mechclaims.expectations": {"LAYER", "LAYERS", "RATE", "SHARE", "load", "merge_write", "own_dir", "path_for",
                                 "registered_model"},
@@ -129,11 +130,18 @@ PACK_INTERNALS = {
 
 
 def internal_imports(paths) -> dict[str, set[str]]:
-    """module -> names, of every import of a ``mechclaims.*`` submodule in ``paths``."""
+    """module -> names, of every import of a ``mechclaims.*`` submodule in ``paths``, and of every
+    name taken from ``mechclaims`` that its ``__all__`` does not export (a submodule, under ``mechclaims``)."""
+    import mechclaims
+
     found: dict[str, set[str]] = {}
     for path in paths:
         for node in ast.walk(ast.parse(Path(path).read_text(), filename=str(path))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("mechclaims."):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "mechclaims":
+                hidden = {alias.name for alias in node.names} - set(mechclaims.__all__)
+                if hidden:
+                    found.setdefault("mechclaims", set()).update(hidden)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("mechclaims."):
                 found.setdefault(node.module, set()).update(alias.name for alias in node.names)
             elif isinstance(node, ast.Import):
                 for alias in node.names:
@@ -156,5 +164,16 @@ def test_the_posts_pack_adds_no_internal_import():
 def test_the_internal_import_walk_finds_a_planted_one(tmp_path):
     """Negative control: an internal import, top level or lazy, is found; a public one is not."""
     (tmp_path / "p.py").write_text("from mechclaims import proportion\ndef f():\n"
-                                   "    from mechclaims.store import derived\n    import mechclaims.targets\n")
-    assert internal_imports([tmp_path / "p.py"]) == {"mechclaims.store": {"derived"}, "mechclaims.targets": {"*"}}
+                                   "    from mechclaims.store import derived\n    import mechclaims.targets\n"
+                                   "    from mechclaims import memory, run_pass\n")
+    assert internal_imports([tmp_path / "p.py"]) == {
+        "mechclaims.store": {"derived"}, "mechclaims.targets": {"*"}, "mechclaims": {"memory"}}
+
+
+def test_the_list_of_internals_names_only_what_the_pack_still_imports():
+    """The list shrinks as the API grows: an entry the pack no longer imports must leave it."""
+    files = sorted([*(ROOT / "src" / "mechclaims_icl").rglob("*.py"), *(ROOT / "claims").rglob("*.py")])
+    used = internal_imports(files)
+    stale = {module: sorted(names - used.get(module, set()))
+             for module, names in PACK_INTERNALS.items() if names - used.get(module, set())}
+    assert not stale, f"remove from PACK_INTERNALS (no longer imported): {stale}"

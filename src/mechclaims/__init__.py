@@ -22,11 +22,13 @@ for _module, _names in {
     "attention": "role_mass role_weights top_heads uniform_pattern",
     "hooks": "attn_pattern head_z mlp_out resid_pre",
     "interventions": "AblateHeads AblateMLP SetResidual forward head_means",
+    "passes": "HookNeverFired run_pass",
     "prompts": "PromptSet",
     "readers": "attention_mass greedy_tokens residual_at string_probability",
     "recorder": "ClaimRecorder",
     "results": "ERRORED INCONCLUSIVE NOT_APPLICABLE REFUTED SUPPORTED UNDECIDED ClaimResult Effect Finding Interval "
                "Rule",
+    "store": "Forward",
     "stats": "beats_random bootstrap_mean equivalence holm onset paired_increase proportion proportion_of "
              "random_sets",
     "targets": "TARGETS LoadedTarget ModelShape Resolved TargetSpec from_dir from_gguf from_hf_cache load_target "
@@ -50,7 +52,7 @@ __all__ = [
     "Expectations", "Key", "register_section", "preregister",
     # prompts, hooks, interventions
     "PromptSet", "encode", "resid_pre", "head_z", "attn_pattern", "mlp_out",
-    "forward", "AblateHeads", "AblateMLP", "SetResidual", "head_means",
+    "forward", "Forward", "run_pass", "HookNeverFired", "AblateHeads", "AblateMLP", "SetResidual", "head_means",
     # readers
     "greedy_tokens", "string_probability", "attention_mass", "residual_at",
     # statistics
@@ -91,11 +93,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .attention import role_mass, role_weights, top_heads, uniform_pattern
     from .hooks import attn_pattern, head_z, mlp_out, resid_pre
     from .interventions import AblateHeads, AblateMLP, SetResidual, forward, head_means
+    from .passes import HookNeverFired, run_pass
     from .prompts import PromptSet
     from .readers import attention_mass, greedy_tokens, residual_at, string_probability
     from .recorder import ClaimRecorder
     from .results import (ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED, ClaimResult, Effect,
                           Finding, Interval, Rule)
+    from .store import Forward
     from .stats import (beats_random, bootstrap_mean, equivalence, holm, onset, paired_increase, proportion,
                         proportion_of, random_sets)
     from .targets import (TARGETS, LoadedTarget, ModelShape, Resolved, TargetSpec, from_dir, from_gguf, from_hf_cache,

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from . import memory
 from .errors import ConfigError
 from .hooks import head_z, mlp_out, resid_pre
+from .passes import run_pass
 from .store import Forward, Request, store_of, tensor_digest
 
 Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]
@@ -198,10 +198,6 @@ def forward(
     return store.get(request, compute)
 
 
-class _AllKept(Exception):
-    """Raised by the last keeper hook of a pass whose logits are not wanted, to end it there."""
-
-
 def _compute(model: Any, request: Request) -> Forward:
     stored: dict[str, torch.Tensor] = {}
     position = request.position
@@ -209,32 +205,21 @@ def _compute(model: Any, request: Request) -> Forward:
     # other devices hand their activations back there, so a claim never meets two devices.
     home = request.tokens.device
 
-    # Without logits, the pass ends once every activation asked for is kept: later layers would be wasted.
-    stop_when_done = request.logits == "none"
-
     def keeper(name: str) -> Callable[[torch.Tensor, Any], torch.Tensor]:
         def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
             stored[name] = (act if position is None else act[:, position]).detach().to(home, copy=True)
-            if stop_when_done and len(stored) == len(request.names):
-                raise _AllKept
             return act
 
         return keep
 
-    hooks = [hook for iv in request.interventions for hook in iv.hooks()]
-    hooks += [(name, keeper(name)) for name in request.names]
-    try:
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            # no key-value cache: a pass that is not decoded further would only build one (all layers'
-            # keys and values, alive until the pass ends)
-            out = model(request.tokens, logits_to_keep=request.logits_to_keep(), use_cache=False)
-    except _AllKept:
-        out = None
-    finally:
-        memory.release()
-    missing = [n for n in request.names if n not in stored]
-    if missing:
-        raise ConfigError(f"hooks never fired: {missing}; use TransformerLens hook names such as {resid_pre(0)!r}")
+    # Without logits, the pass ends once every activation asked for is kept: later layers would be wasted.
+    # No key-value cache: a pass that is not decoded further would only build one.
+    stop = request.logits == "none"
+    out = run_pass(
+        model, request.tokens, [(name, keeper(name)) for name in request.names], interventions=request.interventions,
+        stop_after=request.names if stop else (), require=() if stop else request.names,
+        logits_to_keep=request.logits_to_keep(),
+    )
     if request.logits == "none":
         return Forward(None, stored)
     kept = {"all": out, "last": out[:, -1], "argmax": out.argmax(-1)}[request.logits]

@@ -28,11 +28,8 @@ from .batching import device_of, encode, rows_per_pass, with_answers
 from .errors import ConfigError
 from .hooks import attn_pattern, resid_pre
 from .interventions import Intervention, forward
+from .passes import run_pass
 from .store import derived, tensor_digest
-
-
-class _Stop(Exception):
-    """Raised by the last hook a reading needs: the layers above it are not run."""
 
 
 def _key(tokens: torch.Tensor, interventions: Sequence[Intervention], *extra: Any) -> str:
@@ -128,19 +125,13 @@ def attention_mass(
         def reducer(layer: int):
             def reduce(pattern: torch.Tensor, hook: Any) -> torch.Tensor:
                 masses[:, layer] = torch.einsum(eq, pattern.float(), w_t.to(pattern.device)).cpu().numpy()
-                if layer == layers[-1]:
-                    raise _Stop
                 return pattern
 
             return reduce
 
-        hooks = [hook for iv in interventions for hook in iv.hooks()]
-        hooks += [(attn_pattern(layer), reducer(layer)) for layer in layers]
-        try:
-            with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-                model(tokens, use_cache=False)
-        except _Stop:
-            pass
+        names = [attn_pattern(layer) for layer in layers]
+        run_pass(model, tokens, [(name, reducer(layer)) for name, layer in zip(names, layers)],
+                 interventions=interventions, stop_after=names)
         return {"masses": masses}
 
     if not _cacheable(interventions):

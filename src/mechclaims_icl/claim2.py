@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mechclaims import (Effect, Finding, all_of, at_least, at_most, bootstrap_mean, equivalent, holds, memory,
+from mechclaims import (Effect, Finding, all_of, at_least, at_most, bootstrap_mean, equivalent, holds, run_pass,
                         proportion_of, resid_pre, role_mass, role_weights, uniform_pattern)
 from mechclaims.batching import device_of, group_by_length, rows_per_pass
 from mechclaims.hooks import FINAL_NORM, attn_pattern
@@ -110,10 +110,6 @@ def role_links(r: Roles) -> tuple[list[tuple[int, list[int]]], list[tuple[int, l
 
 
 FINAL = FINAL_NORM  # the final-norm output that the unembedding reads
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once everything needed was read."""
 
 
 def _unembed(model: Any, final: torch.Tensor) -> torch.Tensor:
@@ -207,7 +203,6 @@ def _read_sequences(
         stop_at = resid_pre(max(resid_layers))
     else:
         raise ValueError("read_sequences was asked to read nothing")
-    iv_hooks = [hook for iv in interventions for hook in iv.hooks()]
     per_pass = lambda length: rows_per_pass(model, length, logits=0)  # noqa: E731  (stopped before the unembedding)
     for rows in group_by_length([r.tokens for r in rs], per_pass).values():
         length = len(rs[rows[0]].tokens)
@@ -246,21 +241,9 @@ def _read_sequences(
 
             hooks.append((FINAL, keep_final))
 
-        def stop(act: torch.Tensor, hook: Any) -> torch.Tensor:
-            raise _Stop
-
         for probe in probes:
             hooks += probe(rows, [rs[i] for i in rows])
-        hooks.append((stop_at, stop))
-        try:
-            with model.hooks(fwd_hooks=iv_hooks + hooks):
-                model(tokens, use_cache=False)
-        except _Stop:
-            pass
-        else:
-            raise RuntimeError(f"hook {stop_at} never fired")
-        finally:
-            memory.release()
+        run_pass(model, tokens, hooks, interventions=interventions, stop_after=[stop_at])
         if not read:
             continue
         for b, i in enumerate(rows):
