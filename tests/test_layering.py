@@ -125,7 +125,6 @@ PACK_INTERNALS = {
                                  "run_with"},
     "mechclaims.stats": {"equivalence", "holm", "onset", "onset_layer", "onset_shift", "paired_increase",
                          "proportion_of"},
-    "mechclaims.store": {"derived", "tensor_digest"},
 }
 
 

@@ -337,3 +337,44 @@ def test_work_two_xdist_workers_both_need_counts_once_in_tokens_needed(pytester,
     one, two = (r["run"]["activation_cache"]["stats"]["organism"] for r in (single, parallel))
     assert one["requests"] == two["requests"] == 4  # four claims, one pass each, as one process sees it
     assert two["tokens_needed"] == one["tokens_needed"] > 0
+
+
+# ------------------------------------------------------------ a pack's own readings: cached()
+
+
+def test_a_reading_key_hashes_values_not_identities():
+    from mechclaims import reading_key
+
+    a = {"tokens": torch.arange(6).reshape(2, 3), "weights": np.eye(3, dtype=np.float32), "layers": (1, 2)}
+    same = {"layers": [1, 2], "weights": np.eye(3, dtype=np.float32), "tokens": torch.arange(6).reshape(2, 3)}
+    assert reading_key(a) == reading_key(same)  # equal values, other objects, other order: one key
+    for changed in ({**a, "tokens": torch.arange(6).reshape(3, 2)}, {**a, "weights": 2 * np.eye(3, dtype=np.float32)},
+                    {**a, "weights": np.eye(3)}, {**a, "layers": (1, 3)}):
+        assert reading_key(changed) != reading_key(a)
+    ablate = AblateHeads(((1, 2),))
+    assert reading_key([ablate]) == reading_key([AblateHeads(((1, 2),))]) != reading_key([AblateHeads(((1, 3),))])
+
+
+def test_a_reading_with_an_unkeyed_intervention_is_computed_not_cached(model):
+    from mechclaims import cached, reading_key
+
+    class Probe:  # an intervention without key(): its effect has no identity
+        def hooks(self):
+            return []
+
+    assert reading_key({"interventions": [Probe()]}) is None
+    store = _store()
+    attach(model, store)
+    calls = []
+    compute = lambda: calls.append(1) or {"x": np.ones(2)}  # noqa: E731
+    for _ in range(2):
+        cached(model, "probe", {"interventions": [Probe()]}, compute)
+        cached(model, "plain", {"n": 1}, compute)
+    assert len(calls) == 3 and store.stats.computed == 1 and store.stats.memory_hits == 1
+
+
+def test_an_input_that_cannot_be_keyed_is_refused_by_type():
+    from mechclaims import reading_key
+
+    with pytest.raises(ConfigError, match=r"cannot key a reading on object .*tensors, arrays, numbers"):
+        reading_key({"x": object()})

@@ -28,7 +28,7 @@ for _module, _names in {
     "recorder": "ClaimRecorder",
     "results": "ERRORED INCONCLUSIVE NOT_APPLICABLE REFUTED SUPPORTED UNDECIDED ClaimResult Effect Finding Interval "
                "Rule",
-    "store": "Forward",
+    "store": "Forward cached reading_key",
     "stats": "beats_random bootstrap_mean equivalence holm onset paired_increase proportion proportion_of "
              "random_sets",
     "targets": "TARGETS LoadedTarget ModelShape Resolved TargetSpec from_dir from_gguf from_hf_cache load_target "
@@ -52,7 +52,7 @@ __all__ = [
     "Expectations", "Key", "register_section", "preregister",
     # prompts, hooks, interventions
     "PromptSet", "encode", "resid_pre", "head_z", "attn_pattern", "mlp_out",
-    "forward", "Forward", "run_pass", "HookNeverFired", "AblateHeads", "AblateMLP", "SetResidual", "head_means",
+    "forward", "Forward", "run_pass", "HookNeverFired", "cached", "reading_key", "AblateHeads", "AblateMLP", "SetResidual", "head_means",
     # readers
     "greedy_tokens", "string_probability", "attention_mass", "residual_at",
     # statistics
@@ -99,7 +99,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .recorder import ClaimRecorder
     from .results import (ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED, ClaimResult, Effect,
                           Finding, Interval, Rule)
-    from .store import Forward
+    from .store import Forward, cached, reading_key
     from .stats import (beats_random, bootstrap_mean, equivalence, holm, onset, paired_increase, proportion,
                         proportion_of, random_sets)
     from .targets import (TARGETS, LoadedTarget, ModelShape, Resolved, TargetSpec, from_dir, from_gguf, from_hf_cache,

@@ -1,7 +1,7 @@
 """Readers: what a claim measures from forward passes, for any prompt format.
 
 Each reader runs batched passes through :func:`mechclaims.interventions.forward` or the
-activation store (:func:`mechclaims.store.derived`), so a reading already made in the run
+activation store (:func:`mechclaims.cached`), so a reading already made in the run
 is served, not recomputed, and the passes are credited to the claim test that asked.
 
 * :func:`greedy_tokens`: the argmax token at each of the last positions.
@@ -18,7 +18,6 @@ prompts are grouped by length (:mod:`mechclaims.batching`).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,16 +28,7 @@ from .errors import ConfigError
 from .hooks import attn_pattern, resid_pre
 from .interventions import Intervention, forward
 from .passes import run_pass
-from .store import derived, tensor_digest
-
-
-def _key(tokens: torch.Tensor, interventions: Sequence[Intervention], *extra: Any) -> str:
-    ivs = ",".join(iv.key() for iv in interventions)
-    return f"{tensor_digest(tokens)}|{ivs}|{'|'.join(map(str, extra))}"
-
-
-def _cacheable(interventions: Sequence[Intervention]) -> bool:
-    return all(hasattr(iv, "key") for iv in interventions)
+from .store import cached
 
 
 def _chunks(model: Any, tokens: torch.Tensor, logits: int | None) -> list[slice]:
@@ -134,10 +124,8 @@ def attention_mass(
                  interventions=interventions, stop_after=names)
         return {"masses": masses}
 
-    if not _cacheable(interventions):
-        return compute()["masses"]
-    key = _key(tokens, interventions, layers, hashlib.sha256(w.tobytes() + str(w.shape).encode()).hexdigest())
-    return derived(model, "attention_mass", key, tokens.numel(), compute)["masses"]
+    inputs = {"tokens": tokens, "interventions": interventions, "layers": layers, "weights": w}
+    return cached(model, "attention_mass", inputs, compute, tokens=tokens.numel())["masses"]
 
 
 def residual_at(

@@ -414,3 +414,57 @@ def derived(model: Any, kind: str, key: str, tokens: int, compute: Callable[[], 
     """``compute()`` memoised in ``model``'s store (computed directly when it has none)."""
     store = store_of(model)
     return compute() if store is None else store.derived(kind, key, tokens, compute)
+
+
+class _Unkeyed(Exception):
+    """An input with no identity (an intervention without ``key()``): its reading is not memoised."""
+
+
+def _keyed(value: Any) -> Any:
+    """``value`` as JSON-ready data: tensors and arrays by their SHA-256, interventions by ``key()``."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": tensor_digest(value)}
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return {"array": hashlib.sha256(f"{data.dtype}|{data.shape}|".encode() + data.tobytes()).hexdigest()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _keyed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, range)):
+        return [_keyed(v) for v in value]
+    if isinstance(value, slice):
+        return {"slice": [value.start, value.stop, value.step]}
+    if callable(getattr(value, "key", None)):
+        return {type(value).__name__: value.key()}
+    if callable(getattr(value, "hooks", None)):
+        raise _Unkeyed
+    raise ConfigError(
+        f"cannot key a reading on {type(value).__name__} {value!r:.60}: inputs are tensors, arrays, numbers, "
+        "strings, None, lists, tuples, dicts of them and interventions; pass what determines the reading as one of these")
+
+
+def reading_key(inputs: Any) -> str | None:
+    """The store key of a reading computed from ``inputs`` (tensors and arrays hashed, interventions
+    by their ``key()``), or ``None`` when an input has no identity (an intervention without ``key()``)."""
+    try:
+        return json.dumps(_keyed(inputs), sort_keys=True)
+    except _Unkeyed:
+        return None
+
+
+def cached(model: Any, kind: str, inputs: Any, compute: Callable[[], dict[str, np.ndarray]], *,
+           tokens: int = 0) -> dict[str, np.ndarray]:
+    """``compute()`` (arrays by name) memoised in ``model``'s activation store under ``kind`` and ``inputs``.
+
+    ``inputs`` is everything the reading depends on besides the model and the code: token
+    batches, arrays, settings, interventions (see :func:`reading_key`). The store adds the model's
+    weights, the package versions and a fingerprint of ``compute``'s code, so a changed input or
+    code is a different entry. ``tokens`` is what computing it processes (the report's forward
+    accounting; 0 for a reading that runs no pass). Computed directly when the model has no store
+    or an intervention has no ``key()``.
+    """
+    key = reading_key(inputs)
+    return compute() if key is None else derived(model, kind, key, tokens, compute)

@@ -30,19 +30,16 @@ Findings (pure numpy on a :class:`Reading`):
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from mechclaims import (Effect, Finding, all_of, at_least, at_most, bootstrap_mean, equivalent, holds, run_pass,
-                        proportion_of, resid_pre, role_mass, role_weights, uniform_pattern)
+from mechclaims import (Effect, Finding, all_of, at_least, at_most, bootstrap_mean, cached, equivalent, holds,
+                        proportion_of, resid_pre, role_mass, role_weights, run_pass, uniform_pattern)
 from mechclaims.batching import device_of, group_by_length, rows_per_pass
 from mechclaims.hooks import FINAL_NORM, attn_pattern
-from mechclaims.store import derived
 
 from .answers import numbers_are_single_tokens
 from .claim0 import MIN_ACCURACY
@@ -135,27 +132,26 @@ def read_sequences(
     none, and the pass stops after the last layer it needs).  The unembedding is
     applied only at the positions read, which equals the model's own logits there
     (tested).  ``interventions`` (objects with ``hooks()``) apply to the pass.
-    The reading is memoised in the model's activation store (:func:`mechclaims.store.derived`)
+    The reading is memoised in the model's activation store (:func:`mechclaims.cached`)
     unless ``probes`` are given or an intervention has no ``key()``.
     """
     items = list(prompts.prompts if isinstance(prompts, PromptSet) else prompts)
     rs = [roles(model.tokenizer, p) for p in items]
     args = dict(resid_layers=resid_layers, attention=attention, examples=examples, interventions=interventions)
-    if probes or not all(hasattr(iv, "key") for iv in interventions):
+    if probes:
         return _read_sequences(model, items, rs, probes=probes, **args)
     tokens = [r.tokens for r in rs]
-    key = json.dumps({
-        "tokens": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
+    inputs = {
+        "tokens": tokens,
         "resid_layers": sorted(int(layer) for layer in resid_layers),
         "attention": attention,
         "examples": None if examples is None else sorted(int(j) for j in examples),
-        "interventions": [iv.key() for iv in interventions],
+        "interventions": interventions,
         "answers": [[y for _, y in p.examples] for p in items],
-    }, sort_keys=True)
-    arrays = derived(
-        model, "claim2.read_sequences", key, sum(len(t) for t in tokens),
-        lambda: _reading_arrays(_read_sequences(model, items, rs, **args)),
-    )
+    }
+    arrays = cached(model, "claim2.read_sequences", inputs,
+                    lambda: _reading_arrays(_read_sequences(model, items, rs, **args)),
+                    tokens=sum(len(t) for t in tokens))
     return _reading_from(arrays)
 
 

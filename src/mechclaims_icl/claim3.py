@@ -23,8 +23,6 @@ per-head role masses inside the hook by :func:`mechclaims.role_mass`.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -32,7 +30,7 @@ import numpy as np
 import torch
 
 from .claim2 import Reading, _reading_arrays, _reading_from, read_sequences
-from mechclaims import ConfigError
+from mechclaims import ConfigError, cached
 from mechclaims import top_heads
 from mechclaims_icl.fits import RoleAttention, role_attention
 from mechclaims import head_z, mlp_out, resid_pre
@@ -42,7 +40,6 @@ from mechclaims import Effect, Finding
 from .roles import Roles, roles
 from .scores import FINAL_SCALE, scores_from
 from mechclaims import paired_increase, proportion_of
-from mechclaims.store import derived
 
 # One-sided, the level the lower bound of a 95% interval keeps (mechclaims.significant's default).
 ALPHA = 0.025
@@ -78,12 +75,8 @@ def explore(
     Memoised in the model's activation store."""
     items = list(getattr(prompts, "prompts", prompts))
     tokens = [roles(model.tokenizer, p).tokens for p in items]
-    key = json.dumps({
-        "tokens": hashlib.sha256(json.dumps(tokens).encode()).hexdigest(),
-        "dla_example": dla_example,
-        "resid_layers": sorted(int(layer) for layer in resid_layers),
-        "attention": attention,
-    }, sort_keys=True)
+    inputs = {"tokens": tokens, "dla_example": dla_example, "resid_layers": sorted(int(layer) for layer in resid_layers),
+              "attention": attention}
 
     def compute() -> dict[str, np.ndarray]:
         found = _explore(model, items, dla_example=dla_example, resid_layers=resid_layers, attention=attention)
@@ -92,7 +85,7 @@ def explore(
         arrays["mlp_means"] = torch.stack([found.mlp_means[layer] for layer in sorted(found.mlp_means)]).float().numpy()
         return arrays
 
-    arrays = derived(model, "claim3.explore", key, sum(len(t) for t in tokens), compute)
+    arrays = cached(model, "claim3.explore", inputs, compute, tokens=sum(len(t) for t in tokens))
     reading = _reading_from({name[len("reading."):]: a for name, a in arrays.items() if name.startswith("reading.")})
     dtype = model.cfg.dtype
     means = {layer: torch.from_numpy(row).to(dtype) for layer, row in enumerate(arrays["mlp_means"])}

@@ -25,11 +25,10 @@ import torch
 from mechclaims.batching import device_of, encode, group_by_length, rows_per_pass
 from .answers import OUTCOMES, NumberReader, answer_steps, classify, decode_numbers
 from mechclaims import memory
-from mechclaims import ConfigError
+from mechclaims import ConfigError, cached
 from mechclaims.interventions import Intervention, SetResidual, capture, resid_pre
 from mechclaims import Effect
 from mechclaims import proportion_of
-from mechclaims.store import derived, tensor_digest
 from .tasks import PatchSet
 
 
@@ -129,13 +128,13 @@ def decode_patched(
     """
     layers = tuple(layers)
     n, length = base.shape
-    key = f"{tensor_digest(base)}|{tensor_digest(values)}|{layers}"
     tokens = n * (length - 1) + n * len(layers)  # the prefill and the patched last token; later digits extra
 
     def compute() -> dict[str, np.ndarray]:
         return {"answers": _decode_patched(model, base, values, layers, max_rows)}
 
-    return derived(model, "patching.decode", key, tokens, compute)["answers"]
+    inputs = {"base": base, "values": values, "layers": layers}
+    return cached(model, "patching.decode", inputs, compute, tokens=tokens)["answers"]
 
 
 def _decode_patched(model: Any, base: torch.Tensor, values: torch.Tensor, layers: tuple[int, ...], max_rows: int) -> np.ndarray:

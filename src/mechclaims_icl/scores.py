@@ -15,19 +15,18 @@ projection; Llama has no output bias).  Two scores are reported:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from mechclaims import cached
 from mechclaims.batching import device_of, encode, group_by_length, rows_per_pass
-from .answers import answer_tokens
-from mechclaims.interventions import Intervention, capture, head_z, resid_pre
 from mechclaims.hooks import FINAL_SCALE
-from mechclaims.store import derived, tensor_digest
+from mechclaims.interventions import Intervention, capture, head_z, resid_pre
 
+from .answers import answer_tokens
 
 
 @dataclass(frozen=True)
@@ -84,9 +83,8 @@ def scores_from(model: Any, acts: dict[str, torch.Tensor], first: Sequence[int],
     weights.  No forward pass is involved (``tokens`` 0): the capture counted it.
     """
     names = score_hooks(model.cfg.n_layers, read_layer)
-    key = json.dumps({"acts": {n: tensor_digest(acts[n]) for n in names}, "first": [int(f) for f in first],
-                      "read_layer": int(read_layer)}, sort_keys=True)
-    arrays = derived(model, "scores", key, 0, lambda: dict(zip(("dla", "dot"), _scores(model, acts, first, read_layer))))
+    inputs = {"acts": {n: acts[n] for n in names}, "first": [int(f) for f in first], "read_layer": int(read_layer)}
+    arrays = cached(model, "scores", inputs, lambda: dict(zip(("dla", "dot"), _scores(model, acts, first, read_layer))))
     return arrays["dla"], arrays["dot"]
 
 
