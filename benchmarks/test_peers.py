@@ -43,7 +43,7 @@ import pytest
 import torch
 
 from mechclaims import load_target
-from mechclaims.batching import encode, group_by_length
+from mechclaims import encode, token_batches
 from mechclaims.hooks import resid_pre
 from mechclaims.targets import TARGETS, resolve
 from mechclaims_icl import claim2
@@ -128,14 +128,13 @@ def nnsight_sweep(model, pairs, path) -> np.ndarray:
     b_ids = [encode(tokenizer, pair.b_text) for pair in pairs.pairs]
     source = torch.empty(len(pairs), n_layers, model.cfg.d_model)
     with torch.no_grad():
-        for rows in group_by_length(a_ids).values():
-            with lm.trace(torch.tensor([a_ids[i] for i in rows])):
+        for rows, tokens in token_batches(model, a_ids):
+            with lm.trace(tokens):
                 saved = nnsight.save([])
                 for layer in range(n_layers):
                     saved.append(lm.model.layers[layer].input[:, -1])
             source[rows] = torch.stack([t.float() for t in saved], dim=1)
-        for rows in group_by_length(b_ids).values():
-            base = torch.tensor([b_ids[i] for i in rows])
+        for rows, base in token_batches(model, b_ids):
             position = base.shape[1] - 1
             tokens = [base] * n_layers
             readers = [NumberReader(tokenizer, len(rows)) for _ in range(n_layers)]

@@ -296,8 +296,9 @@ def test_a_reading_split_into_one_row_per_pass_is_the_same(tiny_model, monkeypat
     whole = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
     monkeypatch.setattr(batching, "CPU_PASS_BYTES", 1)
     forwards = []
-    real = claim2.group_by_length
-    monkeypatch.setattr(claim2, "group_by_length", lambda *a: forwards.extend(real(*a).values()) or real(*a))
+    real = claim2.token_batches
+    monkeypatch.setattr(claim2, "token_batches",
+                        lambda *a, **k: [forwards.append(rows) or (rows, t) for rows, t in real(*a, **k)])
     split = claim2.read_sequences(tiny_model, prompts, resid_layers=[1], attention=True)
     assert [len(rows) for rows in forwards] == [1] * len(prompts.prompts)
     _assert_same_reading(split, whole)

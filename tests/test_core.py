@@ -92,3 +92,25 @@ def test_encode_puts_one_bos_first(as_organism):
     ids = encode(tokenizer, "\n(28, 59)\n(42, ")
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
     assert tokenizer.convert_ids_to_tokens(ids[1:]) == ["\n", "(", "28", ",", " ", "59", ")\n", "(", "42", ",", " "]
+
+
+def test_token_batches_group_equal_lengths_within_the_pass_budget(as_organism, monkeypatch):
+    """One batching helper: equal lengths (with answers: equal prompt and answer lengths), every row once,
+    at most rows_per_pass rows a batch unless whole, on the model's device."""
+    from mechclaims import batching, token_batches
+
+    model = load_target("organism").model
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8], [9, 10], [11, 12, 13]]
+    answers = [[1], [2, 3], [4, 5], [6], [7]]
+    batches = list(token_batches(model, prompts))
+    assert sorted(i for rows, _ in batches for i in rows) == list(range(5))
+    for rows, tokens in batches:
+        assert tokens.tolist() == [prompts[i] for i in rows] and tokens.device == batching.device_of(model)
+    forced = list(token_batches(model, prompts, answers))
+    assert {tuple(rows) for rows, _ in forced} == {(0, 4), (1,), (2,), (3,)}
+    assert all(t.tolist() == [prompts[i] + answers[i] for i in rows] for rows, t in forced)
+    monkeypatch.setattr(batching, "CPU_PASS_BYTES", 1)  # one row a pass, unless whole
+    assert [len(rows) for rows, _ in token_batches(model, prompts)] == [1] * 5
+    assert sorted(len(rows) for rows, _ in token_batches(model, prompts, whole=True)) == [2, 3]
+    with pytest.raises(ValueError, match="5 prompts but 2 answers"):
+        list(token_batches(model, prompts, answers[:2]))

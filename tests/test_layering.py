@@ -117,7 +117,6 @@ def test_the_name_walk_finds_a_planted_name(tmp_path):
 # keys). The list may only shrink: a new internal import fails here. The example pack reads none.
 PACK_INTERNALS = {
     "mechclaims": {"memory", "registry"},
-    "mechclaims.batching": {"at_prompt_end", "device_of", "encode", "group_by_length", "rows_per_pass", "with_answers"},
     "mechclaims.expectations": {"LAYER", "LAYERS", "RATE", "SHARE", "load", "merge_write", "own_dir", "path_for",
                                 "registered_model"},
     "mechclaims.hooks": {"FINAL_NORM", "FINAL_SCALE", "attn_pattern"},

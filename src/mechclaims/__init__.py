@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 # public name -> the internal module that defines it
 _WHERE: dict[str, str] = {}
 for _module, _names in {
-    "batching": "encode",
+    "batching": "at_prompt_end device_of encode token_batches",
     "checks": "all_of at_least at_most equivalent holds holds_across significant",
     "errors": "ConfigError MechclaimsError TargetError",
     "expectations": "Expectations Key preregister register_section",
@@ -51,7 +51,7 @@ __all__ = [
     # pre-registration
     "Expectations", "Key", "register_section", "preregister",
     # prompts, hooks, interventions
-    "PromptSet", "encode", "resid_pre", "head_z", "attn_pattern", "mlp_out",
+    "PromptSet", "encode", "token_batches", "device_of", "at_prompt_end", "resid_pre", "head_z", "attn_pattern", "mlp_out",
     "forward", "Forward", "run_pass", "HookNeverFired", "cached", "reading_key", "AblateHeads", "AblateMLP", "SetResidual", "head_means",
     # readers
     "greedy_tokens", "string_probability", "attention_mass", "residual_at",
@@ -86,7 +86,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
-    from .batching import encode
+    from .batching import at_prompt_end, device_of, encode, token_batches
     from .checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
     from .errors import ConfigError, MechclaimsError, TargetError
     from .expectations import Expectations, Key, preregister, register_section

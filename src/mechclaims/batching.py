@@ -1,15 +1,15 @@
 """Batching forward passes without padding, within a memory budget.
 
-Prompts are grouped by token length and each group runs as one batch, so no
-padding enters a forward pass; :func:`rows_per_pass` caps a batch so one CPU pass
-stays within ``CPU_PASS_BYTES``.
+:func:`token_batches` groups prompts (and teacher-forced answers) by token length and
+each group runs as one batch, so no padding enters a forward pass; :func:`rows_per_pass`
+caps a batch so one CPU pass stays within ``CPU_PASS_BYTES``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -23,31 +23,8 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return ids if bos is None else [bos, *ids]
 
 
-# Rows per forward pass of same-length prompts (see group_by_length).
+# Rows per forward pass on an accelerator (on the CPU, rows_per_pass keeps a pass within CPU_PASS_BYTES).
 MAX_ROWS = 128
-
-
-def group_by_length(
-    encoded: Sequence[Sequence[int]], max_rows: int | Callable[[int], int] = MAX_ROWS
-) -> dict[tuple[int, int], list[int]]:
-    """Indices of equal-length sequences, in batches of at most ``max_rows``
-    (a number, or a function of the sequence length such as :func:`rows_per_pass`).
-
-    The cap bounds one forward pass's memory: the model computes logits over the
-    whole vocabulary at every position (for llama-3-8b, 128 rows of 80 tokens
-    are 2.6 GB of bf16 logits).
-    """
-    cap = max_rows if callable(max_rows) else (lambda length: max_rows)
-    groups: dict[int, list[int]] = defaultdict(list)
-    for i, ids in enumerate(encoded):
-        groups[len(ids)].append(i)
-    out = {}
-    for length, rows in groups.items():
-        step = cap(length)
-        if step < 1:
-            raise ValueError(f"max_rows must be >= 1, got {step}")
-        out.update({(length, start): rows[start : start + step] for start in range(0, len(rows), step)})
-    return out
 
 
 # Transient memory one CPU forward pass may take. Passes compute logits only at
@@ -79,26 +56,39 @@ def device_of(model: Any) -> torch.device:
     return torch.device(model.cfg.device)
 
 
-def with_answers(
-    model: Any, prompts: Sequence[Sequence[int]], expected: Sequence[Sequence[int]], *, whole_groups: bool = False
-) -> list[list[int]]:
-    """Batches of prompt indices for teacher-forced passes over prompt + answer:
-    equal prompt and answer lengths (so the prompt ends, where interventions sit,
-    align), at most :func:`rows_per_pass` rows each unless ``whole_groups``."""
+def token_batches(
+    model: Any, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]] | None = None, *,
+    logits: int | None = None, whole: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """``(row indices, [rows, length] tensor on the model's device)`` of token sequences of equal length,
+    so no padding enters a pass, at most :func:`rows_per_pass` rows each.
+
+    ``answers``: teacher-forced continuations, one per prompt; a batch then holds prompts of one
+    length with answers of one length (so every prompt ends at the same position, where
+    interventions sit), its tensor is prompt + answer, and its passes keep the logits of the
+    answer and the prompt's last position unless ``logits`` says otherwise. ``logits``: the
+    positions whose logits a pass computes (``None``: all; ``0``: the pass stops before the
+    unembedding). ``whole``: one batch per length, for callers that bound memory themselves (a
+    decode loop, or interventions whose per-row values need the whole group).
+    """
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers; pass one answer per prompt")
+    tails = answers if answers is not None else [()] * len(prompts)
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for i, (p, e) in enumerate(zip(prompts, expected)):
-        groups[len(p), len(e)].append(i)
-    return [
-        rows[start : start + step]
-        for (n_prompt, n_answer), rows in groups.items()
-        for step in [len(rows) if whole_groups else rows_per_pass(model, n_prompt + n_answer, logits=n_answer + 1)]
-        for start in range(0, len(rows), step)
-    ]
+    for i, (p, a) in enumerate(zip(prompts, tails)):
+        groups[len(p), len(a)].append(i)
+    device = device_of(model)
+    for (n_prompt, n_answer), rows in groups.items():
+        kept = logits if logits is not None or answers is None else n_answer + 1
+        step = len(rows) if whole else rows_per_pass(model, n_prompt + n_answer, logits=kept)
+        for start in range(0, len(rows), step):
+            batch = rows[start : start + step]
+            yield batch, torch.tensor([[*prompts[i], *tails[i]] for i in batch], device=device)
 
 
-def at_prompt_end(iv: Intervention, prompt_len: int) -> Intervention:
-    """``iv`` with a last-position (-1) target pinned to the prompt's last token."""
-    position = getattr(iv, "position", None)
-    if position == -1:
-        return replace(iv, position=prompt_len - 1)
-    return iv
+def at_prompt_end(intervention: Intervention, prompt_length: int) -> Intervention:
+    """``intervention`` with a last-position (-1) target pinned to the prompt's last token, so it
+    stays there when answer tokens are appended."""
+    if getattr(intervention, "position", None) == -1:
+        return replace(intervention, position=prompt_length - 1)
+    return intervention

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from .batching import device_of, group_by_length, rows_per_pass
+from .batching import device_of, token_batches
 from .errors import ConfigError
 
 _MARK = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*):(.*?)\}\}", re.S)
@@ -95,6 +95,4 @@ class PromptSet:
     def batches(self, model: Any, *, logits: int | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
         """``(row indices, [rows, length] tensor)`` of equal-length prompts on the model's device, within
         one pass's memory budget (``logits``: positions whose logits the pass keeps)."""
-        per_pass = lambda length: rows_per_pass(model, length, logits=logits)  # noqa: E731
-        for rows in group_by_length(self.tokens, per_pass).values():
-            yield rows, torch.tensor([self.tokens[i] for i in rows], device=device_of(model))
+        yield from token_batches(model, self.tokens, logits=logits)

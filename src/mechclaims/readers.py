@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .batching import device_of, encode, rows_per_pass, with_answers
+from .batching import device_of, encode, rows_per_pass, token_batches
 from .errors import ConfigError
 from .hooks import attn_pattern, resid_pre
 from .interventions import Intervention, forward
@@ -68,9 +68,8 @@ def string_probability(
         if not ids:
             raise ConfigError(f"continuation {text!r} encodes to no tokens; pass a non-empty string")
     out = np.zeros(len(prompts))
-    for batch in with_answers(model, heads, tails):  # equal prompt and continuation lengths, within memory
+    for batch, tokens in token_batches(model, heads, tails):  # equal prompt and continuation lengths, within memory
         n_tail = len(tails[batch[0]])
-        tokens = torch.tensor([heads[i] + tails[i] for i in batch], device=device_of(model))
         logits = forward(model, tokens, interventions=interventions, logits="all", tail=n_tail + 1).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position k predicts tail token k
         total = logp.gather(-1, tokens[:, -n_tail:, None])[..., 0].sum(-1)

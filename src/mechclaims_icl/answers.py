@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mechclaims.batching import at_prompt_end, device_of, encode, group_by_length, with_answers
+from mechclaims import at_prompt_end, encode, token_batches
 from mechclaims.interventions import Intervention, run_with
 
 MAX_NUMBER_TOKENS = 4
@@ -99,8 +99,7 @@ def greedy_numbers(model: Any, texts: Sequence[str]) -> np.ndarray:
     """The integer each prompt's greedy continuation starts with (``-1`` if none)."""
     encoded = [encode(model.tokenizer, t) for t in texts]
     out = np.full(len(texts), NO_NUMBER, dtype=np.int64)
-    for rows in group_by_length(encoded).values():
-        tokens = torch.tensor([encoded[i] for i in rows], device=device_of(model))
+    for rows, tokens in token_batches(model, encoded, logits=1):
         out[rows] = decode_numbers(model, tokens)
     return out
 
@@ -136,9 +135,8 @@ def greedy_is(
     # Interventions that carry per-row values (a residual patch) need the whole group in one pass.
     per_row_values = any(hasattr(iv, "values") for iv in interventions)
     out = np.zeros(len(prompts), dtype=bool)
-    for rows in with_answers(model, prompts, expected, whole_groups=per_row_values):
+    for rows, tokens in token_batches(model, prompts, expected, whole=per_row_values):
         n_prompt, n_answer = len(prompts[rows[0]]), len(expected[rows[0]])
-        tokens = torch.tensor([prompts[i] + expected[i] for i in rows], device=device_of(model))
         held = [at_prompt_end(iv, n_prompt) for iv in interventions]
         predicted = run_with(model, tokens, held, logits="argmax", tail=n_answer + 1).cpu()
         for j, i in enumerate(rows):

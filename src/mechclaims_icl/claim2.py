@@ -36,9 +36,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mechclaims import (Effect, Finding, all_of, at_least, at_most, bootstrap_mean, cached, equivalent, holds,
-                        proportion_of, resid_pre, role_mass, role_weights, run_pass, uniform_pattern)
-from mechclaims.batching import device_of, group_by_length, rows_per_pass
+from mechclaims import (Effect, Finding, all_of, at_least, at_most, bootstrap_mean, cached, device_of, equivalent, holds,
+                        proportion_of, resid_pre, role_mass, role_weights, run_pass, token_batches,
+                        uniform_pattern)
 from mechclaims.hooks import FINAL_NORM, attn_pattern
 
 from .answers import numbers_are_single_tokens
@@ -199,10 +199,9 @@ def _read_sequences(
         stop_at = resid_pre(max(resid_layers))
     else:
         raise ValueError("read_sequences was asked to read nothing")
-    per_pass = lambda length: rows_per_pass(model, length, logits=0)  # noqa: E731  (stopped before the unembedding)
-    for rows in group_by_length([r.tokens for r in rs], per_pass).values():
-        length = len(rs[rows[0]].tokens)
-        tokens = torch.tensor([rs[i].tokens for i in rows], device=device)
+    # logits=0: the pass stops before the unembedding (the final norm's output is unembedded here)
+    for rows, tokens in token_batches(model, [r.tokens for r in rs], logits=0):
+        length = tokens.shape[1]
         weights = []
         if attention:
             both = [role_links(rs[i]) for i in rows]

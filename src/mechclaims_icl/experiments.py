@@ -15,7 +15,7 @@ import numpy as np
 
 import torch
 
-from mechclaims.batching import at_prompt_end, device_of, encode, with_answers
+from mechclaims import at_prompt_end, encode, token_batches
 from .answers import answer_tokens, numbers_are_single_tokens, predicts_answer
 from mechclaims.interventions import AblateHeads, capture, resid_pre
 from .patching import Sweep, patch_sweep
@@ -88,14 +88,12 @@ def measure(
     forced = [[] for _ in expected] if numbers_are_single_tokens(tokenizer) else expected
     names = list(dict.fromkeys([resid_pre(layer) for layer in range(n_layers)] + score_hooks(n_layers, read_layer)))
     prompts = [encode(tokenizer, t) for t in pairs.a_texts]
-    device = device_of(model)
     source = torch.empty(len(pairs), n_layers, model.cfg.d_model, dtype=model.cfg.dtype)
     dla = np.zeros((len(pairs), n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
     correct = np.zeros(len(pairs), dtype=bool)
-    for rows in with_answers(model, prompts, forced):
+    for rows, tokens in token_batches(model, prompts, forced):
         end = len(prompts[rows[0]]) - 1
-        tokens = torch.tensor([prompts[i] + forced[i] for i in rows], device=device)
         held = [at_prompt_end(iv, end + 1) for iv in ivs]
         tail = len(forced[rows[0]]) + 1  # the predictions from the prompt's last position on
         predicted, acts = capture(model, tokens, names, position=end, interventions=held, logits="argmax", tail=tail)

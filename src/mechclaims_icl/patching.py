@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mechclaims.batching import device_of, encode, group_by_length, rows_per_pass
+from mechclaims import device_of, encode, token_batches
 from .answers import OUTCOMES, NumberReader, answer_steps, classify, decode_numbers
 from mechclaims import memory
 from mechclaims import ConfigError, cached
@@ -60,8 +60,7 @@ def last_resid(
     encoded = [encode(model.tokenizer, t) for t in texts]
     out = torch.empty(len(texts), len(layers), model.cfg.d_model, dtype=model.cfg.dtype)
     names = [resid_pre(layer) for layer in layers]
-    for rows in group_by_length(encoded, lambda length: rows_per_pass(model, length, logits=1)).values():
-        tokens = torch.tensor([encoded[i] for i in rows], device=device_of(model))
+    for rows, tokens in token_batches(model, encoded, logits=1):
         _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
         out[rows] = torch.stack([acts[n].cpu() for n in names], dim=1)
     return out
@@ -111,8 +110,7 @@ def patch_sweep(
         source = last_resid(model, pairs.a_texts, layers, a_interventions)
     encoded = [encode(model.tokenizer, t) for t in pairs.b_texts]
     answers = np.full((len(layers), len(pairs)), -1, dtype=np.int64)
-    for rows in group_by_length(encoded).values():
-        base = torch.tensor([encoded[i] for i in rows])
+    for rows, base in token_batches(model, encoded, whole=True):  # decode_patched bounds its own blocks
         answers[:, rows] = decode_patched(model, base, source[rows], layers, max_rows=max_rows)
     return _sweep(layers, answers, pairs)
 

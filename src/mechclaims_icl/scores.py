@@ -21,8 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mechclaims import cached
-from mechclaims.batching import device_of, encode, group_by_length, rows_per_pass
+from mechclaims import cached, encode, token_batches
 from mechclaims.hooks import FINAL_SCALE
 from mechclaims.interventions import Intervention, capture, head_z, resid_pre
 
@@ -115,9 +114,7 @@ def head_scores(
     first = answer_token_ids(model.tokenizer, answers)
     dla = np.zeros((len(texts), model.cfg.n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
-    device = device_of(model)
-    for rows in group_by_length(encoded, lambda length: rows_per_pass(model, length, logits=1)).values():
-        tokens = torch.tensor([encoded[i] for i in rows], device=device)
+    for rows, tokens in token_batches(model, encoded, logits=1):
         _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
         dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
     return HeadScores(dla=dla, dot=dot, read_layer=read_layer)
