@@ -50,7 +50,8 @@ from mechclaims_icl import claim2
 from mechclaims_icl.answers import NumberReader, answer_steps, numbers_are_single_tokens
 from mechclaims_icl.roles import roles
 from mechclaims_icl.patching import patch_sweep
-from mechclaims_icl.tasks import CANONICAL, make_patch_pairs, make_prompts, split_seed
+from mechclaims import split_seed
+from mechclaims_icl.tasks import CANONICAL, make_patch_pairs, make_prompts
 
 from roofline import matmul_peak_gflops, run_flops
 

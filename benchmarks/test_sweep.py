@@ -11,7 +11,8 @@ import pytest
 
 from mechclaims import load_target
 from mechclaims_icl.patching import patch_sweep, patch_sweep_loop
-from mechclaims_icl.tasks import CANONICAL, make_patch_pairs, split_seed
+from mechclaims import split_seed
+from mechclaims_icl.tasks import CANONICAL, make_patch_pairs
 
 N_PAIRS = 50
 

@@ -18,7 +18,8 @@ from mechclaims_icl.experiments import AblationStudy, ablation_study, probe_swee
 from mechclaims import Effect
 from mechclaims_icl.expectations import N_EXAMPLES
 from mechclaims_icl.expectations import task as task_of
-from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts, probe_text, split_seed
+from mechclaims import split_seed
+from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts, probe_text
 from mechclaims_icl.plugin import *  # noqa: F403  the pack's --mechclaims-task, where its claims run
 
 CLAIMS_DIR = Path(__file__).parent

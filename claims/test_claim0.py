@@ -10,7 +10,8 @@ import pytest
 from mechclaims_icl import claim0
 from mechclaims_icl.answers import greedy_is, greedy_numbers
 from mechclaims_icl.expectations import N_EXAMPLES
-from mechclaims_icl.tasks import BLOG_PROMPT, CANONICAL, make_prompts, split_seed
+from mechclaims import split_seed
+from mechclaims_icl.tasks import BLOG_PROMPT, CANONICAL, make_prompts
 
 
 @pytest.mark.claim(id="C0.in-context", source="claims-spec §1, §6 (precondition)")

@@ -7,7 +7,6 @@ import pytest
 
 from mechclaims import ConfigError, Interval, load_target, proportion, settings
 from mechclaims_icl.answers import encode, greedy_is, greedy_numbers, numbers_are_single_tokens
-from mechclaims.interventions import run_with
 from mechclaims_icl.tasks import CANONICAL, AffineTask, make_prompts
 
 
@@ -82,7 +81,8 @@ def test_the_teacher_forced_check_is_the_same_one_row_per_pass(as_organism, monk
     monkeypatch.setattr(batching, "CPU_PASS_BYTES", 1)
     assert batching.rows_per_pass(model, 20) == 1
     calls = []
-    monkeypatch.setattr(answers, "run_with", lambda m, tokens, *a, **k: calls.append(len(tokens)) or run_with(m, tokens, *a, **k))
+    real = answers.forward
+    monkeypatch.setattr(answers, "forward", lambda m, tokens, *a, **k: calls.append(len(tokens)) or real(m, tokens, *a, **k))
     assert (greedy_is(model, prompts.texts, decoded) == whole).all() and whole.all()
     assert calls == [1] * len(prompts.texts)
 

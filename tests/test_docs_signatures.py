@@ -83,3 +83,18 @@ def test_the_check_catches_a_misnamed_or_misordered_parameter():
     assert _problems("bootstrap_mean", "values, seed=0, strict=True") != []  # not a keyword it takes
     assert _problems("AblateMLP", 'layers, means=None, keep_bos=True, mode="mean"') == []
     assert _problems("AblateMLP", 'layers, means=None, mode="mean", keep_bos=True') != []  # positional order
+
+
+def undocumented(text: str, names) -> list[str]:
+    """The names that ``text`` never shows as code (`name` or `name(...)`)."""
+    return [name for name in names if not re.search(rf"`{re.escape(name)}[`(]", text)]
+
+
+def test_every_export_is_named_in_the_guide():
+    missing = undocumented(DOC.read_text(), mechclaims.__all__)
+    assert not missing, f"exported but not documented in docs/writing-claims.md: {missing}"
+
+
+def test_the_guide_check_finds_an_export_named_only_in_prose():
+    """Negative control: a name in plain words, or as part of a longer name, is not documentation."""
+    assert undocumented("run_pass ends a pass; `run_pass_fast(x)`, `holm(p)`", ["run_pass", "holm"]) == ["run_pass"]

@@ -18,10 +18,10 @@ for _module, _names in {
     "batching": "at_prompt_end device_of encode token_batches",
     "checks": "all_of at_least at_most equivalent holds holds_across significant",
     "errors": "ConfigError MechclaimsError TargetError",
-    "expectations": "Expectations Key preregister register_section",
+    "expectations": "Expectations Key LAYER LAYERS RATE SHARE preregister register_section",
     "attention": "role_mass role_weights top_heads uniform_pattern",
-    "hooks": "attn_pattern head_z mlp_out resid_pre",
-    "interventions": "AblateHeads AblateMLP SetResidual forward head_means",
+    "hooks": "attn_pattern final_norm final_scale head_z mlp_out resid_pre",
+    "interventions": "AblateHeads AblateMLP Intervention SetResidual forward head_means",
     "passes": "HookNeverFired run_pass",
     "prompts": "PromptSet",
     "readers": "attention_mass greedy_tokens residual_at string_probability",
@@ -29,8 +29,8 @@ for _module, _names in {
     "results": "ERRORED INCONCLUSIVE NOT_APPLICABLE REFUTED SUPPORTED UNDECIDED ClaimResult Effect Finding Interval "
                "Rule",
     "store": "Forward cached reading_key",
-    "stats": "beats_random bootstrap_mean equivalence holm onset paired_increase proportion proportion_of "
-             "random_sets",
+    "stats": "beats_random bootstrap_mean equivalence holm onset onset_layer onset_shift paired_increase proportion "
+             "proportion_of random_sets",
     "targets": "TARGETS LoadedTarget ModelShape Resolved TargetSpec from_dir from_gguf from_hf_cache load_target "
                "override",
 }.items():
@@ -45,18 +45,20 @@ __all__ = [
     # errors
     "ConfigError", "MechclaimsError", "TargetError",
     # targets and settings
-    "LoadedTarget", "TARGETS", "load_target", "Settings", "settings",
+    "LoadedTarget", "TARGETS", "load_target", "Settings", "settings", "split_seed",
     # shipping targets from a package (entry point mechclaims.targets): a spec and its resolver's sources
     "TargetSpec", "ModelShape", "Resolved", "from_dir", "from_hf_cache", "from_gguf", "override",
     # pre-registration
-    "Expectations", "Key", "register_section", "preregister",
+    "Expectations", "Key", "LAYER", "LAYERS", "RATE", "SHARE", "register_section", "preregister",
     # prompts, hooks, interventions
     "PromptSet", "encode", "token_batches", "device_of", "at_prompt_end", "resid_pre", "head_z", "attn_pattern", "mlp_out",
-    "forward", "Forward", "run_pass", "HookNeverFired", "cached", "reading_key", "AblateHeads", "AblateMLP", "SetResidual", "head_means",
+    "final_norm", "final_scale",
+    "forward", "Forward", "Intervention", "run_pass", "HookNeverFired", "cached", "reading_key",
+    "AblateHeads", "AblateMLP", "SetResidual", "head_means",
     # readers
     "greedy_tokens", "string_probability", "attention_mass", "residual_at",
     # statistics
-    "proportion", "proportion_of", "equivalence", "paired_increase", "holm", "bootstrap_mean", "onset",
+    "proportion", "proportion_of", "equivalence", "paired_increase", "holm", "bootstrap_mean", "onset", "onset_layer", "onset_shift",
     "random_sets", "beats_random", "role_weights", "role_mass", "uniform_pattern", "top_heads",
     # checks and recording
     "at_least", "at_most", "equivalent", "significant", "holds", "all_of", "holds_across", "ClaimRecorder",
@@ -66,7 +68,7 @@ __version__ = "0.1.0"
 
 # ``settings`` is a function and a submodule's name: bound now (the module is light), so that the
 # submodule's import (which sets ``mechclaims.settings`` to the module) cannot shadow the function.
-from .settings import Settings, settings  # noqa: E402
+from .settings import Settings, settings, split_seed  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
@@ -89,10 +91,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .batching import at_prompt_end, device_of, encode, token_batches
     from .checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
     from .errors import ConfigError, MechclaimsError, TargetError
-    from .expectations import Expectations, Key, preregister, register_section
+    from .expectations import LAYER, LAYERS, RATE, SHARE, Expectations, Key, preregister, register_section
     from .attention import role_mass, role_weights, top_heads, uniform_pattern
-    from .hooks import attn_pattern, head_z, mlp_out, resid_pre
-    from .interventions import AblateHeads, AblateMLP, SetResidual, forward, head_means
+    from .hooks import attn_pattern, final_norm, final_scale, head_z, mlp_out, resid_pre
+    from .interventions import AblateHeads, AblateMLP, Intervention, SetResidual, forward, head_means
     from .passes import HookNeverFired, run_pass
     from .prompts import PromptSet
     from .readers import attention_mass, greedy_tokens, residual_at, string_probability
@@ -100,7 +102,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .results import (ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED, ClaimResult, Effect,
                           Finding, Interval, Rule)
     from .store import Forward, cached, reading_key
-    from .stats import (beats_random, bootstrap_mean, equivalence, holm, onset, paired_increase, proportion,
-                        proportion_of, random_sets)
+    from .stats import (beats_random, bootstrap_mean, equivalence, holm, onset, onset_layer, onset_shift, paired_increase,
+                        proportion, proportion_of, random_sets)
     from .targets import (TARGETS, LoadedTarget, ModelShape, Resolved, TargetSpec, from_dir, from_gguf, from_hf_cache,
                           load_target, override)

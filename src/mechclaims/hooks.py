@@ -11,6 +11,16 @@ FINAL_NORM = "ln_final.hook_out"  # the final-norm output that the unembedding r
 FINAL_SCALE = "ln_final.hook_scale"  # the final norm's per-position scale
 
 
+def final_norm() -> str:
+    """The final norm's output, which the unembedding reads: ``[batch, pos, d_model]``."""
+    return FINAL_NORM
+
+
+def final_scale() -> str:
+    """The final norm's per-position scale (``1 / rms``): ``[batch, pos, 1]``."""
+    return FINAL_SCALE
+
+
 def resid_pre(layer: int) -> str:
     """The residual stream entering ``layer``: ``[batch, pos, d_model]``."""
     return f"blocks.{layer}.hook_resid_pre"

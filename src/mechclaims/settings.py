@@ -29,6 +29,17 @@ class Settings:
         return replace(self, **changes)
 
 
+SPLITS = ("exploration", "confirmation")
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The prompt seed of ``split`` under the run's ``seed``: ``2 * seed`` for exploration, ``2 * seed + 1``
+    for confirmation, so the two splits never share a seed under any run seed."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return 2 * int(seed) + SPLITS.index(split)
+
+
 PROFILES: dict[str, Settings] = {
     "ci": Settings(profile="ci", n_prompts=100),
     "paper": Settings(profile="paper", n_prompts=500),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mechclaims import at_prompt_end, encode, token_batches
-from mechclaims.interventions import Intervention, run_with
+from mechclaims import Intervention, forward
 
 MAX_NUMBER_TOKENS = 4
 NO_NUMBER = -1
@@ -88,7 +88,7 @@ def decode_numbers(model: Any, tokens: torch.Tensor, interventions: Sequence[Int
     steps = answer_steps(model.tokenizer)
     reader = NumberReader(model.tokenizer, tokens.shape[0])
     for _ in range(steps):
-        nxt = run_with(model, tokens, interventions, logits="last").argmax(-1)
+        nxt = forward(model, tokens, interventions=interventions, logits="last").logits.argmax(-1)
         if not reader.add(nxt.tolist()):
             break
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
@@ -138,7 +138,7 @@ def greedy_is(
     for rows, tokens in token_batches(model, prompts, expected, whole=per_row_values):
         n_prompt, n_answer = len(prompts[rows[0]]), len(expected[rows[0]])
         held = [at_prompt_end(iv, n_prompt) for iv in interventions]
-        predicted = run_with(model, tokens, held, logits="argmax", tail=n_answer + 1).cpu()
+        predicted = forward(model, tokens, interventions=held, logits="argmax", tail=n_answer + 1).logits.cpu()
         for j, i in enumerate(rows):
             out[i] = predicts_answer(tokenizer, predicted[j].tolist(), expected[i])
     return out

@@ -18,7 +18,7 @@ from .patching import Sweep
 from mechclaims import all_of, at_least, at_most, equivalent, holds, holds_across, significant
 from .claim0 import MIN_ACCURACY
 from mechclaims import INCONCLUSIVE, REFUTED, SUPPORTED, Effect, Finding, Rule
-from mechclaims.stats import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
+from mechclaims import equivalence, holm, onset, onset_layer, onset_shift, paired_increase, proportion_of
 
 # One-sided, the level the lower bound of a 95% interval keeps: a rule on the bound and a test on the
 # p-value of one effect judge one hypothesis at one level (mechclaims.significant's default).

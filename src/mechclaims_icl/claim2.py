@@ -36,10 +36,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mechclaims import (Effect, Finding, all_of, at_least, at_most, bootstrap_mean, cached, device_of, equivalent, holds,
+from mechclaims import (Effect, Finding, all_of, at_least, at_most, attn_pattern, bootstrap_mean, cached, device_of, equivalent, final_norm, holds,
                         proportion_of, resid_pre, role_mass, role_weights, run_pass, token_batches,
                         uniform_pattern)
-from mechclaims.hooks import FINAL_NORM, attn_pattern
 
 from .answers import numbers_are_single_tokens
 from .claim0 import MIN_ACCURACY
@@ -106,7 +105,7 @@ def role_links(r: Roles) -> tuple[list[tuple[int, list[int]]], list[tuple[int, l
     return x_to_y, prey
 
 
-FINAL = FINAL_NORM  # the final-norm output that the unembedding reads
+FINAL = final_norm()  # the final-norm output that the unembedding reads
 
 
 def _unembed(model: Any, final: torch.Tensor) -> torch.Tensor:

@@ -57,10 +57,10 @@ from mechclaims import top_heads
 
 from .fits import fit_range, separation
 from mechclaims import NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED
-from mechclaims.stats import onset_layer
+from mechclaims import onset_layer, split_seed
 from mechclaims import TARGETS, load_target
 from .plugin import parse_task, task_path
-from .tasks import CANONICAL, PROBES, AffineTask, make_patch_pairs, make_prompts, split_seed
+from .tasks import CANONICAL, PROBES, AffineTask, make_patch_pairs, make_prompts
 
 C1_IDS = (
     "C1.onset", "C1.ablate-10-11", "C1.backup-13", "C1.ablate-13",

@@ -9,8 +9,7 @@ tolerance no onset can miss, would make its claim vacuous.
 
 from __future__ import annotations
 
-from mechclaims import ConfigError, Expectations, Key, register_section
-from mechclaims.expectations import LAYER, LAYERS, RATE, SHARE
+from mechclaims import LAYER, LAYERS, RATE, SHARE, ConfigError, Expectations, Key, register_section
 
 from .tasks import CANONICAL, AffineTask
 

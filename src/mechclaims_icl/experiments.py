@@ -15,9 +15,8 @@ import numpy as np
 
 import torch
 
-from mechclaims import at_prompt_end, encode, token_batches
+from mechclaims import AblateHeads, at_prompt_end, encode, forward, resid_pre, token_batches
 from .answers import answer_tokens, numbers_are_single_tokens, predicts_answer
-from mechclaims.interventions import AblateHeads, capture, resid_pre
 from .patching import Sweep, patch_sweep
 from .scores import HeadScores, score_hooks, scores_from
 from .tasks import PatchSet
@@ -96,7 +95,8 @@ def measure(
         end = len(prompts[rows[0]]) - 1
         held = [at_prompt_end(iv, end + 1) for iv in ivs]
         tail = len(forced[rows[0]]) + 1  # the predictions from the prompt's last position on
-        predicted, acts = capture(model, tokens, names, position=end, interventions=held, logits="argmax", tail=tail)
+        out = forward(model, tokens, names=names, position=end, interventions=held, logits="argmax", tail=tail)
+        predicted, acts = out.logits, out.acts
         source[rows] = torch.stack([acts[resid_pre(layer)].cpu() for layer in range(n_layers)], dim=1)
         dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
         predicted = predicted.cpu()

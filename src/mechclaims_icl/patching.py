@@ -26,7 +26,7 @@ from mechclaims import device_of, encode, token_batches
 from .answers import OUTCOMES, NumberReader, answer_steps, classify, decode_numbers
 from mechclaims import memory
 from mechclaims import ConfigError, cached
-from mechclaims.interventions import Intervention, SetResidual, capture, resid_pre
+from mechclaims import Intervention, SetResidual, forward, resid_pre
 from mechclaims import Effect
 from mechclaims import proportion_of
 from .tasks import PatchSet
@@ -61,7 +61,7 @@ def last_resid(
     out = torch.empty(len(texts), len(layers), model.cfg.d_model, dtype=model.cfg.dtype)
     names = [resid_pre(layer) for layer in layers]
     for rows, tokens in token_batches(model, encoded, logits=1):
-        _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
+        acts = forward(model, tokens, names=names, position=-1, interventions=interventions, logits="none").acts
         out[rows] = torch.stack([acts[n].cpu() for n in names], dim=1)
     return out
 

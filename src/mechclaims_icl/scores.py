@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mechclaims import cached, encode, token_batches
-from mechclaims.hooks import FINAL_SCALE
-from mechclaims.interventions import Intervention, capture, head_z, resid_pre
+from mechclaims import Intervention, cached, encode, final_scale, forward, head_z, resid_pre, token_batches
+
+FINAL_SCALE = final_scale()  # the final norm's scale, which direct logit attribution divides by
 
 from .answers import answer_tokens
 
@@ -115,6 +115,6 @@ def head_scores(
     dla = np.zeros((len(texts), model.cfg.n_layers, model.cfg.n_heads))
     dot = np.zeros_like(dla)
     for rows, tokens in token_batches(model, encoded, logits=1):
-        _, acts = capture(model, tokens, names, position=-1, interventions=interventions, logits="none")
+        acts = forward(model, tokens, names=names, position=-1, interventions=interventions, logits="none").acts
         dla[rows], dot[rows] = scores_from(model, acts, [first[i] for i in rows], read_layer)
     return HeadScores(dla=dla, dot=dot, read_layer=read_layer)

@@ -14,14 +14,6 @@ import numpy as np
 from mechclaims import ConfigError
 
 X_RANGE = (10, 99)
-SPLITS = ("exploration", "confirmation")
-
-
-def split_seed(seed: int, split: str) -> int:
-    """The prompt seed of ``split``: exploration and confirmation never share a seed."""
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    return 2 * int(seed) + SPLITS.index(split)
 
 
 @dataclass(frozen=True)
