@@ -133,6 +133,14 @@ def tiny(tiny_model):
     return tiny_model
 
 
+@pytest.fixture
+def organism(as_organism):
+    """The tiny checkpoint as the loaded target ``organism``, whose weights a pre-registration records."""
+    from mechclaims import load_target
+
+    return load_target("organism")
+
+
 def test_the_full_experiment_runs_on_a_model(tiny):
     pairs = make_patch_pairs(CANONICAL, n_pairs=12, n_examples=6, seed=0)
     params = claim1.C1Params(onset=0, stages=((0,), (1,), ()), backup_layers=(1, 1), read_layer=1)
@@ -146,12 +154,12 @@ def test_the_full_experiment_runs_on_a_model(tiny):
     assert tiny.list_hooks() == {}
 
 
-def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch):
+def test_discovery_output_reads_back_as_expectations(tiny, organism, tmp_path, monkeypatch):
     monkeypatch.setattr(claim1, "MIN_ACCURACY", -1.0)  # claim1 binds C0's threshold at import  # a random model: force the full procedure
     lines: list[str] = []
     found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lines.append)
     path = tmp_path / "organism.toml"
-    write(path, "organism", found, "python -m mechclaims_icl.discover --target organism")
+    write(path, organism, found, "python -m mechclaims_icl.discover --target organism")
     exp = load(path, "organism")
     # the log says what the file pre-registers (an undecided finding is inconclusive there and here)
     logged = {line.split(": ")[0]: line.split(": ")[1] for line in lines if line.startswith("C1.")}
@@ -166,14 +174,14 @@ def test_discovery_output_reads_back_as_expectations(tiny, tmp_path, monkeypatch
     assert params.probe == "post" and params.probe_variants == ("post", "newline", "neutral-line")
 
 
-def test_a_target_that_fails_the_precondition_is_preregistered_so_that_it_confirms(tiny, tmp_path):
+def test_a_target_that_fails_the_precondition_is_preregistered_so_that_it_confirms(tiny, organism, tmp_path):
     """A model that cannot do the task: discovery registers Claim 1 not applicable, with the probe
     and size the confirmation needs to check the precondition again (it errored with "[c1] probe
     is missing")."""
     found = discover(tiny, n_pairs=10, seed=0, threshold=0.5, margin=0.1, log=lambda m: None)
     assert {found["verdicts"][cid] for cid in found["verdicts"] if cid.startswith("C1.")} == {"not-applicable"}
     path = tmp_path / "organism.toml"
-    write(path, "organism", found, "python -m mechclaims_icl.discover --target organism")
+    write(path, organism, found, "python -m mechclaims_icl.discover --target organism")
     exp = load(path, "organism")
     assert claim1.probes_from(exp)[0] == "post" and claim1.confirmation_pairs(exp, 4) == 10
 
@@ -199,11 +207,8 @@ def test_a_discovery_file_of_a_model_that_cannot_do_the_task_confirms_with_exit_
     import shutil
     from pathlib import Path
 
-    from mechclaims.expectations import path_for
+    from mechclaims import expectations_path, load_target
     from mechclaims_icl.discover import discover_sequences
-
-    from mechclaims import load_target
-    from mechclaims.expectations import registered_model
 
     claims = Path(__file__).resolve().parents[1] / "claims"
     shutil.copytree(claims, pytester.path / "claims", ignore=shutil.ignore_patterns("*.toml", "__pycache__"))
@@ -212,10 +217,9 @@ def test_a_discovery_file_of_a_model_that_cannot_do_the_task_confirms_with_exit_
     found = discover(loaded.model, n_pairs=20, seed=0, threshold=0.5, margin=0.1, log=lambda m: None)
     more = discover_sequences(loaded.model, CANONICAL, n_prompts=20, seed=0, log=lambda m: None)
     found = {**found, **{k: more[k] for k in ("task", "c2", "c3")}, "verdicts": {**found["verdicts"], **more["verdicts"]},
-             "figures": {**found["figures"], **more["figures"]}, "registered": registered_model(loaded)}
-    out = path_for(pytester.path / "claims", "organism")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write(out, "organism", found, "python -m mechclaims_icl.discover --target organism")
+             "figures": {**found["figures"], **more["figures"]}}
+    out = expectations_path(pytester.path / "claims", "organism")
+    write(out, loaded, found, "python -m mechclaims_icl.discover --target organism")
     result = pytester.runpytest_subprocess("claims/", "--mechclaims-target", "organism", "--mechclaims-n-prompts",
                                            "20", "-p", "no:cacheprovider")  # its own process: claims/ has a test_claim1
     claims_run = json.loads((pytester.path / "reports" / "latest" / "claims.json").read_text())["claims"]

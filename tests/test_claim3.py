@@ -203,16 +203,19 @@ def test_c3_params_read_back_and_are_range_checked(tmp_path):
         claim3.params_from(load(path, "organism"), 2, 4)
 
 
-def test_discovery_preregisters_claims_2_and_3(tiny_model, tmp_path):
+def test_discovery_preregisters_claims_2_and_3(as_organism, tmp_path):
+    from mechclaims import load_target
     from mechclaims_icl import claim2
     from mechclaims_icl.discover import discover_sequences, write
     from mechclaims.expectations import load
     from mechclaims_icl.tasks import AffineTask
 
+    loaded = load_target("organism")
+    tiny_model = loaded.model
     found = discover_sequences(tiny_model, AffineTask(1, 0), n_prompts=10, seed=0, example=4, n_examples=8, log=lambda m: None)
     found = {**found, "c1": {}}
     path = tmp_path / "organism.toml"
-    write(path, "organism", found, "python -m mechclaims_icl.discover --target organism")
+    write(path, loaded, found, "python -m mechclaims_icl.discover --target organism")
     exp = load(path, "organism")
     assert task_of(exp) == AffineTask(1, 0)
     c2p = claim2.params_from(exp, tiny_model.cfg.n_layers)

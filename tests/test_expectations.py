@@ -154,3 +154,40 @@ def test_discovery_never_writes_into_the_installed_pack(tmp_path):
     assert out.returncode == 2
     assert "pre-registrations are not written there" in out.stderr
     assert '[tool.mechclaims] expectations = "expectations"' in out.stderr and "--out FILE" in out.stderr
+
+
+def test_a_discovery_script_finds_writes_and_reads_its_files_through_the_public_api(tmp_path, monkeypatch, as_organism):
+    """configure_project sees the project's targets; expectations_path finds the file (the project's own
+    directory for claims outside the project); preregister writes it with [registered]; Expectations.read
+    reads it back."""
+    from mechclaims import (TARGETS, Expectations, configure_project, expectations_path, load_target, preregister,
+                            register_section)
+    from mechclaims import Key
+
+    from mechclaims.registry import unload_config
+
+    project, pack = tmp_path / "project", tmp_path / "installed" / "claims"
+    for directory in (project / "sub", project / "claims", pack):
+        directory.mkdir(parents=True)
+    (project / "pyproject.toml").write_text(
+        '[tool.mechclaims]\nexpectations = "prereg"\n[tool.mechclaims.targets.mine]\npath = "weights"\n')
+    monkeypatch.chdir(project / "sub")
+    try:
+        assert configure_project() == project / "pyproject.toml" and "mine" in TARGETS
+    finally:  # the project's target leaves the registry with the test
+        unload_config(project / "pyproject.toml")
+    assert "mine" not in TARGETS
+    assert expectations_path(pack, "organism") == (project / "prereg" / "organism.toml").resolve()
+    assert expectations_path(pack, "organism", "4x+17").name == "organism@4x+17.toml"
+    assert expectations_path(project / "claims", "organism") == project / "claims" / "expectations" / "organism.toml"
+    register_section("api_pack", {"heads": Key(list, why="heads")})
+    loaded = load_target("organism")
+    written = preregister(pack, loaded, source="exploration", verdicts={"P.x": "refuted"}, sections={"api_pack": {"heads": [[1, 2]]}})
+    assert written == expectations_path(pack, "organism")
+    exp = Expectations.read(written, "organism")
+    assert exp.verdict("P.x") == "refuted" and exp.get("api_pack", "heads", list) == [[1, 2]]
+    assert exp.sections["registered"]["n_layers"] == loaded.model.cfg.n_layers
+    elsewhere = preregister(None, loaded, path=tmp_path / "out.toml", source="s", verdicts={}, sections={})
+    assert Expectations.read(elsewhere, "organism").sections["registered"]
+    with pytest.raises(ConfigError, match="needs claims_dir .* or path"):
+        preregister(None, loaded, source="s", verdicts={}, sections={})

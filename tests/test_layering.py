@@ -112,15 +112,6 @@ def test_the_name_walk_finds_a_planted_name(tmp_path):
         "src/mechclaims/x.py:3", "src/mechclaims/x.py:4", "src/mechclaims/x.py:5"]
 
 
-# What the post's pack still reads from the core's internal modules: names the public API does not
-# carry yet (a pass runner, store keys, batching, the onset statistics, the expectations section
-# keys). The list may only shrink: a new internal import fails here. The example pack reads none.
-PACK_INTERNALS = {
-    "mechclaims": {"memory", "registry"},
-    "mechclaims.expectations": {"load", "merge_write", "own_dir", "path_for", "registered_model"},
-}
-
-
 def internal_imports(paths) -> dict[str, set[str]]:
     """module -> names, of every import of a ``mechclaims.*`` submodule in ``paths``, and of every
     name taken from ``mechclaims`` that its ``__all__`` does not export (a submodule, under ``mechclaims``)."""
@@ -146,11 +137,12 @@ def test_the_example_pack_imports_only_the_public_package():
     assert internal_imports(sorted((ROOT / "examples").rglob("*.py"))) == {}
 
 
-def test_the_posts_pack_adds_no_internal_import():
+def test_the_posts_pack_imports_only_the_public_package():
+    """The post's pack, its claim tests included, is written on the public API alone: what it needed
+    and the API lacked (a pass runner, store keys, batching, split seeds, pre-registration files)
+    became public."""
     files = sorted([*(ROOT / "src" / "mechclaims_icl").rglob("*.py"), *(ROOT / "claims").rglob("*.py")])
-    new = {module: sorted(names - PACK_INTERNALS.get(module, set()))
-           for module, names in internal_imports(files).items() if names - PACK_INTERNALS.get(module, set())}
-    assert not new, f"the post's pack imports internals the public API should carry instead: {new}"
+    assert internal_imports(files) == {}, "the post's pack imports internals the public API should carry"
 
 
 def test_the_internal_import_walk_finds_a_planted_one(tmp_path):
@@ -160,12 +152,3 @@ def test_the_internal_import_walk_finds_a_planted_one(tmp_path):
                                    "    from mechclaims import memory, run_pass\n")
     assert internal_imports([tmp_path / "p.py"]) == {
         "mechclaims.store": {"derived"}, "mechclaims.targets": {"*"}, "mechclaims": {"memory"}}
-
-
-def test_the_list_of_internals_names_only_what_the_pack_still_imports():
-    """The list shrinks as the API grows: an entry the pack no longer imports must leave it."""
-    files = sorted([*(ROOT / "src" / "mechclaims_icl").rglob("*.py"), *(ROOT / "claims").rglob("*.py")])
-    used = internal_imports(files)
-    stale = {module: sorted(names - used.get(module, set()))
-             for module, names in PACK_INTERNALS.items() if names - used.get(module, set())}
-    assert not stale, f"remove from PACK_INTERNALS (no longer imported): {stale}"

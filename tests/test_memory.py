@@ -28,11 +28,11 @@ def test_release_returns_freed_heap_pages():
         pytest.skip(f"the allocation made only {grown // MIB} MiB resident: the allocator did not put it on the heap")
     del blocks[:-1]  # all but the last are free, behind a live block at the heap's top
     before = _rss_kib()
-    assert memory.release() is True
+    assert memory.release_memory() is True
     assert before - _rss_kib() > grown // 2, f"release handed back {(before - _rss_kib()) // MIB} of {grown // MIB} MiB"
     assert len(blocks) == 1
 
 
 def test_release_does_nothing_without_glibc(monkeypatch):
     monkeypatch.setattr(memory, "_malloc_trim", lambda: None)
-    assert memory.release() is False
+    assert memory.release_memory() is False

@@ -18,14 +18,16 @@ for _module, _names in {
     "batching": "at_prompt_end device_of encode token_batches",
     "checks": "all_of at_least at_most equivalent holds holds_across significant",
     "errors": "ConfigError MechclaimsError TargetError",
-    "expectations": "Expectations Key LAYER LAYERS RATE SHARE preregister register_section",
+    "expectations": "Expectations Key LAYER LAYERS RATE SHARE expectations_path preregister register_section",
     "attention": "role_mass role_weights top_heads uniform_pattern",
     "hooks": "attn_pattern final_norm final_scale head_z mlp_out resid_pre",
     "interventions": "AblateHeads AblateMLP Intervention SetResidual forward head_means",
+    "memory": "release_memory",
     "passes": "HookNeverFired run_pass",
     "prompts": "PromptSet",
     "readers": "attention_mass greedy_tokens residual_at string_probability",
     "recorder": "ClaimRecorder",
+    "registry": "configure_project",
     "results": "ERRORED INCONCLUSIVE NOT_APPLICABLE REFUTED SUPPORTED UNDECIDED ClaimResult Effect Finding Interval "
                "Rule",
     "store": "Forward cached reading_key",
@@ -45,15 +47,15 @@ __all__ = [
     # errors
     "ConfigError", "MechclaimsError", "TargetError",
     # targets and settings
-    "LoadedTarget", "TARGETS", "load_target", "Settings", "settings", "split_seed",
+    "LoadedTarget", "TARGETS", "load_target", "configure_project", "Settings", "settings", "split_seed",
     # shipping targets from a package (entry point mechclaims.targets): a spec and its resolver's sources
     "TargetSpec", "ModelShape", "Resolved", "from_dir", "from_hf_cache", "from_gguf", "override",
     # pre-registration
-    "Expectations", "Key", "LAYER", "LAYERS", "RATE", "SHARE", "register_section", "preregister",
+    "Expectations", "Key", "LAYER", "LAYERS", "RATE", "SHARE", "register_section", "preregister", "expectations_path",
     # prompts, hooks, interventions
     "PromptSet", "encode", "token_batches", "device_of", "at_prompt_end", "resid_pre", "head_z", "attn_pattern", "mlp_out",
     "final_norm", "final_scale",
-    "forward", "Forward", "Intervention", "run_pass", "HookNeverFired", "cached", "reading_key",
+    "forward", "Forward", "Intervention", "run_pass", "HookNeverFired", "cached", "reading_key", "release_memory",
     "AblateHeads", "AblateMLP", "SetResidual", "head_means",
     # readers
     "greedy_tokens", "string_probability", "attention_mass", "residual_at",
@@ -91,14 +93,17 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .batching import at_prompt_end, device_of, encode, token_batches
     from .checks import all_of, at_least, at_most, equivalent, holds, holds_across, significant
     from .errors import ConfigError, MechclaimsError, TargetError
-    from .expectations import LAYER, LAYERS, RATE, SHARE, Expectations, Key, preregister, register_section
+    from .expectations import (LAYER, LAYERS, RATE, SHARE, Expectations, Key, expectations_path, preregister,
+                               register_section)
     from .attention import role_mass, role_weights, top_heads, uniform_pattern
     from .hooks import attn_pattern, final_norm, final_scale, head_z, mlp_out, resid_pre
     from .interventions import AblateHeads, AblateMLP, Intervention, SetResidual, forward, head_means
+    from .memory import release_memory
     from .passes import HookNeverFired, run_pass
     from .prompts import PromptSet
     from .readers import attention_mass, greedy_tokens, residual_at, string_probability
     from .recorder import ClaimRecorder
+    from .registry import configure_project
     from .results import (ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED, ClaimResult, Effect,
                           Finding, Interval, Rule)
     from .store import Forward, cached, reading_key

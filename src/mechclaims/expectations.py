@@ -52,6 +52,11 @@ class Expectations:
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sha256: str | None = None  # of the file's bytes, recorded in the report
 
+    @classmethod
+    def read(cls, path: Path, target: str) -> "Expectations":
+        """The pre-registration of ``target`` in ``path``, checked (a missing file: no expectations)."""
+        return load(Path(path), target)
+
     def verdict(self, claim_id: str) -> str:
         """The expected verdict of ``claim_id`` (``supported`` unless stated)."""
         return self.verdicts.get(claim_id, SUPPORTED)
@@ -384,8 +389,25 @@ def merge_write(
     return path
 
 
-def preregister(claims_dir: Path, target: Any, *, source: str, verdicts: Mapping[str, str],
-                sections: Mapping[str, Mapping[str, Any]], comment: str = "") -> Path:
+def expectations_path(claims_dir: Path, target: str, variant: str | None = None, *,
+                      directory: Path | None = None) -> Path:
+    """The pre-registration file of ``target`` for the claims in ``claims_dir``:
+    ``claims_dir/expectations/TARGET.toml`` (``TARGET@VARIANT.toml`` for a variant's own file), or
+    the project's own directory's for an installed pack's claims.
+
+    ``directory`` is that own directory as ``pytest_mechclaims_expectations_path`` receives it; by
+    default it is read from the ``pyproject.toml`` at or above the working directory
+    (``[tool.mechclaims] expectations``)."""
+    if directory is None:
+        from .registry import find_pyproject
+
+        directory = own_dir(claims_dir, find_pyproject(Path.cwd()))
+    return path_for(claims_dir, target, variant, own=directory)
+
+
+def preregister(claims_dir: Path | None, target: Any, *, source: str, verdicts: Mapping[str, str],
+                sections: Mapping[str, Mapping[str, Any]], comment: str = "", variant: str | None = None,
+                path: Path | None = None) -> Path:
     """Write what a discovery script found on the exploration split as ``target``'s pre-registration
     for the claims in ``claims_dir``, and return the file's path.
 
@@ -394,9 +416,11 @@ def preregister(claims_dir: Path, target: Any, *, source: str, verdicts: Mapping
     installed pack's claims, the project's own directory when its ``pyproject.toml`` (at or above
     the working directory) names one (``[tool.mechclaims] expectations``, :func:`own_dir`). Only the
     given sections and verdicts are replaced (:func:`merge_write`): what other packs wrote stays.
+    ``variant`` writes the variant's own file (:func:`expectations_path`); ``path`` names the file outright
+    (``claims_dir`` is then not needed).
     """
-    from .registry import find_pyproject
-
-    own = own_dir(claims_dir, find_pyproject(Path.cwd()))
-    return merge_write(path_for(claims_dir, target.name, own=own), target.name, source=source, verdicts=verdicts,
-                       sections=sections, comment=comment, registered=registered_model(target))
+    if path is None and claims_dir is None:
+        raise ConfigError("preregister needs claims_dir (the directory of the claim tests) or path (the file)")
+    out = Path(path) if path is not None else expectations_path(claims_dir, target.name, variant)
+    return merge_write(out, target.name, source=source, verdicts=verdicts, sections=sections, comment=comment,
+                       registered=registered_model(target))

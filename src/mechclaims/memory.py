@@ -4,7 +4,7 @@ A forward pass allocates and frees hundreds of megabytes of activations. glibc's
 allocator keeps freed heap memory for reuse, and its adaptive mmap threshold
 moves large blocks onto that heap after the first frees, so a claim run's
 resident memory ratchets up pass after pass (SmolLM2's Claim 1 study held 1.86
-GB where its live data needed about 1.1). :func:`release` asks glibc to return
+GB where its live data needed about 1.1). :func:`release_memory` asks glibc to return
 free pages (``malloc_trim``); elsewhere it does nothing.
 """
 
@@ -27,7 +27,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def release() -> bool:
+def release_memory() -> bool:
     """Return the allocator's free pages to the operating system (glibc only); whether it asked."""
     trim = _malloc_trim()
     if trim is not None:

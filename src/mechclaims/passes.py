@@ -79,7 +79,7 @@ def run_pass(
     except _EndPass:
         out = None
     finally:
-        memory.release()
+        memory.release_memory()
     missing = [name for name in needed if name not in fired]
     if missing:
         raise HookNeverFired(

@@ -133,6 +133,16 @@ def load_config(pyproject: Path | None) -> list[str]:
     return [spec.name for spec in specs]
 
 
+def configure_project(start: Path | None = None) -> Path | None:
+    """Register the targets of the project at or above ``start`` (the working directory): the
+    ``[tool.mechclaims.targets.*]`` of its ``pyproject.toml``, besides those installed packages
+    ship. A script outside pytest (a discovery script) calls it to see the targets a run sees.
+    Returns the ``pyproject.toml`` read, or None when there is none."""
+    pyproject = find_pyproject(Path(start) if start is not None else Path.cwd())
+    load_config(pyproject)
+    return pyproject
+
+
 def _spec_or_broken(pyproject: Path, name: str, table: Any) -> TargetSpec:
     """The table's target; one whose table has a problem is registered broken, so that it errors
     when selected (naming the problem) and the other targets run. A name that is not allowed is

@@ -50,15 +50,13 @@ from . import claim0, claim1, claim2, claim3
 from .answers import greedy_is
 from mechclaims import MechclaimsError
 from .experiments import AblationStudy, Condition, measure, probe_sweeps
-from mechclaims.expectations import load as load_expectations
-from mechclaims.expectations import merge_write, path_for, registered_model
 from .expectations import task as task_of
 from mechclaims import top_heads
 
 from .fits import fit_range, separation
 from mechclaims import NOT_APPLICABLE, REFUTED, SUPPORTED, UNDECIDED
 from mechclaims import onset_layer, split_seed
-from mechclaims import TARGETS, load_target
+from mechclaims import TARGETS, Expectations, configure_project, expectations_path, load_target, preregister
 from .plugin import parse_task, task_path
 from .tasks import CANONICAL, PROBES, AffineTask, make_patch_pairs, make_prompts
 
@@ -272,13 +270,14 @@ def verdict_of(finding) -> str:
     return SUPPORTED if finding.supported else REFUTED if finding.decided else UNDECIDED
 
 
-def write(path: Path, target: str, found: dict, command: str) -> Path:
-    """Merge ``found`` into the expectations file ``path``: this pack's sections ([c1], [task], [c2],
-    [c3]), its verdicts and [registered] are replaced; any other section, verdict or comment is kept."""
+def write(path: Path, target: Any, found: dict, command: str) -> Path:
+    """Merge ``found`` on the loaded ``target`` into the expectations file ``path``: this pack's sections
+    ([c1], [task], [c2], [c3]), its verdicts and [registered] (``target``'s weights and sizes) are
+    replaced; any other section, verdict or comment is kept."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return merge_write(
-        path, target, source=f"discovery on the exploration split: {command}",
-        verdicts=found["verdicts"], registered=found.get("registered"),
+    return preregister(
+        None, target, path=path, source=f"discovery on the exploration split: {command}",
+        verdicts=found["verdicts"],
         sections={name: found[name] for name in ("c1", "task", "c2", "c3") if found.get(name)},
         comment=f"Pre-registered {stamp}. Exploration figures behind these values:\n"
                 + "\n".join(f"{cid}: {text}" for cid, text in found["figures"].items()),
@@ -292,14 +291,9 @@ CLAIMS_DIR = Path(importlib.import_module("mechclaims_icl.claims").__file__).par
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mechclaims import registry
-    from mechclaims.expectations import own_dir
-
-    try:  # the targets this project configures, besides those packages ship, and its expectations directory
-        pyproject = registry.find_pyproject(Path.cwd())
-        registry.load_config(pyproject)
+    try:  # the targets this project configures, besides those packages ship
+        pyproject = configure_project()
         claims_dir = Path("claims") if (Path("claims") / "test_claim1.py").is_file() else CLAIMS_DIR
-        own = own_dir(claims_dir, pyproject)
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -325,12 +319,16 @@ def main(argv: list[str] | None = None) -> int:
                         "and pre-register its verdict (with [c1] probe and probe_variants)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing expectations file")
     args = parser.parse_args(argv)
-    if args.out is None and own is None and claims_dir == CLAIMS_DIR:
+    try:
+        default = expectations_path(claims_dir, args.target)
+    except MechclaimsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out is None and claims_dir == CLAIMS_DIR and default.resolve().is_relative_to(CLAIMS_DIR.resolve()):
         parser.error(f"the pack's claims are installed ({CLAIMS_DIR}), and pre-registrations are not written there: "
                      f"name your project's directory for them in {pyproject or 'your pyproject.toml'} "
                      '([tool.mechclaims] expectations = "expectations"), or pass --out FILE')
-    default = path_for(claims_dir, args.target, own=own)
-    out = args.out or (task_path(claims_dir, args.target, args.task, own) if args.task else default)
+    out = args.out or (task_path(claims_dir, args.target, args.task) if args.task else default)
     if args.probe_variants_only:
         return _probe_variants_only(args, out, argv)
     if out.exists() and not args.force and _owned(out, args.target):
@@ -338,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                      "--force to replace them (other sections of the file are kept)")
     log = lambda msg: print(f"[discover] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     try:
-        previous = load_expectations(out, args.target) if out.exists() else None
+        previous = Expectations.read(out, args.target) if out.exists() else None
         task = args.task or (task_of(previous) if previous else CANONICAL)
         n_sequences = args.n_sequences or (previous.get("c2", "max_prompts", int, default=MAX_PROMPTS_DEFAULT) if previous else MAX_PROMPTS_DEFAULT)
         log(f"loading {args.target} (a GGUF or a large model can take minutes on first use)...")
@@ -354,14 +352,13 @@ def main(argv: list[str] | None = None) -> int:
             **found, **{k: more[k] for k in ("task", "c2", "c3")},
             "verdicts": {**found["verdicts"], **more["verdicts"]},
             "figures": {**found["figures"], **more["figures"]},
-            "registered": registered_model(loaded),
         }
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     command = " ".join(["python -m mechclaims_icl.discover", *(argv if argv is not None else sys.argv[1:])])
     try:  # this pack's sections and verdicts only: any other pack's sections in the file are kept
-        write(out, args.target, found, command)
+        write(out, loaded, found, command)
     except MechclaimsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -376,11 +373,11 @@ def _probe_variants_only(args: argparse.Namespace, out: Path, argv: list[str] | 
         if not out.is_file():
             raise MechclaimsError(f"{out} does not exist; --probe-variants-only adds to a pre-registration, "
                                   "run the whole discovery first")
-        previous = load_expectations(out, args.target)
+        previous = Expectations.read(out, args.target)
         loaded = load_target(args.target, device=args.device)
         found = discover_probes(loaded.model, previous, seed=args.seed, probe=args.probe, n_pairs=args.n_pairs, log=log)
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        merge_write(out, args.target, source=previous.source or f"discovery: {command}", verdicts=found["verdicts"],
+        preregister(None, loaded, path=out, source=previous.source or f"discovery: {command}", verdicts=found["verdicts"],
                     sections={"c1": found["c1"]},
                     comment=f"C1.onset-robust pre-registered {stamp} by {command}\n"
                             + "\n".join(f"{cid}: {text}" for cid, text in found["figures"].items()))

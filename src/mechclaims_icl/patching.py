@@ -24,8 +24,7 @@ import torch
 
 from mechclaims import device_of, encode, token_batches
 from .answers import OUTCOMES, NumberReader, answer_steps, classify, decode_numbers
-from mechclaims import memory
-from mechclaims import ConfigError, cached
+from mechclaims import ConfigError, cached, release_memory
 from mechclaims import Intervention, SetResidual, forward, resid_pre
 from mechclaims import Effect
 from mechclaims import proportion_of
@@ -152,7 +151,7 @@ def _decode_patched(model: Any, base: torch.Tensor, values: torch.Tensor, layers
         for l0 in range(0, k_all, per_pair):
             chunk = range(l0, min(l0 + per_pair, k_all))
             out[l0 : chunk.stop, block] = _decode_block(model, prefix, base[block, -1:], values[block], layers, chunk, steps)
-            memory.release()
+            release_memory()
     return out
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mechclaims.expectations import path_for
+from mechclaims import expectations_path
 
 from .tasks import CANONICAL, AffineTask
 
@@ -35,8 +35,9 @@ def parse_task(text: str) -> AffineTask:
 
 def task_path(claims_dir: Path, target: str, task: AffineTask, own: Path | None = None) -> Path:
     """Where ``task``'s own pre-registration of ``target`` lives (see the module docstring); ``own``
-    is the project's own directory of pre-registrations, if it has one."""
-    default = path_for(claims_dir, target, own=own)
+    is the project's own directory of pre-registrations as the hook receives it (default: the
+    working directory's project's)."""
+    default = expectations_path(claims_dir, target, directory=own)
     if not default.is_file():  # the target's first pre-registration is its main file, whatever the task
         return default
     try:
@@ -45,7 +46,7 @@ def task_path(claims_dir: Path, target: str, task: AffineTask, own: Path | None 
         return default  # let the loader say what is wrong with it
     if isinstance(table, dict) and AffineTask(table.get("a", CANONICAL.a), table.get("b", CANONICAL.b)) == task:
         return default
-    return path_for(claims_dir, target, task.name, own=own)
+    return expectations_path(claims_dir, target, task.name, directory=own)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
