@@ -309,6 +309,67 @@ class ClaimSession:
             + "".join(f" | {note}" for note in self.parallel)
         )
 
+    def plot_cache(self) -> Path | None:
+        """With the disk cache, the report's plots are kept beside the activations (a warm run redraws
+        nothing); never with disk-readonly."""
+        return self.activation_dir / "plots" if self.cache_mode == "disk" and self.activation_dir else None
+
+    def write_report(self, report_dir: Path) -> Path:
+        """Enforce the cache's size cap, then write this run's report under ``report_dir`` (claims.json,
+        claims.md, index.html, plots); its directory. OSError when it cannot be written."""
+        from .report import write_run
+        from .report.claims_json import new_run_id
+
+        self.enforce_cache_cap()
+        return write_run(report_dir, new_run_id(), self.to_json(), self.plot_cache(), self.drawn)
+
+    def summary_lines(self) -> list[tuple[str, dict[str, bool]]]:
+        """The terminal summary: ``(line, markup)`` pairs (``red=True``, ``yellow=True``): the header,
+        what stopped a target, each claim's verdict with its figure, and how to reproduce a failure."""
+        from .report import reproduce
+        from .report.reading import NEGATIVE_CONTROL
+        from .results import INCONCLUSIVE, NOT_APPLICABLE, REFUTED, UNDECIDED
+
+        out: list[tuple[str, dict[str, bool]]] = [(self.header(), {})]
+        for name, why in self.target_errors.items():
+            out.append((f"TARGET ERROR: {name} cannot run, so its claims errored: {why}", {"red": True}))
+        if self.cache_pruned is not None and self.cache_pruned["removed"]:
+            p = self.cache_pruned
+            out.append((f"activation cache: removed {p['removed']} least recently used entries ({p['freed']} bytes) "
+                        f"to stay under [tool.mechclaims] cache-max-size ({p['max_size']} bytes)", {}))
+        for name, t in self.targets().items():
+            if t.get("stand_in"):
+                out.append((f"WARNING: {name} is a stand-in, not the model it names: {t['stand_in']}", {"yellow": True}))
+        for name, why in self.expectation_overrides.items():
+            out.append((f"WARNING: {name} runs on another model than its pre-registration (allowed): {why}",
+                        {"yellow": True}))
+        for name, entry in self.expectation_files.items():
+            if entry.get("exploratory"):
+                out.append((f"EXPLORATORY: {name} has no pre-registration; its verdicts were judged against none",
+                            {"yellow": True}))
+        for c in self.claims:
+            figure = "-" if c["statistic"] is None else f"{c['statistic']:.3g}"
+            if c["ci"]:
+                figure += f" [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] n={c['n']}"
+            expected = "" if c["expected"] is None else f" (expected {c['expected']})"
+            if c["expected"] == REFUTED:
+                expected = f" ({NEGATIVE_CONTROL}: expected {REFUTED})"
+            elif c["expected"] == UNDECIDED:
+                expected = f" ({UNDECIDED} at discovery: recorded, not judged)"
+            if c["as_expected"] is False:
+                expected = f" (UNEXPECTED: pre-registered {c['expected']})"
+            out.append((f"{c['verdict']:>14}  {c['id']} [{c['target']}]{expected}  {figure}", {}))
+            if c["verdict"] in reproduce.SHOWN_FOR:
+                run = {"seed": self.settings.seed, "settings": dict(self.settings.__dict__)}
+                out.append((f"{'':>16}reproduce: {reproduce.command(c, run)}", {}))
+            elif c["verdict"] in (INCONCLUSIVE, NOT_APPLICABLE) and c.get("message"):
+                out.append((f"{'':>16}why: {_first_line(c['message'])[:200]}", {}))
+        skipped = Counter(c["verdict"] for c in self.claims if c["verdict"] in (INCONCLUSIVE, NOT_APPLICABLE))
+        if skipped:
+            out.append(("pytest counts these claims as skipped: " + ", ".join(
+                f"{n} {verdict}" for verdict, n in sorted(skipped.items())) + " (each with its reason above)", {}))
+        return out
+
     def to_json(self) -> dict[str, Any]:
         targets = self.targets()
         return {
@@ -357,6 +418,15 @@ class ClaimSession:
             },
             "claims": list(self.claims),
         }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _head(message: str, width: int = 100) -> str:
