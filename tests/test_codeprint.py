@@ -157,3 +157,40 @@ def test_the_disk_cache_misses_for_edited_code_and_hits_for_the_same_code(tmp_pa
     edited = _load(tmp_path, PACK.replace("np.asarray(x) + 1", "np.asarray(x) + 2"))
     got = store().derived("pack", "k", 3, counted(edited))["y"]
     assert len(calls) == 2 and np.array_equal(got, y + 1)  # computed by the edited code, not served
+
+
+def _runs_a_pass(path) -> bool:
+    """Whether a module calls a model or installs hooks on one (``model(...)``, ``model.hooks(...)``)."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id == "model":
+                return True
+            if isinstance(func, ast.Attribute) and func.attr == "hooks" and isinstance(func.value, ast.Name) \
+                    and func.value.id == "model":
+                return True
+    return False
+
+
+def test_every_core_module_that_runs_a_pass_is_in_every_cache_key():
+    """An edit to code that runs a forward pass must change every key, or a stale entry is served: each
+    core module that calls the model is one of FORWARD_MODULES, by its own name (a package's digest is
+    its ``__init__``'s alone). The finiteness check runs one pass to reject a model, never to compute
+    an entry."""
+    from pathlib import Path
+
+    core = Path(codeprint.__file__).parent
+    running = {".".join(["mechclaims", *p.relative_to(core).with_suffix("").parts]).removesuffix(".__init__")
+               for p in core.rglob("*.py") if _runs_a_pass(p)}
+    assert running - set(codeprint.FORWARD_MODULES) == {"mechclaims.finite"}
+
+
+def test_the_pass_walk_finds_a_model_call(tmp_path):
+    """Negative control: a module that calls the model, or its hooks, is found; a mention is not."""
+    for text, found in (("def f(model, t):\n    return model(t)\n", True),
+                        ("def f(model):\n    with model.hooks(fwd_hooks=[]):\n        pass\n", True),
+                        ("def registered_model(loaded):\n    return loaded\n", False)):
+        (tmp_path / "m.py").write_text(text)
+        assert _runs_a_pass(tmp_path / "m.py") is found

@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 # Modules whose whole compiled code is in every key: what sets a model up and runs a pass.
 FORWARD_MODULES = (
-    "mechclaims.targets", "mechclaims.weights", "mechclaims.interventions", "mechclaims.hooks",
+    "mechclaims.targets", "mechclaims.weights", "mechclaims.interventions", "mechclaims.passes", "mechclaims.hooks",
     "mechclaims.store", "mechclaims.memory",
 )
 # Distribution -> top-level module of the packages whose versions every key holds instead of their code.

@@ -65,7 +65,7 @@ import numpy as np
 PNG_URI = "data:image/png;base64,"
 PLOT_KINDS = ("rates", "rates_by_variant", "heatmaps", "curves", "bars")
 
-# One colour per patching outcome class, the same on every page.
+# The colours of classes that name none of their own, in order.
 _CYCLE = ("#9333ea", "#db2777", "#0891b2", "#65a30d", "#b45309")
 
 
@@ -148,7 +148,7 @@ def _integer_ticks(ax, axis: str = "x") -> None:
 # --------------------------------------------------------------------------- the kinds
 
 
-def rates_plot(rates: Any, title: str = "patched answer by layer") -> Plot:
+def rates_plot(rates: Any, title: str = "rate by layer") -> Plot:
     fig, ax = _figure()
     n_values = _draw_rates(ax, rates, "rates")
     n_text = f" (n={n_values.pop()}, 95% CI bands)" if len(n_values) == 1 else ""
@@ -158,7 +158,7 @@ def rates_plot(rates: Any, title: str = "patched answer by layer") -> Plot:
     return Plot(title, _uri(fig))
 
 
-def variant_rates_plot(variants: Any, title: str = "patched answer by layer, per variant") -> Plot:
+def variant_rates_plot(variants: Any, title: str = "rate by layer, per variant") -> Plot:
     """One panel per variant, side by side, sharing the y axis."""
     variants = _mapping(variants, "rates_by_variant")
     if not variants:
