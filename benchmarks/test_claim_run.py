@@ -61,7 +61,7 @@ def baseline_rss(env) -> int:
 
 
 def _weights_bytes(target: str) -> int:
-    from mechclaims.targets import resolve
+    from mechclaims.loading import resolve
 
     return sum(p.stat().st_size for p in resolve(target).path.glob("*.safetensors"))
 

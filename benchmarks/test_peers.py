@@ -45,7 +45,8 @@ import torch
 from mechclaims import load_target
 from mechclaims import encode, token_batches
 from mechclaims.hooks import resid_pre
-from mechclaims.targets import TARGETS, resolve
+from mechclaims.loading import resolve
+from mechclaims.targets import TARGETS
 from mechclaims_icl import claim2
 from mechclaims_icl.answers import NumberReader, answer_steps, numbers_are_single_tokens
 from mechclaims_icl.roles import roles

@@ -81,8 +81,18 @@ def installed(tmp_path_factory) -> Path:
     # the dependencies, appended after the venv's own site-packages: this environment's editable
     # mechclaims is a .pth there, which a path added this way does not run
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # built from a private copy: setuptools builds in the source tree (build/, *.egg-info), and two
+    # pytest-xdist workers building in the checkout at once collide
+    import shutil
+
     checkout = Path(__file__).resolve().parents[1]
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(checkout)],
+    source = tmp_path_factory.mktemp("source")
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("src", "claims", "fixtures"):
+        shutil.copytree(checkout / name, source / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(checkout / name, source / name)
+    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(source)],
                    check=True, capture_output=True, text=True, timeout=600,
                    env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     return env_dir

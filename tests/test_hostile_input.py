@@ -137,7 +137,7 @@ def _loaded(pyproject: Path):
 
 def test_a_symlink_loop_errors_its_own_target_only_in_one_line(tmp_path):
     from mechclaims import TargetError
-    from mechclaims.targets import resolve
+    from mechclaims.loading import resolve
 
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "loop").symlink_to("loop")
@@ -174,7 +174,7 @@ def test_a_claim_run_of_another_target_ignores_a_looping_one(tmp_path):
 
 def test_a_path_that_is_a_file_says_so(tmp_path):
     from mechclaims import TargetError
-    from mechclaims.targets import resolve
+    from mechclaims.loading import resolve
 
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "weights.bin").write_bytes(b"\0")
@@ -195,7 +195,8 @@ def test_a_path_that_is_a_file_says_so(tmp_path):
 ])
 def test_device_settings_are_checked_when_the_config_is_read(tmp_path, table, message):
     from mechclaims import TargetError
-    from mechclaims.targets import TARGETS, resolve
+    from mechclaims.loading import resolve
+    from mechclaims.targets import TARGETS
 
     unload = _loaded(_config(tmp_path, f'[tool.mechclaims.targets.placed]\npath = "m"\n{table}\n'))
     try:

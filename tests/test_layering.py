@@ -152,3 +152,64 @@ def test_the_internal_import_walk_finds_a_planted_one(tmp_path):
                                    "    from mechclaims import memory, run_pass\n")
     assert internal_imports([tmp_path / "p.py"]) == {
         "mechclaims.store": {"derived"}, "mechclaims.targets": {"*"}, "mechclaims": {"memory"}}
+
+
+def test_every_package_of_the_source_tree_is_installed():
+    """pyproject.toml lists its packages by name: a new subpackage left off the list would be missing
+    from every wheel (an editable install hides it)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT / "src").parts) for init in (ROOT / "src").rglob("__init__.py")
+             if "egg-info" not in str(init)}
+    assert found <= listed, f"packages missing from [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def import_graph(core: Path = CORE) -> dict[str, set[str]]:
+    """module -> the core modules it imports (top level or lazily; a package as its ``__init__``). The
+    public facade ``mechclaims`` is left out: it resolves every export lazily, by name, for users."""
+    modules = {".".join(["mechclaims", *p.relative_to(core).with_suffix("").parts]).removesuffix(".__init__"): p
+               for p in core.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for _, module in imports_of(path, core):
+            while module and module not in modules:  # `from .x import name`: the module x, not x.name
+                module = module.rpartition(".")[0]
+            if module and module not in (name, "mechclaims"):  # the public facade resolves names lazily
+                edges.add(module)
+        graph[name] = edges
+    return graph
+
+
+def cycles_through(graph: dict[str, set[str]], start: str) -> list[list[str]]:
+    """Import paths that lead from ``start`` back to it."""
+    found, stack = [], [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, path = stack.pop()
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                found.append(path + [start])
+            elif nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, path + [nxt]))
+    return found
+
+
+def test_the_core_imports_in_no_cycle():
+    """The registry reads specs and sources from mechclaims.targets, loading reads the registry, and
+    nothing in the core leads back to a module it came from (lazy imports count)."""
+    graph = import_graph()
+    assert {module: cycles_through(graph, module)[0] for module in graph if cycles_through(graph, module)} == {}
+
+
+def test_the_cycle_walk_finds_a_planted_cycle(tmp_path):
+    core = tmp_path / "src" / "mechclaims"
+    core.mkdir(parents=True)
+    (core / "a.py").write_text("from .b import x\n")
+    (core / "b.py").write_text("def f():\n    from . import a\n")
+    (core / "c.py").write_text("from .a import y\n")
+    graph = import_graph(core)
+    assert cycles_through(graph, "mechclaims.a") == [["mechclaims.a", "mechclaims.b", "mechclaims.a"]]
+    assert cycles_through(graph, "mechclaims.c") == []

@@ -22,7 +22,7 @@ from mechclaims.errors import TargetError
 from mechclaims.hooks import FINAL_SCALE, head_z, mlp_out, resid_pre
 from mechclaims.interventions import AblateHeads, AblateMLP, SetResidual, forward
 from mechclaims.readers import attention_mass
-from mechclaims.targets import worker_device
+from mechclaims.loading import worker_device
 
 B, POS, D, H, DH, V = 3, 5, 8, 2, 4, 11
 

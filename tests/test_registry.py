@@ -92,7 +92,7 @@ def test_a_project_registers_discovers_and_confirms_its_own_model(tmp_path):
 ])
 def test_a_bad_target_table_is_one_line_naming_file_key_and_choices(tmp_path, table, message):
     """The problem is the target's own: it errors when resolved, and the file's other targets load."""
-    from mechclaims.targets import resolve
+    from mechclaims.loading import resolve
 
     project = _project(tmp_path, "[tool.mechclaims.targets.bad]\n" + table
                        + f'[tool.mechclaims.targets.good]\npath = "{ORGANISM}"\n')
@@ -128,7 +128,7 @@ def test_a_configured_name_cannot_shadow_a_packages_target(tmp_path):
 
 
 def test_an_unknown_target_says_how_to_add_one():
-    from mechclaims.targets import get_spec
+    from mechclaims.registry import get_spec
 
     with pytest.raises(TargetError, match=r"add your own model as a \[tool.mechclaims.targets.mymodel\] table"):
         get_spec("mymodel")

@@ -406,7 +406,7 @@ def _hf_cache(root, model_dir, repo="meta-llama/Meta-Llama-3-8B", revision="a" *
 
 
 def _resolve_in(hf_home, tmp_path):
-    script = ("from mechclaims.targets import resolve; from mechclaims.errors import TargetError\n"
+    script = ("from mechclaims.loading import resolve; from mechclaims.errors import TargetError\n"
               "try:\n    print('OK', resolve('llama-3-8b', device='cpu').sha256_or_revision)\n"
               "except TargetError as exc:\n    print('REFUSED', exc)")
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "MECHCLAIMS_CACHE_DIR": str(tmp_path / "memo")}

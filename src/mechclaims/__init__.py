@@ -33,8 +33,8 @@ for _module, _names in {
     "store": "Forward cached reading_key",
     "stats": "beats_random bootstrap_mean equivalence holm onset onset_layer onset_shift paired_increase proportion "
              "proportion_of random_sets",
-    "targets": "TARGETS LoadedTarget ModelShape Resolved TargetSpec from_dir from_gguf from_hf_cache load_target "
-               "override",
+    "loading": "load_target",
+    "targets": "TARGETS LoadedTarget ModelShape Resolved TargetSpec from_dir from_gguf from_hf_cache override",
 }.items():
     for _name in _names.split():
         _WHERE[_name] = _module
@@ -109,5 +109,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports
     from .store import Forward, cached, reading_key
     from .stats import (beats_random, bootstrap_mean, equivalence, holm, onset, onset_layer, onset_shift, paired_increase,
                         proportion, proportion_of, random_sets)
+    from .loading import load_target
     from .targets import (TARGETS, LoadedTarget, ModelShape, Resolved, TargetSpec, from_dir, from_gguf, from_hf_cache,
-                          load_target, override)
+                          override)

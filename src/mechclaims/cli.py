@@ -106,7 +106,8 @@ def _list_targets(claims_dir: Path) -> int:
     weights (llama-3-8b on a laptop) is listed, not an error."""
     from . import registry
     from .expectations import own_dir, path_for
-    from .targets import TARGETS, resolve
+    from .loading import resolve
+    from .targets.spec import TARGETS
 
     pyproject = registry.find_pyproject(Path.cwd())
     configured = set(registry.load_config(pyproject))
@@ -138,7 +139,7 @@ def _cache(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from . import cachedir
-    from .targets import default_cache_dir
+    from .targets.spec import default_cache_dir
 
     directory = args.dir or default_cache_dir() / "activations"
     if args.action == "info":

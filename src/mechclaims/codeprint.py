@@ -35,8 +35,9 @@ from typing import Any, Iterable
 
 # Modules whose whole compiled code is in every key: what sets a model up and runs a pass.
 FORWARD_MODULES = (
-    "mechclaims.targets", "mechclaims.weights", "mechclaims.interventions", "mechclaims.passes", "mechclaims.hooks",
-    "mechclaims.store", "mechclaims.memory",
+    "mechclaims.targets.spec", "mechclaims.targets.sources", "mechclaims.targets.shape", "mechclaims.targets.bridge",
+    "mechclaims.targets.accounting", "mechclaims.loading", "mechclaims.weights", "mechclaims.interventions",
+    "mechclaims.passes", "mechclaims.hooks", "mechclaims.store", "mechclaims.memory",
 )
 # Distribution -> top-level module of the packages whose versions every key holds instead of their code.
 VERSIONED = {

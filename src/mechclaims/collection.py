@@ -13,7 +13,9 @@ from .errors import MechclaimsError
 from .preregistration import expectations_for
 from .results import REFUTED, UNDECIDED
 from .stash import expected_key, session_key
-from .targets import TARGETS, get_spec, resolve
+from .registry import get_spec
+from .loading import resolve
+from .targets.spec import TARGETS
 
 
 def target_params(config: pytest.Config) -> list:

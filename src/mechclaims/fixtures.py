@@ -15,7 +15,7 @@ from .preregistration import registered
 from .recorder import ClaimRecorder
 from .session import ClaimSession
 from .stash import recorder_key, session_key
-from .targets import attached_hooks
+from .targets.accounting import attached_hooks
 
 
 @pytest.fixture(scope="session")

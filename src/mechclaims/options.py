@@ -11,7 +11,7 @@ from . import shards
 from .cachedir import STORE_MODES
 from .errors import MechclaimsError
 from .settings import PROFILES
-from .targets import DEVICE_MAPS, DEVICES, DTYPES
+from .targets.spec import DEVICE_MAPS, DEVICES, DTYPES
 
 
 def _whole(what: str, low: int, high: int):

@@ -23,7 +23,8 @@ from .fixtures import *  # noqa: F401,F403  (pytest finds a plugin's fixtures in
 from .session import ClaimSession
 from .settings import settings
 from .stash import forwards_key, pyproject_key, report_path_key, session_key, sigterm_key
-from .targets import default_cache_dir, get_spec
+from .registry import get_spec
+from .targets.spec import default_cache_dir
 
 threads.watch_torch_import()  # before any conftest can import torch and set its threads
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import TargetError, did_you_mean
-from .targets import DEVICE_MAPS, DTYPES, TARGETS, TargetSpec, is_device, resolve_configured
+from .targets.sources import resolve_configured
+from .targets.spec import DEVICE_MAPS, DTYPES, TARGETS, TargetSpec, is_device
 
 ENTRY_POINT_GROUP = "mechclaims.targets"
 CONFIG_KEYS = ("path", "hf_id", "gguf", "revision", "summary", "device", "dtype", "gpu", "device_map", "n_devices", "max_memory")
@@ -94,6 +95,26 @@ def load_entry_points() -> None:
                 raise TargetError(f"entry point {ep.name} = {ep.value!r} gave {spec!r}; it must name a TargetSpec "
                                   "or an iterable of them")
             register(spec, label)
+
+
+def get_spec(name: str) -> TargetSpec:
+    """The registered target ``name``. Outside a pytest run (a discovery script, ``load_target``
+    in a notebook) a name not registered yet is looked up in the ``[tool.mechclaims.targets.*]``
+    tables of the nearest ``pyproject.toml`` at or above the working directory."""
+    load_entry_points()
+    if name not in TARGETS:
+        pyproject = find_pyproject(Path.cwd())
+        load_config(pyproject)
+        where = (f"{pyproject} has no [tool.mechclaims.targets.{name}] table" if pyproject is not None
+                 else f"no pyproject.toml at or above {Path.cwd()}")
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise TargetError(
+            f"unknown target {name!r} ({where}); valid targets: {', '.join(TARGETS)}; add your own model as a "
+            f"[tool.mechclaims.targets.{name}] table with path = \"DIR\" in your project's pyproject.toml "
+            "(docs/targets.md)"
+        ) from None
 
 
 def find_pyproject(start: Path) -> Path | None:

@@ -1,6 +1,6 @@
 """pytest-xdist scheduling by target: ``-n N`` sends all of a target's claims to one worker, so
 each model loads once, on one worker (and, with ``--mechclaims-device cuda``, on that worker's own
-GPU: worker K takes ``cuda:K``, :func:`mechclaims.targets.worker_device`). It is the default under
+GPU: worker K takes ``cuda:K``, :func:`mechclaims.loading.worker_device`). It is the default under
 ``-n`` and what ``--dist loadgroup`` asks for; any other ``--dist`` the user names is kept.
 
 xdist's own ``loadgroup`` groups by ``@pytest.mark.xdist_group``, which it records by renaming

@@ -20,7 +20,9 @@ from .results import SCHEMA_VERSION, ClaimResult
 from .settings import PROFILES, Settings
 from .cachedir import DISK_MODES
 from .errors import TargetError
-from .targets import LoadedTarget, get_spec, load_target, worker_device
+from .registry import get_spec
+from .loading import load_target, worker_device
+from .targets.spec import LoadedTarget
 
 if TYPE_CHECKING:
     from .store import ActivationStore
