@@ -42,6 +42,16 @@ def test_role_marks_map_to_the_tokens_their_text_spans(tiny_model):
     assert ps.tensor(tiny_model).shape == (2, len(plain))
 
 
+def test_an_exact_role_refuses_a_token_that_runs_past_its_mark(tiny_model):
+    """``12`` is one token of the number tokenizer: a mark on its first digit covers that token, which
+    an exact set refuses (negative control: marks on whole tokens are exact)."""
+    loose = mc.PromptSet.from_texts(tiny_model.tokenizer, ["({{a:1}}2, 27)\n"])
+    assert tiny_model.tokenizer.convert_ids_to_tokens([loose.tokens[0][i] for i in loose.roles["a"][0]]) == ["12"]
+    with pytest.raises(mc.ConfigError, match=r"role 'a' marks '1', but token '12' of '\(12, 27\)\\n' runs past it"):
+        mc.PromptSet.from_texts(tiny_model.tokenizer, ["({{a:1}}2, 27)\n"], exact=True)
+    assert mc.PromptSet.from_texts(tiny_model.tokenizer, ["({{a:12}}, 27)\n"], exact=True).roles["a"] == ((2,),)
+
+
 def test_prompts_of_different_lengths_are_no_single_tensor(tiny_model):
     ps = mc.PromptSet.from_texts(tiny_model.tokenizer, ["(1, 2)\n", "(1, 2)\n(3, 4)\n"])
     with pytest.raises(mc.ConfigError, match="lengths"):

@@ -53,8 +53,12 @@ class PromptSet:
                    {name: tuple(tuple(int(p) for p in ps) for ps in rows) for name, rows in (roles or {}).items()})
 
     @classmethod
-    def from_texts(cls, tokenizer: Any, texts: Sequence[str]) -> "PromptSet":
-        """Texts with ``{{role:text}}`` marks, tokenised whole with one BOS in front."""
+    def from_texts(cls, tokenizer: Any, texts: Sequence[str], *, exact: bool = False) -> "PromptSet":
+        """Texts with ``{{role:text}}`` marks, tokenised whole with one BOS in front.
+
+        ``exact``: every token of a role lies wholly inside its marked text; a token that straddles a
+        mark's edge (a tokenizer merging a number with the comma after it, say) is refused, naming
+        the role and the token, rather than given to two roles."""
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(f"{type(tokenizer).__name__} gives no character offsets; role marks need a fast "
                               "(tokenizers-backed) tokenizer, or build the set with PromptSet.from_tokens")
@@ -70,14 +74,23 @@ class PromptSet:
                 spans.append((m.group(1), start, start + len(m.group(2))))
                 cursor = m.end()
             plain.append(text[cursor:])
-            enc = tokenizer("".join(plain), add_special_tokens=False, return_offsets_mapping=True)
+            plain_text = "".join(plain)
+            enc = tokenizer(plain_text, add_special_tokens=False, return_offsets_mapping=True)
             bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
             rows.append(tuple(bos + enc["input_ids"]))
             per_role: dict[str, list[int]] = {name: [] for name in names}
             for name, start, end in spans:
                 hit = [len(bos) + k for k, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start]
                 if not hit:
-                    raise ConfigError(f"role {name!r} marks {text[start:end]!r} in {text!r}, which no token covers")
+                    raise ConfigError(f"role {name!r} marks {plain_text[start:end]!r} in {plain_text!r}, which no token covers")
+                if exact:
+                    for k in hit:
+                        a, b = enc["offset_mapping"][k - len(bos)]
+                        if a < start or b > end:
+                            raise ConfigError(
+                                f"role {name!r} marks {plain_text[start:end]!r}, but token {plain_text[a:b]!r} of "
+                                f"{plain_text!r} runs past it: this tokenizer merges the role with its neighbour; "
+                                "mark whole tokens, or use a tokenizer that keeps them apart")
                 per_role[name] += hit
             for name in names:
                 found.setdefault(name, []).append(tuple(per_role[name]))

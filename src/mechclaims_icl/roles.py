@@ -1,20 +1,19 @@
 """Token roles of a task prompt: where each x_i, each y_i, the position before
 each y_i, the query and the last position are, for any tokenizer.
 
-The prompt is encoded piece by piece (BOS, ``\\n``, then ``(``, x, ``, ``, y,
-``)\\n`` per line) and the concatenation is checked against encoding the whole
-text: a tokenizer that merges across these boundaries is refused with an error
-rather than given wrong roles.
+The prompt's text is marked (``({{x0:28}}{{sep0:, }}{{y0:59}})\n...``) and read with the
+core's role marks (:meth:`mechclaims.PromptSet.from_texts`, ``exact=True``): the text is
+tokenised whole, and a tokenizer that merges a number with its neighbours is refused with an
+error rather than given wrong roles.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from mechclaims import encode
-from mechclaims import ConfigError
+from mechclaims import ConfigError, PromptSet
+
 from .tasks import Prompt
 
 
@@ -30,49 +29,35 @@ class Roles:
     last: int
 
 
-# Per tokenizer, the ids of each piece already encoded: a prompt set repeats the same few
-# dozen pieces (format tokens and numbers) thousands of times.
-_PIECES: "weakref.WeakKeyDictionary[Any, dict[str, tuple[int, ...]]]" = weakref.WeakKeyDictionary()
+def marked(prompt: Prompt) -> str:
+    """``prompt``'s text with its roles marked: ``x{i}``, ``sep{i}`` (the ``", "`` before y_i),
+    ``y{i}`` and ``query``."""
+    lines = "".join(f"({{{{x{i}:{x}}}}}{{{{sep{i}:, }}}}{{{{y{i}:{y}}}}})\n" for i, (x, y) in enumerate(prompt.examples))
+    return f"\n{lines}({{{{query:{prompt.query}}}}}, "
 
 
-def _ids(tokenizer: Any, text: str) -> tuple[int, ...]:
-    try:
-        pieces = _PIECES.setdefault(tokenizer, {})
-    except TypeError:  # a tokenizer that cannot be weakly referenced or hashed: encode every time
-        return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if text not in pieces:
-        pieces[text] = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return pieces[text]
+def _span(positions: tuple[int, ...], role: str) -> range:
+    span = range(positions[0], positions[-1] + 1)
+    if list(span) != list(positions):
+        raise ConfigError(f"role {role} takes tokens {list(positions)}, not one run of tokens; use a tokenizer that "
+                          "keeps numbers apart from punctuation (llama-3, SmolLM2 and the organisms do)")
+    return span
 
 
 def roles(tokenizer: Any, prompt: Prompt) -> Roles:
-    """The token roles of ``prompt``; raises ConfigError if the tokenizer merges pieces."""
-    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    tokens = [*bos, *_ids(tokenizer, "\n")]
-    xs, ys, pre = [], [], []
-
-    def add(text: str) -> range:
-        ids = _ids(tokenizer, text)
-        start = len(tokens)
-        tokens.extend(ids)
-        return range(start, len(tokens))
-
-    for x, y in prompt.examples:
-        add("(")
-        xs.append(add(str(x)))
-        add(", ")
-        pre.append(len(tokens) - 1)
-        ys.append(add(str(y)))
-        add(")\n")
-    add("(")
-    query = add(str(prompt.query))
-    add(", ")
-    whole = encode(tokenizer, prompt.text)
-    if whole != tokens:
-        raise ConfigError(
-            f"tokenizer {type(tokenizer).__name__} splits the prompt differently from the token roles "
-            f"mechclaims assumes (numbers and '(', ', ', ')\\n' as separate pieces): {len(whole)} tokens "
-            f"for the whole text vs {len(tokens)} piecewise; use a tokenizer that keeps numbers apart "
-            "from punctuation (llama-3, SmolLM2 and the organisms do)"
-        )
-    return Roles(tuple(tokens), tuple(xs), tuple(ys), tuple(pre), query, len(tokens) - 1)
+    """The token roles of ``prompt``; raises ConfigError if the tokenizer merges a number with its neighbours."""
+    try:
+        found = PromptSet.from_texts(tokenizer, [marked(prompt)], exact=True)
+    except ConfigError as exc:
+        raise ConfigError(f"tokenizer {type(tokenizer).__name__} cannot give the task prompt's token roles: {exc}") from None
+    got = {name: rows[0] for name, rows in found.roles.items()}
+    k = len(prompt.examples)
+    tokens = found.tokens[0]
+    return Roles(
+        tokens,
+        tuple(_span(got[f"x{i}"], f"x{i}") for i in range(k)),
+        tuple(_span(got[f"y{i}"], f"y{i}") for i in range(k)),
+        tuple(got[f"sep{i}"][-1] for i in range(k)),
+        _span(got["query"], "query"),
+        len(tokens) - 1,
+    )
