@@ -129,6 +129,19 @@ def test_compare_regresses_on_any_move_away_from_the_preregistration(tmp_path, c
     assert "1 changed, 0 regressed" in capsys.readouterr().out.splitlines()[-1]
 
 
+def test_a_verdict_already_off_its_preregistration_regresses_only_when_it_moves(tmp_path, capsys):
+    """A stand-in refutes what the real model supports, in both runs: a last-digit change of its
+    statistic is listed, not a regression; its verdict moving further (to errored) is one."""
+    expected = {"C2.log-additive": "supported"}
+    a = _run(tmp_path, "a", {"C2.log-additive": ("refuted", 0.0013163689712885048)}, expected=expected)
+    b = _run(tmp_path, "b", {"C2.log-additive": ("refuted", 0.0013163689712883298)}, expected=expected)
+    assert main(["compare", str(a), str(b)]) == 0
+    assert "1 changed, 0 regressed" in capsys.readouterr().out.splitlines()[-1]
+    c = _run(tmp_path, "c", {"C2.log-additive": ("errored", None)}, expected=expected)
+    assert main(["compare", str(a), str(c)]) == 1
+    assert "REGRESSION C2.log-additive [organism]: refuted -> errored (pre-registered supported)" in capsys.readouterr().out
+
+
 def test_compare_fails_on_an_incomplete_run(tmp_path, capsys):
     a = _run(tmp_path, "a", {"C1.onset": ("supported", 3.0)})
     b = _run(tmp_path, "b", {"C1.onset": ("supported", 3.0)}, complete=False)

@@ -18,15 +18,18 @@ class Change:
     def regressed(self) -> bool:
         """The new run moved away from what was expected of it.
 
-        The pre-registration is the new run's ``expected``, else the old run's. Against it: any
+        The pre-registration is the new run's ``expected``, else the old run's. Against it: a new
         verdict other than the pre-registered one, ``errored`` included, and a negative control
-        turning ``supported``. Without one, the old run is the baseline: any change of verdict. A
-        claim that is gone from the new run always regressed."""
+        turning ``supported``. A verdict that was already off its pre-registration in the old run
+        and stays the same has not moved (its run failed on its own; a figure that moved in its
+        last digits does not make it a regression). Without a pre-registration, the old run is the
+        baseline: any change of verdict. A claim that is gone from the new run always regressed."""
         if self.after is None:
             return True
         expected = self.after.get("expected") or (self.before or {}).get("expected")
         if expected is not None and expected != UNDECIDED:  # undecided predicts nothing: as without one
-            return self.after["verdict"] != expected
+            moved = self.before is None or self.before["verdict"] != self.after["verdict"]
+            return self.after["verdict"] != expected and moved
         if self.before is None:
             return self.after["verdict"] == ERRORED
         return self.after["verdict"] != self.before["verdict"]
