@@ -44,7 +44,7 @@ from .answers import numbers_are_single_tokens
 from .claim0 import MIN_ACCURACY
 from .fits import MIN_R2, SATURATION, fit_range, growth, logit, mean_curve, mean_difference, slope_c
 from .roles import Roles, roles
-from .tasks import Prompt, PromptSet
+from .tasks import Prompt, TaskPrompts
 
 N_EXAMPLES = 16  # examples per Claim 2 sequence (the companion post saturates by ~14)
 
@@ -117,7 +117,7 @@ def _unembed(model: Any, final: torch.Tensor) -> torch.Tensor:
 
 def read_sequences(
     model: Any,
-    prompts: PromptSet | Sequence[Prompt],
+    prompts: TaskPrompts | Sequence[Prompt],
     *,
     resid_layers: Sequence[int] = (),
     attention: bool = False,
@@ -134,7 +134,7 @@ def read_sequences(
     The reading is memoised in the model's activation store (:func:`mechclaims.cached`)
     unless ``probes`` are given or an intervention has no ``key()``.
     """
-    items = list(prompts.prompts if isinstance(prompts, PromptSet) else prompts)
+    items = list(prompts.prompts if isinstance(prompts, TaskPrompts) else prompts)
     rs = [roles(model.tokenizer, p) for p in items]
     args = dict(resid_layers=resid_layers, attention=attention, examples=examples, interventions=interventions)
     if probes:
@@ -265,7 +265,7 @@ def _read_sequences(
     return Reading(p_correct, correct, parity_ok, resid)
 
 
-def shuffled_labels(prompts: PromptSet, seed: int) -> list[Prompt]:
+def shuffled_labels(prompts: TaskPrompts, seed: int) -> list[Prompt]:
     """The same prompts with each prompt's y values permuted among its examples (the task broken)."""
     rng = np.random.default_rng([seed, 2])
     out = []

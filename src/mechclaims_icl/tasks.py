@@ -68,8 +68,9 @@ BLOG_PATCH_TARGET = 15
 
 
 @dataclass(frozen=True)
-class PromptSet:
-    """Prompts drawn from one seed; ``texts`` and ``answers`` align with ``prompts``."""
+class TaskPrompts:
+    """Prompts of one affine task drawn from one seed; ``texts`` and ``answers`` align with ``prompts``
+    (tokenizer-free: :func:`mechclaims_icl.roles.roles` gives each its tokens and roles)."""
 
     task: AffineTask
     prompts: tuple[Prompt, ...]
@@ -94,7 +95,7 @@ def make_prompts(
     n_examples: int,
     seed: int,
     x_range: tuple[int, int] = X_RANGE,
-) -> PromptSet:
+) -> TaskPrompts:
     """Draw ``n_prompts`` prompts with ``n_examples`` distinct x values each, query excluded."""
     low, high = x_range
     n_values = high - low + 1
@@ -114,7 +115,7 @@ def make_prompts(
         prompts.append(
             Prompt(tuple((x, task(x)) for x in examples), query, task(query))
         )
-    return PromptSet(task, tuple(prompts), seed)
+    return TaskPrompts(task, tuple(prompts), seed)
 
 
 MIN_QUERY_GAP = 5  # |q - p| >= this, so A's answer a*q+b is never within tolerance of a*p
