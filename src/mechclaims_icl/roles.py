@@ -9,6 +9,7 @@ error rather than given wrong roles.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,22 @@ def _span(positions: tuple[int, ...], role: str) -> range:
     return span
 
 
+# Per tokenizer, the roles of each prompt already read: a run reads the same prompt sets in several claims.
+_READ: "weakref.WeakKeyDictionary[Any, dict[Prompt, Roles]]" = weakref.WeakKeyDictionary()
+
+
 def roles(tokenizer: Any, prompt: Prompt) -> Roles:
     """The token roles of ``prompt``; raises ConfigError if the tokenizer merges a number with its neighbours."""
+    try:
+        read = _READ.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: read every time
+        return _roles(tokenizer, prompt)
+    if prompt not in read:
+        read[prompt] = _roles(tokenizer, prompt)
+    return read[prompt]
+
+
+def _roles(tokenizer: Any, prompt: Prompt) -> Roles:
     try:
         found = PromptSet.from_texts(tokenizer, [marked(prompt)], exact=True)
     except ConfigError as exc:
