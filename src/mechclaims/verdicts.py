@@ -37,6 +37,9 @@ def judge(item: pytest.Item, call: pytest.CallInfo, report: pytest.TestReport) -
                                           "wall_seconds": round(item.stash[seconds_key], 3)})
         # Travels with the report (also from pytest-xdist workers); recorded in logreport.
         report.mechclaims = item.config.stash[session_key].payload(result)
+        own = pack_plots(item.config, report.mechclaims["claim"])
+        if own:
+            report.mechclaims["claim"]["plots"] = own
         if hasattr(item.config, "workerinput"):  # draw this claim's plots here, beside the other workers
             report.mechclaims["plots"] = drawn_plots(report.mechclaims["claim"].get("figures"), item.config)
         report.user_properties.extend(_junit_properties(result))
@@ -61,6 +64,20 @@ def drawn_plots(figures: object, config: pytest.Config) -> dict:
     drawn: dict = {}
     plots_for(figures, state.plot_cache(), drawn)
     return drawn
+
+
+def pack_plots(config: pytest.Config, claim: dict) -> list[dict[str, str]]:
+    """The figures the pack draws for ``claim`` (``pytest_mechclaims_plots``), as inline PNGs; a
+    pack whose drawing fails costs its figure, reported as not drawn, never the verdict."""
+    if not config.hook.pytest_mechclaims_plots.get_hookimpls():
+        return []
+    from .report.plots import pack_plot_entries
+
+    try:
+        drawn = config.hook.pytest_mechclaims_plots(config=config, claim=claim)
+    except Exception as exc:  # a pack's drawing code: anything it raises is its figure's failure
+        return [{"title": "pack figures", "error": f"pytest_mechclaims_plots raised {type(exc).__name__}: {exc}"}]
+    return pack_plot_entries(drawn)
 
 
 class ResultCollector:

@@ -244,8 +244,20 @@ def redundancy(study: AblationStudy, p: C1Params, seed: int = 0) -> Finding:
         finding,
         message="; ".join(f.message for f in parts) + f"; after all stages accuracy change {last} "
                 f"(TOST margin ±{p.margin})",
-        figures={"stages": [list(s) for s in p.stages], "stage_supported": [f.supported for f in parts]},
+        figures={"stages": [list(s) for s in p.stages], "stage_supported": [f.supported for f in parts],
+                 "onset_ladder": onset_ladder(study, p)},
     )
+
+
+def onset_ladder(study: AblationStudy, p: C1Params) -> dict[str, Any]:
+    """The task rate (≈a*p or exact) by layer under each cumulative condition, with its Wilson
+    interval and onset layer (n_layers: none): the data of the pack's own ladder figure
+    (:func:`mechclaims_icl.figures.onset_ladder`)."""
+    conditions = {}
+    for c in study.conditions:
+        curve = _curve(c.sweep.rate("approx", "exact"))
+        conditions[c.name] = {**curve, "onset": onset_layer(c.task_flags(), p.threshold)}
+    return {"threshold": p.threshold, "conditions": conditions}
 
 
 def findings(study: AblationStudy, p: C1Params, seed: int = 0,

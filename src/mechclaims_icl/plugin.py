@@ -76,4 +76,11 @@ def pytest_mechclaims_expectations_path(config: pytest.Config, claims_dir: Path,
     return task_path(claims_dir, target, task, expectations_dir)
 
 
-__all__ = ["pytest_addoption", "pytest_mechclaims_expectations_path"]
+def pytest_mechclaims_plots(config: pytest.Config, claim: dict) -> list | None:
+    """The pack's own figures of a claim result (:mod:`mechclaims_icl.figures`)."""
+    from .figures import FIGURES, plots
+
+    return plots(claim) if claim.get("id") in FIGURES else None
+
+
+__all__ = ["pytest_addoption", "pytest_mechclaims_expectations_path", "pytest_mechclaims_plots"]

@@ -11,8 +11,9 @@ It shows
   pre-registered verdict and whether the run agrees with it, statistic, CI,
   threshold, n; each row links to the claim's evidence;
 * per claim an anchored section with, per target, the statistic, CI, n,
-  threshold, p-value, message, the plots its ``figures`` ask for and a table of
-  its other figures (scalars and effects).
+  threshold, p-value, message, the plots its ``figures`` ask for, the figures its
+  pack drew itself (its ``plots``, from the ``pytest_mechclaims_plots`` hook) and a
+  table of its other figures (scalars and effects).
 
 Plots follow the ``figures`` conventions documented in
 :mod:`mechclaims.report.plots` (``rates``, ``heatmaps``, ``curves``, ``bars``):
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..results import ERRORED, INCONCLUSIVE, NOT_APPLICABLE, REFUTED, SUPPORTED
-from .plots import PLOT_KINDS, Plot, PlotError, plots_for
+from .plots import PLOT_KINDS, Plot, PlotError, pack_plots, plots_for
 from .reading import expected_label, preregistration
 
 VERDICT_CLASSES = {SUPPORTED: "supported", REFUTED: "refuted", ERRORED: "errored", NOT_APPLICABLE: "na",
@@ -279,9 +280,10 @@ def _summary(claims: list[dict[str, Any]], anchors: list[str]) -> str:
     )
 
 
-def _plots(figures: Any, plot_cache: Path | None, drawn: dict | None = None) -> str:
+def _plots(figures: Any, plot_cache: Path | None, drawn: dict | None = None, own: Any = None) -> str:
+    """The plots ``figures`` asks for (the core's schemas), then those the pack drew (``own``)."""
     items = []
-    for plot in plots_for(figures, plot_cache, drawn):
+    for plot in [*plots_for(figures, plot_cache, drawn), *pack_plots(own)]:
         if isinstance(plot, Plot):
             items.append(
                 f'<figure><img src="{escape(plot.uri)}" alt="{escape(plot.title)}">'
@@ -350,7 +352,7 @@ def _claim_article(claim: dict[str, Any], anchor: str, plot_cache: Path | None =
         f"{verdict_badge(claim.get('verdict'))} {expectation_badge(claim)}"
         '<a class="top" href="#summary">↑ summary</a></h3>'
         f'<div class="stats">{stat_html}</div>{message}'
-        f"{_variants(claim.get('figures'))}{_plots(claim.get('figures'), plot_cache, drawn)}{_other_figures(claim.get('figures'))}"
+        f"{_variants(claim.get('figures'))}{_plots(claim.get('figures'), plot_cache, drawn, claim.get('plots'))}{_other_figures(claim.get('figures'))}"
         f'<div class="meta">{" · ".join(meta)}</div></article>'
     )
 

@@ -41,6 +41,11 @@ format), drawn side by side on one shared y axis::
 ``None`` in any number list (a non-finite value in JSON) is drawn as a gap. An
 entry that does not follow its schema is not drawn; the page says why.
 
+A figure none of these schemas draws is the pack's own: it implements the
+``pytest_mechclaims_plots`` hook (:mod:`mechclaims.hookspecs`), which returns matplotlib
+figures for a claim result; they are kept as inline PNGs in the claim's ``plots``
+(:func:`pack_plot_entries`) and shown after the schema plots (:func:`pack_plots`).
+
 Drawing is a pure function of an entry, this module's source and matplotlib's
 version, so :func:`plots_for` can keep what it drew in a directory (``cache``) and
 serve the same entry from there next time (a run whose figures did not change).
@@ -137,6 +142,55 @@ def _uri(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
     return PNG_URI + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- a pack's own figures
+
+
+def pack_plot_entries(drawn: Any) -> list[dict[str, str]]:
+    """What a pack's ``pytest_mechclaims_plots`` implementations returned (one list per
+    implementation), as the entries of a claim's ``plots`` in ``claims.json``: ``{"title", "png"}``
+    for each figure drawn, ``{"title", "error"}`` for anything that is not a ``(title, Figure)`` pair."""
+    from matplotlib.figure import Figure
+
+    entries: list[dict[str, str]] = []
+    for returned in drawn:
+        if returned is None:
+            continue
+        if not isinstance(returned, (list, tuple)):
+            entries.append({"title": "pack figures", "error": f"pytest_mechclaims_plots returned "
+                            f"{type(returned).__name__}; expected a list of (title, matplotlib Figure) pairs"})
+            continue
+        for pair in returned:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[1], Figure)):
+                entries.append({"title": "pack figure", "error": f"{type(pair).__name__} {str(pair)[:80]!r} is "
+                                "not a (title, matplotlib Figure) pair"})
+                continue
+            title, fig = str(pair[0]), pair[1]
+            try:
+                entries.append({"title": title, "png": _uri(fig)})
+            except (ValueError, TypeError, RuntimeError) as exc:  # matplotlib refusing the figure's data
+                entries.append({"title": title, "error": f"{type(exc).__name__}: {exc}"})
+    return entries
+
+
+def pack_plots(entries: Any) -> list[Plot | PlotError]:
+    """A claim's ``plots`` (from ``claims.json``, untrusted) as plots to show: only inline PNGs are
+    shown; an error entry, or one off this shape, is shown as not drawn."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        return [PlotError("pack figures", f"plots must be a list, got {type(entries).__name__}")]
+    out: list[Plot | PlotError] = []
+    for entry in entries:
+        title = str(entry.get("title", "pack figure")) if isinstance(entry, dict) else "pack figure"
+        if isinstance(entry, dict) and isinstance(entry.get("png"), str) and entry["png"].startswith(PNG_URI):
+            out.append(Plot(title, entry["png"]))
+        elif isinstance(entry, dict) and isinstance(entry.get("error"), str):
+            out.append(PlotError(title, entry["error"]))
+        else:
+            out.append(PlotError(title, "not an inline PNG ({'title', 'png': 'data:image/png;base64,...'})"))
+    return out
 
 
 def _integer_ticks(ax, axis: str = "x") -> None:

@@ -88,6 +88,8 @@ def _check_claim(file: Path, i: int, claim: Any) -> None:
             raise ConfigError(f"{where}.{key} must be a number or null, got {value!r}")
     if not isinstance(claim.get("figures", {}), (dict, type(None))):
         raise ConfigError(f"{where}.figures must be an object, got {type(claim['figures']).__name__}")
+    if not isinstance(claim.get("plots", []), (list, type(None))):
+        raise ConfigError(f"{where}.plots must be a list, got {type(claim['plots']).__name__}")
     if not isinstance(claim.get("rules", []), list):
         raise ConfigError(f"{where}.rules must be a list, got {type(claim['rules']).__name__}")
 
