@@ -14,6 +14,7 @@ from mechclaims.cli import main
 from mechclaims.errors import ConfigError
 from mechclaims.shards import assign, exit_status, merge, parse
 
+pytestmark = pytest.mark.ray  # pytest tests/ -k ray: everything past one machine
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,6 +76,32 @@ def test_merge_refuses_shards_that_are_not_one_run(change, message):
 def test_merge_lists_the_missing_shards():
     with pytest.raises(ConfigError, match=r"shard\(s\) 2/4, 4/4 missing: merge needs all 4 shards"):
         merge([("a", _shard(1, 4, [])), ("c", _shard(3, 4, []))])
+
+
+def test_a_shard_that_failed_is_errored_in_the_merge_and_the_rest_kept():
+    a = _shard(1, 3, [("C1.onset", "organism", "supported")])
+    c = _shard(3, 3, [("C1.onset", "smollm2-135m", "supported")])
+    failed = {"index": 2, "count": 3, "error": "shard 2/3 failed after 3 attempt(s): node died", "targets": ["organism-control"]}
+    record = merge([("a", a), ("c", c)], failed=[failed])
+    assert [(s["index"], s["complete"], s.get("errored")) for s in record["run"]["shards"]] == [
+        (1, True, None), (2, False, failed["error"]), (3, True, None)]
+    assert record["run"]["target_errors"] == {"organism-control": failed["error"]}
+    assert len(record["claims"]) == 2 and not record["run"]["complete"] and exit_status(record) == 1
+    with pytest.raises(ConfigError, match=r"shard\(s\) 3/3 missing"):  # a failed shard is not a missing one
+        merge([("a", a)], failed=[failed])
+    with pytest.raises(ConfigError, match="shard 1/3 is given twice: failed shard 1/3 and a"):
+        merge([("a", a), ("c", c)], failed=[failed, {**failed, "index": 1}])
+
+
+def test_a_node_without_the_weights_is_named_in_the_targets_error(monkeypatch):
+    from mechclaims.session import ClaimSession
+
+    monkeypatch.setenv("MECHCLAIMS_NODE", "gpu-07 (10.0.0.7, node 1a2b3c4d)")
+    session = ClaimSession.__new__(ClaimSession)
+    session.target_errors = {}
+    line = session.fail_target("llama-3-8b", "weights directory /models/llama does not exist")
+    assert session.target_errors["llama-3-8b"].endswith("does not exist (on node gpu-07 (10.0.0.7, node 1a2b3c4d))")
+    assert "on node gpu-07" in line
 
 
 def test_the_merge_command_writes_one_report_and_exits_as_one_run(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The ``mechclaims`` command: ``report RUN`` re-renders claims.md and index.html
 from a claims.json; ``compare RUN_A RUN_B`` lists changes and exits 1 on a regression;
 ``merge SHARD... --out DIR`` joins the reports of a sharded run (--mechclaims-shard K/N) into one;
+``ray PYTEST_ARGS... --out DIR [--address A]`` runs the shards as Ray tasks and merges them;
 ``targets`` lists every registered target, where it comes from and whether its weights are there;
 ``cache info|prune|clear`` shows the disk activation cache and keeps it in bounds."""
 
@@ -28,6 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     mrg = sub.add_parser("merge", help="one report from the reports of every shard of a run (--mechclaims-shard K/N)")
     mrg.add_argument("shards", type=Path, nargs="+", help="each shard's run directory (reports/<run-id>) or claims.json")
     mrg.add_argument("--out", type=Path, required=True, help="the reports directory to write the merged run into")
+    ray = sub.add_parser("ray", allow_abbrev=False, help="run the claims over a Ray cluster, one task per shard, and merge the "
+                         "reports; every argument it does not know goes to pytest (docs/distributed.md)")
+    ray.add_argument("--out", type=Path, default=Path("reports"),
+                     help="the reports directory of the merged run (default reports)")
+    ray.add_argument("--address", default=None,
+                     help="the Ray cluster (ray://HOST:10001, HOST:6379 or auto; default: a local Ray on this machine)")
+    ray.add_argument("--shards", type=int, default=None, help="how many shards (default: one per --mechclaims-target)")
+    ray.add_argument("--retries", type=int, default=2,
+                     help="times a shard is retried when its node or worker dies (default 2)")
+    ray.add_argument("--cpus-per-shard", type=float, default=1.0,
+                     help="CPUs a shard of CPU targets asks for; its torch threads (default 1)")
     tgt = sub.add_parser("targets", help="registered targets: source, weights, expectations file")
     tgt.add_argument("--claims-dir", type=Path, default=Path("claims"),
                      help="where the pack's expectations/ are (default claims; a project's [tool.mechclaims] "
@@ -47,8 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             one.add_argument("--max-size", default=None, metavar="SIZE",
                              help="then remove the least recently used until the cache holds at most SIZE "
                              "(bytes, or 500MB, 2GiB, ...)")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "ray":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if args.command == "ray":
+            from . import ray_run
+
+            return ray_run.run(rest, args.out, address=args.address, shards=args.shards, retries=args.retries,
+                               cpus_per_shard=args.cpus_per_shard)[0]
         if args.command == "cache":
             return _cache(args)
         if args.command == "targets":

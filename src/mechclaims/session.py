@@ -131,6 +131,9 @@ class ClaimSession:
 
     def fail_target(self, name: str, message: str) -> str:
         """Record that target ``name`` cannot run (the first cause is kept); the line its claims carry."""
+        node = os.environ.get("MECHCLAIMS_NODE")  # a run spread over machines names the one that failed
+        if node and node not in message:
+            message = f"{message} (on node {node})"
         self.target_errors.setdefault(name, message)
         return f"target {name} cannot run (reported once for the target, at the top of the report): {_head(message)}"
 

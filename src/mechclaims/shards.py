@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .errors import ConfigError
 from .results import ERRORED, SCHEMA_VERSION
@@ -41,15 +41,19 @@ def assign(groups: Iterable[str], count: int) -> dict[str, int]:
     return {group: i % count + 1 for i, group in enumerate(sorted(set(groups)))}
 
 
-def merge(records: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+def merge(records: list[tuple[str, dict[str, Any]]], failed: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """One run record from the shard records ``(where, record)`` of one sharded run.
 
     Refused, in one line naming the shards: records of different commits, seeds or settings, or
     whose pre-registration of one target differs; a claim (id, target) reported twice; a shard
-    of the K/N set missing (they are listed), given twice, or a record that is not a shard."""
+    of the K/N set missing (they are listed), given twice, or a record that is not a shard.
+
+    ``failed`` are the shards that ran and wrote no report (``{"index", "count", "error",
+    "targets"}``, from a scheduler that saw them fail): the merged run is incomplete, lists them
+    errored with the error, and gives each of their targets that error (``run.target_errors``)."""
     if not records:
         raise ConfigError("nothing to merge: pass the report directories of every shard")
-    shards = {}
+    shards = {(f["index"], f["count"]): f"failed shard {f['index']}/{f['count']}" for f in failed}
     for where, record in records:
         shard = record["run"].get("shard")
         if not isinstance(shard, dict):
@@ -99,9 +103,13 @@ def merge(records: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         "git_dirty": any(r["run"].get("git_dirty") for _, r in records),
         "expectations": expectations,
         "shard": None,
-        "shards": [{**r["run"]["shard"], "report": where, "header": r["run"].get("header"),
-                    "complete": r["run"].get("complete")} for where, r in by_index],
+        "shards": sorted([{**r["run"]["shard"], "report": where, "header": r["run"].get("header"),
+                           "complete": r["run"].get("complete")} for where, r in by_index]
+                         + [{"index": f["index"], "count": f["count"], "report": None, "complete": False,
+                             "errored": f["error"]} for f in failed], key=lambda entry: entry["index"]),
     })
+    if failed:
+        run["complete"] = False
     for section in ("targets", "load_counts", "boots", "forwards", "target_errors", "expectation_overrides"):
         merged: dict[str, Any] = {}
         for _, record in records:
@@ -109,6 +117,9 @@ def merge(records: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             if isinstance(value, dict):
                 merged.update(value)
         run[section] = merged
+    for f in failed:
+        for target in f.get("targets", ()):
+            run["target_errors"].setdefault(target, f["error"])
     run["threads"] = {f"shard {r['run']['shard']['index']}/{count} {process}": plan for _, r in records
                       for process, plan in (r["run"].get("threads") or {}).items()}
     run["header"] = " || ".join(str(r["run"].get("header", "")) for _, r in by_index)
