@@ -216,3 +216,4 @@ def test_a_shard_that_fails_for_good_is_errored_and_the_rest_are_kept(cluster, t
     dead_target = next(t for t, k in lost.items() if k == killed)
     assert record["run"]["target_errors"][dead_target] == failed["errored"]
     assert any(line.startswith(f"ray: ERRORED shard {killed}/2 failed") for line in lines)
+

@@ -205,8 +205,14 @@ def run(pytest_args: Sequence[str], out: Path, *, address: str | None = None, sh
     root = (working_dir or Path.cwd()).resolve()
     echo(f"ray: {len(plans)} shard(s): " + "; ".join(
         f"{p.name} {', '.join(p.targets) or '(no target)'} [{_resources(p)}]" for p in plans))
-    ray.init(address=address, runtime_env={"working_dir": str(root), "excludes": EXCLUDES},
-             log_to_driver=False, logging_level="WARNING")
+    try:
+        ray.init(address=address, runtime_env={"working_dir": str(root), "excludes": EXCLUDES},
+                 log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"cannot start the run on the Ray cluster at {address or '(a local Ray)'}: "
+                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; "
+                          "pass --address of a running cluster (ray start --head prints it), or none for a "
+                          "Ray on this machine") from None
     try:
         outcomes = _submit_and_wait(ray, plans, list(pytest_args), retries, echo, on_progress)
     finally:
