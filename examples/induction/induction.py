@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mechclaims import AblateHeads, Key, PromptSet, attention_mass, greedy_tokens, register_section, role_weights, uniform_pattern
+from mechclaims import (AblateHeads, Key, PromptSet, attention_mass, greedy_tokens, register_section, role_weights,
+                        split_seed, uniform_pattern)
 
 register_section("induction", {
     "heads": Key(list, why="[layer, head] pairs chosen on the exploration split"),
@@ -20,12 +21,11 @@ register_section("induction", {
     "n_random": Key(int, 5, 999, "random head sets ablated for the baseline"),
 })
 LENGTH = 20
-SPLITS = {"exploration": 1, "confirmation": 2}
 
 
 def repeated(model, n: int, seed: int, split: str, *, repeat: bool = True) -> PromptSet:
     """``n`` prompts BOS + r + r (with ``repeat=False``, BOS + r + fresh random tokens)."""
-    rng = np.random.default_rng([seed, SPLITS[split]])
+    rng = np.random.default_rng(split_seed(seed, split))
     low = min(1000, model.cfg.d_vocab // 2)  # past byte and special tokens
     bos = model.tokenizer.bos_token_id
     draw = lambda: rng.integers(low, model.cfg.d_vocab, LENGTH).tolist()  # noqa: E731
