@@ -217,3 +217,39 @@ def test_a_shard_that_fails_for_good_is_errored_and_the_rest_are_kept(cluster, t
     assert record["run"]["target_errors"][dead_target] == failed["errored"]
     assert any(line.startswith(f"ray: ERRORED shard {killed}/2 failed") for line in lines)
 
+
+
+def test_a_configured_model_inside_the_project_stays_behind_and_is_read_where_it_is(cluster, tmp_path, tiny_llama):
+    """Weights under the project (path = "models/tiny") would be gigabytes of upload: they stay
+    behind, and each node reads them at the driver's path (MECHCLAIMS_PROJECT_DIR)."""
+    import shutil
+
+    from mechclaims.ray_run import run
+
+    project = tmp_path / "project"
+    shutil.copytree(tiny_llama, project / "models" / "tiny")
+    (project / "pyproject.toml").write_text('[tool.mechclaims.targets.tiny-local]\npath = "models/tiny"\n')
+    (project / "test_local.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+
+        import pytest
+        from mechclaims import proportion
+
+
+        @pytest.mark.claim(id="T.local")
+        def test_local(target, claim):
+            assert not Path("models").exists(), "the weights travelled with the working directory"
+            assert target.model.cfg.n_layers == 2
+            claim.record(proportion(9, 10), threshold=0.5)
+    '''))
+    worker = _worker(cluster)
+    lines: list[str] = []
+    status, merged = run(["--mechclaims-target", "tiny-local", "--mechclaims-exploratory"], tmp_path / "out",
+                         address=cluster.address, working_dir=project, echo=lines.append)
+    cluster.remove_node(worker)
+    assert status == 0, "\n".join(lines)
+    record = _read(merged)
+    assert [(c["id"], c["verdict"]) for c in record["claims"]] == [("T.local", "supported")]
+    assert str(project / "models" / "tiny") in record["run"]["targets"]["tiny-local"]["source"]
+    assert any("weights inside the project stay behind (models/tiny)" in line for line in lines)
+    assert "tiny-local" not in TARGETS  # the driver forgets the project's targets when it is done

@@ -103,6 +103,21 @@ def gpus_of(name: str, forced_device: Sequence[str] = ()) -> float:
     return float(spec.boot_options.get("n_devices") or 1)
 
 
+def weights_inside(root: Path, targets: Sequence[str]) -> list[str]:
+    """The weights of ``targets`` (a configured ``path`` or ``gguf``) that lie inside the project
+    ``root``, relative to it: they do not travel with the working directory (gigabytes); the
+    nodes read them where they are (``MECHCLAIMS_PROJECT_DIR``)."""
+    from .registry import get_spec
+
+    inside = []
+    for name in targets:
+        spec = get_spec(name)
+        for path in (spec.location, spec.gguf):
+            if path is not None and Path(path).resolve().is_relative_to(root):
+                inside.append(Path(path).resolve().relative_to(root).as_posix())
+    return sorted(set(inside))
+
+
 # --------------------------------------------------------------------------- on the nodes
 
 
@@ -198,23 +213,40 @@ def run(pytest_args: Sequence[str], out: Path, *, address: str | None = None, sh
     and write the merged report under ``out``. Returns the exit status a single run would give and
     the merged run's ``claims.json`` (None when no shard wrote a report). ``on_progress`` sees, at each
     poll, the node and pid of every start of every shard (tests kill them)."""
+    from .registry import configure_project, unload_config
+
     ray = import_ray()
     if retries < 0:
         raise ConfigError(f"invalid --retries {retries}: expected 0 or more (Ray retries a task whose node dies)")
-    plans = plan(pytest_args, shards, cpus_per_shard)
     root = (working_dir or Path.cwd()).resolve()
+    pyproject = configure_project(root)  # the targets the shards will see
+    try:
+        return _run(ray, list(pytest_args), out, root, address, shards, retries, cpus_per_shard, echo, on_progress)
+    finally:
+        unload_config(pyproject)
+
+
+def _run(ray: Any, pytest_args: list[str], out: Path, root: Path, address: str | None, shards: int | None,
+         retries: int, cpus_per_shard: float, echo: Callable[[str], None],
+         on_progress: Callable | None) -> tuple[int, Path | None]:
+    plans = plan(pytest_args, shards, cpus_per_shard)
     echo(f"ray: {len(plans)} shard(s): " + "; ".join(
         f"{p.name} {', '.join(p.targets) or '(no target)'} [{_resources(p)}]" for p in plans))
+    behind = weights_inside(root, [t for p in plans for t in p.targets])
+    if behind:
+        echo("ray: weights inside the project stay behind (" + ", ".join(behind) + f"); each node reads them "
+             f"under {root}, so every node must see that path (a shared filesystem)")
+    runtime_env = {"working_dir": str(root), "excludes": EXCLUDES + [f"/{path}" for path in behind],
+                   "env_vars": {"MECHCLAIMS_PROJECT_DIR": str(root)}}
     try:
-        ray.init(address=address, runtime_env={"working_dir": str(root), "excludes": EXCLUDES},
-                 log_to_driver=False, logging_level="WARNING")
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"cannot start the run on the Ray cluster at {address or '(a local Ray)'}: "
                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; "
                           "pass --address of a running cluster (ray start --head prints it), or none for a "
                           "Ray on this machine") from None
     try:
-        outcomes = _submit_and_wait(ray, plans, list(pytest_args), retries, echo, on_progress)
+        outcomes = _submit_and_wait(ray, plans, pytest_args, retries, echo, on_progress)
     finally:
         ray.shutdown()
     return _merge_outcomes(outcomes, out, root, echo)

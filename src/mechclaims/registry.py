@@ -258,8 +258,11 @@ def _spec_from_table(pyproject: Path, name: str, table: Any) -> TargetSpec:
         boot["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in memory.items()}
     # Not resolved here: a loop or a missing directory is the target's own error when it is selected
     # (targets.resolve_configured), never one of the file that lists it.
-    location = Path(os.path.abspath(pyproject.parent / path)) if path is not None else None
-    gguf_file = Path(os.path.abspath(pyproject.parent / os.path.expanduser(gguf))) if gguf is not None else None
+    # Relative paths are the project's: its directory, or where MECHCLAIMS_PROJECT_DIR says the project
+    # lives (mechclaims ray runs a copy of it on each node, and the weights stay where they are).
+    base = Path(os.environ.get("MECHCLAIMS_PROJECT_DIR") or pyproject.parent)
+    location = Path(os.path.abspath(base / os.path.expanduser(path))) if path is not None else None
+    gguf_file = Path(os.path.abspath(base / os.path.expanduser(gguf))) if gguf is not None else None
     revision = text("revision")
     if revision is not None and hf_id is None:
         raise TargetError(f"{where} revision needs hf_id; a path or gguf file is used as it is")
