@@ -253,3 +253,32 @@ def test_a_configured_model_inside_the_project_stays_behind_and_is_read_where_it
     assert str(project / "models" / "tiny") in record["run"]["targets"]["tiny-local"]["source"]
     assert any("weights inside the project stay behind (models/tiny)" in line for line in lines)
     assert "tiny-local" not in TARGETS  # the driver forgets the project's targets when it is done
+
+
+def test_a_shard_that_writes_no_report_is_errored_with_its_output_kept(cluster, tmp_path):
+    from mechclaims.ray_run import run
+
+    project, gate = _gated_project(tmp_path)
+    gate.touch()
+    (project / "conftest.py").write_text(textwrap.dedent('''
+        import pytest
+
+
+        def pytest_configure(config):
+            if "2/2" in config.invocation_params.args:
+                raise pytest.UsageError("shard two cannot start here")
+    '''))
+    worker = _worker(cluster)
+    lines: list[str] = []
+    status, merged = run([*TWO, "--mechclaims-exploratory"], tmp_path / "out", address=cluster.address,
+                         working_dir=project, echo=lines.append)
+    cluster.remove_node(worker)
+    assert status == 1, "\n".join(lines)
+    record = _read(merged)
+    failed = record["run"]["shards"][1]
+    assert "shard 2/2 on " in failed["errored"] and "wrote no report (pytest exit 4" in failed["errored"]
+    assert "shard two cannot start here" in failed["errored"]  # the end of its output
+    kept = Path(failed["errored"].split("its output: ")[1].split(")")[0])
+    assert "shard two cannot start here" in kept.read_text()
+    assert [c["target"] for c in record["claims"]] == ["organism"]
+    assert (Path(record["run"]["shards"][0]["report"]) / "output.txt").is_file()

@@ -163,8 +163,7 @@ def run_shard(shard: ShardPlan, pytest_args: Sequence[str], board: Any = None) -
                           preexec_fn=_die_with_parent)
     runs = sorted((p for p in out.glob("*/claims.json") if not p.parent.is_symlink()), key=lambda p: p.stat().st_mtime)
     return {"index": shard.index, "node": node, "attempt": attempt, "returncode": proc.returncode,
-            "claims_json": runs[-1].read_text(encoding="utf-8") if runs else None,
-            "output_tail": proc.stdout[-_TAIL:]}
+            "claims_json": runs[-1].read_text(encoding="utf-8") if runs else None, "output": proc.stdout}
 
 
 class Board:
@@ -190,6 +189,7 @@ class ShardOutcome:
 
     plan: ShardPlan
     record: dict[str, Any] | None = None
+    where: Path | None = None  # the directory its report and output are kept in
     error: str | None = None
     node: str | None = None
     attempts: int = 0
@@ -245,18 +245,23 @@ def _run(ray: Any, pytest_args: list[str], out: Path, root: Path, address: str |
                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}; "
                           "pass --address of a running cluster (ray start --head prints it), or none for a "
                           "Ray on this machine") from None
+    keep = Path(out) / f"ray-shards-{time.strftime('%Y%m%dT%H%M%S')}"  # each shard's report and output
     try:
-        outcomes = _submit_and_wait(ray, plans, pytest_args, retries, echo, on_progress)
+        outcomes = _submit_and_wait(ray, plans, pytest_args, retries, keep, echo, on_progress)
+    except KeyboardInterrupt:
+        echo(f"ray: interrupted; the reports of the shards that finished are kept under {keep} "
+             "(mechclaims merge joins them once every shard has one)")
+        return 130, None
     finally:
         ray.shutdown()
-    return _merge_outcomes(outcomes, out, root, echo)
+    return _merge_outcomes(outcomes, Path(out), root, echo)
 
 
 def _resources(shard: ShardPlan) -> str:
     return f"{shard.num_gpus:g} GPU" if shard.num_gpus else f"{shard.num_cpus:g} CPU"
 
 
-def _submit_and_wait(ray: Any, plans: list[ShardPlan], pytest_args: list[str], retries: int,
+def _submit_and_wait(ray: Any, plans: list[ShardPlan], pytest_args: list[str], retries: int, keep: Path,
                      echo: Callable[[str], None], on_progress: Callable | None) -> list[ShardOutcome]:
     # the board lives on the head node, which holds the cluster itself: a worker node's death, the
     # fault retries are for, cannot take the count of attempts with it
@@ -273,7 +278,7 @@ def _submit_and_wait(ray: Any, plans: list[ShardPlan], pytest_args: list[str], r
         except (ray.exceptions.RayError, TimeoutError):
             pass
         for ref in ready:
-            _collect(ray, ref, outcomes[refs[ref].index], started)
+            _collect(ray, ref, outcomes[refs[ref].index], started, keep)
         if on_progress is not None:
             on_progress(started)
         line = progress_line(plans, {k for k, o in outcomes.items() if o.attempts or o.error or o.record}, started)
@@ -283,7 +288,11 @@ def _submit_and_wait(ray: Any, plans: list[ShardPlan], pytest_args: list[str], r
     return [outcomes[p.index] for p in plans]
 
 
-def _collect(ray: Any, ref: Any, outcome: ShardOutcome, started: dict[int, list]) -> None:
+def _collect(ray: Any, ref: Any, outcome: ShardOutcome, started: dict[int, list], keep: Path) -> None:
+    """What shard ``outcome.plan`` came back with, kept at once under ``keep`` (its claims.json and
+    its pytest output), so an interrupted driver loses no shard that finished."""
+    from .files import write_text_atomic
+
     starts = started.get(outcome.plan.index, [])
     outcome.attempts, outcome.node = len(starts), (starts[-1][0] if starts else None)
     try:
@@ -294,34 +303,34 @@ def _collect(ray: Any, ref: Any, outcome: ShardOutcome, started: dict[int, list]
                          + (f", last on {outcome.node}" if outcome.node else "") + f": {type(exc).__name__}: {first}")
         return
     outcome.node, outcome.attempts = result["node"], max(outcome.attempts, result["attempt"])
+    outcome.where = keep / f"shard-{outcome.plan.index}"
+    outcome.where.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(outcome.where / "output.txt", result["output"], root=keep.parent)
     if result["claims_json"] is None:
         outcome.error = (f"shard {outcome.plan.name} on {result['node']} wrote no report (pytest exit "
-                         f"{result['returncode']}); the end of its output:\n{result['output_tail']}")
+                         f"{result['returncode']}; its output: {outcome.where / 'output.txt'}); its end:\n"
+                         f"{result['output'][-_TAIL:]}")
         return
     try:
         outcome.record = json.loads(result["claims_json"])
     except ValueError as exc:
         outcome.error = f"shard {outcome.plan.name} on {result['node']} returned an unreadable claims.json: {exc}"
+        return
+    write_text_atomic(outcome.where / "claims.json", result["claims_json"], root=keep.parent)
 
 
 def _merge_outcomes(outcomes: list[ShardOutcome], out: Path, root: Path,
                     echo: Callable[[str], None]) -> tuple[int, Path | None]:
-    from .files import write_text_atomic
     from .report.claims_json import new_run_id, write_run
     from .session import git_commit, git_dirty
     from .shards import exit_status, merge
 
-    out = Path(out)
-    keep = out / f"ray-shards-{time.strftime('%Y%m%dT%H%M%S')}"  # each shard's own report, for merge by hand
     records = []
     for o in outcomes:
         if o.record is None:
             echo(f"ray: ERRORED {o.error}")
             continue
-        where = keep / f"shard-{o.plan.index}" / "claims.json"
-        where.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(where, json.dumps(o.record, indent=1), root=out)
-        records.append((str(where.parent), o.record))
+        records.append((str(o.where), o.record))
     if not records:
         echo("ray: no shard wrote a report; nothing to merge")
         return 1, None
