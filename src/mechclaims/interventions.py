@@ -18,10 +18,8 @@ import torch
 
 from .errors import ConfigError
 from .hooks import head_z, mlp_out, resid_pre
-from .passes import run_pass
+from .passes import Hook, run_pass
 from .store import Forward, Request, store_of, tensor_digest
-
-Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]
 
 ABLATION_MODES = ("zero", "mean")
 
