@@ -29,8 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     mrg = sub.add_parser("merge", help="one report from the reports of every shard of a run (--mechclaims-shard K/N)")
     mrg.add_argument("shards", type=Path, nargs="+", help="each shard's run directory (reports/<run-id>) or claims.json")
     mrg.add_argument("--out", type=Path, required=True, help="the reports directory to write the merged run into")
-    ray = sub.add_parser("ray", allow_abbrev=False, help="run the claims over a Ray cluster, one task per shard, and merge the "
-                         "reports; every argument it does not know goes to pytest (docs/distributed.md)")
+    ray = sub.add_parser(
+        "ray", allow_abbrev=False,
+        usage="mechclaims ray [--out DIR] [--address A] [--shards N] [--retries R] [--cpus-per-shard C] PYTEST_ARGS...",
+        help="run the claims over a Ray cluster, one task per shard, and merge the reports (docs/distributed.md)",
+        description="Run the claims PYTEST_ARGS select over a Ray cluster, one task per shard (a target's claims "
+        "in one shard), and merge the shards' reports into one run. Every argument below is mechclaims ray's; "
+        "every other goes to each shard's pytest, e.g. mechclaims ray claims/ --mechclaims-target organism "
+        "--mechclaims-target organism-control.")
     ray.add_argument("--out", type=Path, default=Path("reports"),
                      help="the reports directory of the merged run (default reports)")
     ray.add_argument("--address", default=None,
