@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run the claims over a Ray cluster, one task per shard, and merge the reports (docs/distributed.md)",
         description="Run the claims PYTEST_ARGS select over a Ray cluster, one task per shard (a target's claims "
         "in one shard), and merge the shards' reports into one run. Every argument below is mechclaims ray's; "
-        "every other goes to each shard's pytest, e.g. mechclaims ray claims/ --mechclaims-target organism "
-        "--mechclaims-target organism-control.")
+        "every other goes to each shard's pytest, e.g. mechclaims ray claims/ --mechclaims-target model-a "
+        "--mechclaims-target model-b.")
     ray.add_argument("--out", type=Path, default=Path("reports"),
                      help="the reports directory of the merged run (default reports)")
     ray.add_argument("--address", default=None,
