@@ -282,3 +282,31 @@ def test_a_shard_that_writes_no_report_is_errored_with_its_output_kept(cluster, 
     assert "shard two cannot start here" in kept.read_text()
     assert [c["target"] for c in record["claims"]] == ["organism"]
     assert (Path(record["run"]["shards"][0]["report"]) / "output.txt").is_file()
+
+
+
+def test_a_gpu_targets_shard_runs_only_on_a_node_with_a_gpu(cluster, tmp_path):
+    """The task asks Ray for the target's GPU: it runs on the one node that has one (a logical GPU
+    here), and a shard whose pytest cannot run fails the merged run."""
+    from mechclaims.ray_run import run
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        f'[tool.mechclaims.targets.gpu-model]\npath = "{tmp_path / "absent"}"\ndevice = "cuda"\n')
+    (project / "test_gpu.py").write_text(GATED.format(gate=str(tmp_path)))
+    cpu_node = _worker(cluster)
+    gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=80 * 2**20)
+    lines: list[str] = []
+    status, merged = run(["--mechclaims-target", "gpu-model", "--mechclaims-exploratory"], tmp_path / "out",
+                         address=cluster.address, working_dir=project, echo=lines.append)
+    cluster.remove_node(gpu_node)
+    cluster.remove_node(cpu_node)
+    assert status == 1 and "1/1 gpu-model [1 GPU]" in lines[0], "\n".join(lines)
+    record = _read(merged)
+    (shard,) = record["run"]["shards"]
+    assert f"node {gpu_node.node_id[:8]}" in shard["node"]  # of the three nodes, the one with a GPU
+    # Ray's GPU is logical here and torch sees none: the shard's pytest refuses to run (exit 4) and
+    # reports no claim; the merge fails on its exit status, not on claims it never had
+    assert shard["exit_status"] == 4 and record["claims"] == []
+    assert "needs CUDA but torch" in (Path(shard["report"]) / "output.txt").read_text()

@@ -93,6 +93,18 @@ def test_a_shard_that_failed_is_errored_in_the_merge_and_the_rest_kept():
         merge([("a", a), ("c", c)], failed=[failed, {**failed, "index": 1}])
 
 
+def test_a_shard_whose_pytest_failed_fails_the_merge_even_with_no_claim():
+    """A shard stopped by a usage error (a target with no pre-registration) writes a complete
+    report with no claim: its exit status, not its claims, says that it failed."""
+    a = _shard(1, 2, [("C1.onset", "organism", "supported")], exit_status=0)
+    b = _shard(2, 2, [], exit_status=4)
+    record = merge([("a", a), ("b", b)])
+    assert [s["exit_status"] for s in record["run"]["shards"]] == [0, 4]
+    assert exit_status(record) == 1
+    b["run"]["exit_status"] = 0  # control: the same shards, both exiting 0
+    assert exit_status(merge([("a", a), ("b", b)])) == 0
+
+
 def test_a_node_without_the_weights_is_named_in_the_targets_error(monkeypatch):
     from mechclaims.session import ClaimSession
 
@@ -183,3 +195,13 @@ def test_a_bad_shard_option_is_a_usage_error(pytester, as_organism):
     result = pytester.runpytest("--mechclaims-shard", "3/2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*invalid shard '3/2': expected K/N with 1 <= K <= N*"])
+
+
+def test_the_merge_command_names_a_shard_whose_pytest_failed(tmp_path, capsys):
+    for k, status in ((1, 0), (2, 4)):
+        run = tmp_path / f"s{k}"
+        run.mkdir()
+        claims = [("C1.onset", "organism", "supported")] if k == 1 else []
+        (run / "claims.json").write_text(json.dumps(_shard(k, 2, claims, exit_status=status)))
+    assert main(["merge", str(tmp_path / "s1"), str(tmp_path / "s2"), "--out", str(tmp_path / "out")]) == 1
+    assert f"FAILED shard 2/2 exited 4 (its report: {tmp_path / 's2' / 'claims.json'})" in capsys.readouterr().out

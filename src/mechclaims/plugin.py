@@ -180,6 +180,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # negative control is a passing strict xfail; a skip is not a failure): the verdicts decide.
     if session.exitstatus == pytest.ExitCode.OK and any(c["as_expected"] is False for c in state.claims):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    state.exit_status = int(session.exitstatus)  # a usage error with no claim run still fails a merge
     report_dir = Path(config.getoption("mechclaims_report_dir") or config.rootpath / "reports")
     try:
         config.stash[report_path_key] = state.write_report(report_dir)

@@ -323,7 +323,7 @@ def _merge_outcomes(outcomes: list[ShardOutcome], out: Path, root: Path,
                     echo: Callable[[str], None]) -> tuple[int, Path | None]:
     from .report.claims_json import new_run_id, write_run
     from .session import git_commit, git_dirty
-    from .shards import exit_status, merge
+    from .shards import exit_status, merge, shard_failures
 
     records = []
     for o in outcomes:
@@ -348,6 +348,8 @@ def _merge_outcomes(outcomes: list[ShardOutcome], out: Path, root: Path,
     unexpected = [c for c in record["claims"] if c.get("as_expected") is False]
     for claim in unexpected:
         echo(f"UNEXPECTED {claim['id']} [{claim['target']}]: {claim['verdict']} (pre-registered {claim['expected']})")
+    for line in shard_failures(record):
+        echo(f"ray: FAILED {line}")
     echo(f"ray: merged {len(records)} of {len(outcomes)} shards, {len(record['claims'])} claims, "
          f"{len(unexpected)} unexpected, {len(failed)} shard(s) errored: {written}")
     return status, written

@@ -109,6 +109,7 @@ class ClaimSession:
     cache_pruned: dict[str, int] | None = None  # what enforcing it removed
     started: str = field(default_factory=utc_now)
     finished: str | None = None
+    exit_status: int | None = None  # pytest's, as the run ends (a merge of shards reads each one's)
     claims: list[dict[str, Any]] = field(default_factory=list)
     loaded: dict[str, LoadedTarget] = field(default_factory=dict)
     load_counts: Counter = field(default_factory=Counter)
@@ -383,6 +384,7 @@ class ClaimSession:
                 "started": self.started,
                 "finished": self.finished,
                 "complete": self.finished is not None,
+                "exit_status": self.exit_status,
                 "git_commit": git_commit(self.root),
                 "git_dirty": git_dirty(self.root),
                 # the forward-pass code every cached entry of this run was keyed by (mechclaims.codeprint)

@@ -103,8 +103,10 @@ def merge(records: list[tuple[str, dict[str, Any]]], failed: Sequence[dict[str, 
         "git_dirty": any(r["run"].get("git_dirty") for _, r in records),
         "expectations": expectations,
         "shard": None,
+        "exit_status": None,  # the merge's own is exit_status(record)
         "shards": sorted([{**r["run"]["shard"], "report": where, "header": r["run"].get("header"),
-                           "complete": r["run"].get("complete")} for where, r in by_index]
+                           "complete": r["run"].get("complete"), "exit_status": r["run"].get("exit_status")}
+                          for where, r in by_index]
                          + [{"index": f["index"], "count": f["count"], "report": None, "complete": False,
                              "errored": f["error"]} for f in failed], key=lambda entry: entry["index"]),
     })
@@ -127,9 +129,18 @@ def merge(records: list[tuple[str, dict[str, Any]]], failed: Sequence[dict[str, 
 
 
 def exit_status(record: dict[str, Any]) -> int:
-    """What a single run would exit with: 0 exactly when the run is complete and every verdict
-    matches its pre-registration (an errored claim with no pre-registration fails too)."""
+    """What a single run would exit with: 0 exactly when the run is complete, every verdict
+    matches its pre-registration (an errored claim with no pre-registration fails too) and every
+    shard's pytest exited 0 (a shard stopped by a usage error, such as a target with no
+    pre-registration, may report no claim at all)."""
     claims = record["claims"]
     bad = any(c.get("as_expected") is False or (c.get("as_expected") is None and c.get("verdict") == ERRORED)
               for c in claims)
-    return 1 if bad or not record["run"].get("complete") else 0
+    failed_shard = any(s.get("exit_status") not in (None, 0) for s in record["run"].get("shards") or ())
+    return 1 if bad or failed_shard or not record["run"].get("complete") else 0
+
+
+def shard_failures(record: dict[str, Any]) -> list[str]:
+    """One line per shard of a merged record whose pytest exited other than 0."""
+    return [f"shard {s['index']}/{s['count']} exited {s['exit_status']} (its report: {s.get('report')})"
+            for s in record["run"].get("shards") or () if s.get("exit_status") not in (None, 0)]
