@@ -110,20 +110,18 @@ def main(argv: list[str] | None = None) -> int:
 def _merge(paths: list[Path], out: Path) -> int:
     """Write the merged run under ``out`` and exit as the single run would have."""
     from .report.claims_json import new_run_id, write_run
-    from .shards import exit_status, merge, shard_failures
+    from .shards import exit_status, merge, problems
 
     record = merge([(str(resolve_run(path)), read_run(path)) for path in paths])
     try:
         written = write_run(out, new_run_id(), record)
     except OSError as exc:
         raise ConfigError(describe_os_error(exc, f"{out}", "pass another --out directory")) from None
-    unexpected = [c for c in record["claims"] if c.get("as_expected") is False]
-    for claim in unexpected:
-        print(f"UNEXPECTED {claim['id']} [{claim['target']}]: {claim['verdict']} (pre-registered {claim['expected']})")
-    for line in shard_failures(record):
-        print(f"FAILED {line}")
+    lines = problems(record)
+    for line in lines:
+        print(line)
     print(f"merged {len(record['run']['shards'])} shards, {len(record['claims'])} claims, "
-          f"{len(unexpected)} unexpected: {written}")
+          f"{sum(line.startswith('UNEXPECTED') for line in lines)} unexpected: {written}")
     return exit_status(record)
 
 

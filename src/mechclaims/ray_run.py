@@ -323,7 +323,7 @@ def _merge_outcomes(outcomes: list[ShardOutcome], out: Path, root: Path,
                     echo: Callable[[str], None]) -> tuple[int, Path | None]:
     from .report.claims_json import new_run_id, write_run
     from .session import git_commit, git_dirty
-    from .shards import exit_status, merge, shard_failures
+    from .shards import exit_status, merge, problems
 
     records = []
     for o in outcomes:
@@ -345,11 +345,9 @@ def _merge_outcomes(outcomes: list[ShardOutcome], out: Path, root: Path,
     record["run"].update(git_commit=git_commit(root), git_dirty=git_dirty(root))
     written = write_run(out, new_run_id(), record)
     status = exit_status(record)
-    unexpected = [c for c in record["claims"] if c.get("as_expected") is False]
-    for claim in unexpected:
-        echo(f"UNEXPECTED {claim['id']} [{claim['target']}]: {claim['verdict']} (pre-registered {claim['expected']})")
-    for line in shard_failures(record):
-        echo(f"ray: FAILED {line}")
+    lines = problems(record)
+    for line in lines:
+        echo(f"ray: {line}")
     echo(f"ray: merged {len(records)} of {len(outcomes)} shards, {len(record['claims'])} claims, "
-         f"{len(unexpected)} unexpected, {len(failed)} shard(s) errored: {written}")
+         f"{sum(line.startswith('UNEXPECTED') for line in lines)} unexpected, {len(failed)} shard(s) errored: {written}")
     return status, written

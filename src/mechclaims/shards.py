@@ -140,7 +140,11 @@ def exit_status(record: dict[str, Any]) -> int:
     return 1 if bad or failed_shard or not record["run"].get("complete") else 0
 
 
-def shard_failures(record: dict[str, Any]) -> list[str]:
-    """One line per shard of a merged record whose pytest exited other than 0."""
-    return [f"shard {s['index']}/{s['count']} exited {s['exit_status']} (its report: {s.get('report')})"
-            for s in record["run"].get("shards") or () if s.get("exit_status") not in (None, 0)]
+
+def problems(record: dict[str, Any]) -> list[str]:
+    """What fails a merged record, a line each: every verdict off its pre-registration
+    (``UNEXPECTED``) and every shard whose pytest exited other than 0 (``FAILED``)."""
+    lines = [f"UNEXPECTED {c['id']} [{c['target']}]: {c['verdict']} (pre-registered {c['expected']})"
+             for c in record["claims"] if c.get("as_expected") is False]
+    return lines + [f"FAILED shard {s['index']}/{s['count']} exited {s['exit_status']} (its report: {s.get('report')})"
+                    for s in record["run"].get("shards") or () if s.get("exit_status") not in (None, 0)]
